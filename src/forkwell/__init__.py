@@ -1,0 +1,74 @@
+"""forkwell: the whole life of Unix processes.
+
+Nothing forkwell starts is left running or unreaped when it should not be, and
+every failure is reported to the person who asked.
+
+The public names below are loaded lazily (PEP 562), so ``import forkwell`` and
+every ``forkwell`` CLI command stay fast: a command pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> private module that defines it.  Keep sorted by module.
+_EXPORTS: dict[str, str] = {
+    "ChildExit": "._reaper",
+    "Reaper": "._reaper",
+    "CommandFailedError": "._exceptions",
+    "CommandNotExecutableError": "._exceptions",
+    "CommandNotFoundError": "._exceptions",
+    "CommandTimedOutError": "._exceptions",
+    "ForkwellError": "._exceptions",
+    "SpawnError": "._exceptions",
+    "SpawnResourceError": "._exceptions",
+    "StateError": "._exceptions",
+    "WorkingDirectoryError": "._exceptions",
+    "Process": "._process",
+    "spawn": "._process",
+    "RunResult": "._run",
+    "run": "._run",
+    "run_async": "._run",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from ._exceptions import CommandFailedError as CommandFailedError
+    from ._exceptions import CommandNotExecutableError as CommandNotExecutableError
+    from ._exceptions import CommandNotFoundError as CommandNotFoundError
+    from ._exceptions import CommandTimedOutError as CommandTimedOutError
+    from ._exceptions import ForkwellError as ForkwellError
+    from ._exceptions import SpawnError as SpawnError
+    from ._exceptions import SpawnResourceError as SpawnResourceError
+    from ._exceptions import StateError as StateError
+    from ._exceptions import WorkingDirectoryError as WorkingDirectoryError
+    from ._process import Process as Process
+    from ._process import spawn as spawn
+    from ._reaper import ChildExit as ChildExit
+    from ._reaper import Reaper as Reaper
+    from ._run import RunResult as RunResult
+    from ._run import run as run
+    from ._run import run_async as run_async
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'forkwell' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    # Tracebacks and reprs say forkwell.X, not forkwell._module.X.
+    if getattr(value, "__module__", "").startswith("forkwell._"):
+        try:
+            value.__module__ = "forkwell"
+        except (AttributeError, TypeError):
+            pass
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

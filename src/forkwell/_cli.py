@@ -1,0 +1,73 @@
+"""The ``forkwell`` command: a thin dispatcher.
+
+Each subcommand lives in its own ``_cli_<name>`` module, imported only when
+that subcommand runs, so ``forkwell --help`` and ``forkwell timeout`` do not pay
+for the supervisor or the servers.  Subcommand modules parse and print; the
+work is done by the library.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# name -> (module, one-line summary).  Order is the order of `forkwell --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "timeout": ("forkwell._cli_timeout", "run a command with a time limit; end its whole tree"),
+    "daemon": ("forkwell._cli_daemon", "start|stop|status|restart a daemon with a pidfile"),
+    "init": ("forkwell._cli_init", "run a command as PID 1 / subreaper: forward signals, reap all"),
+    "serve": ("forkwell._cli_serve", "serve a socketserver handler from forked or pre-forked workers"),
+    "up": ("forkwell._cli_up", "run the supervisor for a forkwell.toml fleet"),
+    "check": ("forkwell._cli_ctl", "validate a supervisor config file"),
+    "ps": ("forkwell._cli_ctl", "show the supervised programs"),
+    "start": ("forkwell._cli_ctl", "start supervised programs and wait until ready"),
+    "stop": ("forkwell._cli_ctl", "stop supervised programs and wait until stopped"),
+    "restart": ("forkwell._cli_ctl", "restart supervised programs"),
+    "signal": ("forkwell._cli_ctl", "send a signal to supervised programs"),
+    "logs": ("forkwell._cli_ctl", "print or follow a program's log"),
+    "reload": ("forkwell._cli_ctl", "re-read the config and apply only what changed"),
+    "scale": ("forkwell._cli_ctl", "change a program's number of instances"),
+    "down": ("forkwell._cli_ctl", "stop every program and the supervisor"),
+}
+
+USAGE = "usage: forkwell [--version] [--help] COMMAND [ARGS...]"
+
+
+def _help() -> str:
+    lines = [
+        USAGE,
+        "",
+        "The whole life of Unix processes: deadlines, daemons, reaping, servers, supervision.",
+        "",
+        "commands:",
+    ]
+    width = max(len(n) for n in COMMANDS)
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "Run 'forkwell COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_help())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from . import __version__
+
+        print(f"forkwell {__version__}")
+        return 0
+    entry = COMMANDS.get(args[0])
+    if entry is None:
+        print(f"forkwell: unknown command {args[0]!r} (see 'forkwell --help')", file=sys.stderr)
+        return 2
+    from importlib import import_module
+
+    try:
+        module = import_module(entry[0])
+    except ModuleNotFoundError as exc:
+        if exc.name != entry[0]:
+            raise
+        print(f"forkwell: command {args[0]!r} is not available yet", file=sys.stderr)
+        return 2
+    rc: int = module.main(args[1:], prog=f"forkwell {args[0]}", command=args[0])
+    return rc

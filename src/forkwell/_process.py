@@ -1,0 +1,261 @@
+"""The process core: spawn a command, wait for it, signal it, end its whole tree.
+
+Everything in forkwell that starts a program goes through :func:`spawn`.
+
+* Spawning uses ``subprocess.Popen``'s C path (vfork/posix_spawn + exec), so
+  its cost does not grow with the parent's memory, unlike a Python ``fork()``.
+  ``pdeathsig`` needs code between fork and exec and so takes the slower
+  fork path; only dedicated processes (the CLI) ask for it.
+* Waiting uses a pidfd (Linux >= 5.3): :meth:`Process.fileno` can sit in any
+  selector or event loop, and nothing polls.  Elsewhere ``waitpid`` is used.
+* Signals go through ``pidfd_send_signal``, so they cannot reach a recycled PID.
+* :meth:`Process.terminate_tree` ends the child and every descendant (see
+  :mod:`forkwell._tree` for how the tree is found) and reaps the child.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
+
+from . import _sys, _tree
+from ._exceptions import spawn_error
+
+StrPath = str | os.PathLike[str]
+ProcessArgs = Sequence[StrPath]
+FileArg = int | IO[Any] | None
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+
+
+class Process:
+    """A spawned child.  Get one from :func:`spawn`; there is no public constructor.
+
+    ``returncode`` follows ``subprocess``: the exit code, or ``-N`` when the
+    child died of signal N, or None while it runs.
+    """
+
+    args: list[str]
+    pid: int
+    tree: _tree.Tree | None
+
+    def __init__(self, popen: subprocess.Popen[bytes], args: list[str], token: str | None):
+        self._popen = popen
+        self.args = args
+        self.pid = popen.pid
+        self.started = time.monotonic()
+        # Open the pidfd at once: the child cannot be reaped (and its pid
+        # recycled) before we wait for it, so this refers to our child.
+        self._pidfd = _sys.pidfd_open(self.pid)
+        self.tree = _tree.Tree(token, self.pid) if token is not None else None
+        self.stdin = popen.stdin
+        self.stdout = popen.stdout
+        self.stderr = popen.stderr
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"returncode={self.returncode}"
+        return f"<forkwell.Process pid={self.pid} {self.args[0]!r} {state}>"
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def fileno(self) -> int:
+        """The pidfd: readable once the child has exited.  -1 without pidfd support."""
+        return -1 if self._pidfd is None else self._pidfd
+
+    def poll(self) -> int | None:
+        """Reap the child if it has exited; return ``returncode``."""
+        if self._popen.returncode is None:
+            if self._pidfd is not None:
+                ready, _, _ = select.select([self._pidfd], [], [], 0)
+                if not ready:
+                    return None
+                self._popen.wait()
+            else:
+                self._popen.poll()
+        return self._popen.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the child to exit and reap it; None if ``timeout`` passed first."""
+        if self._popen.returncode is not None:
+            return self._popen.returncode
+        if self._pidfd is not None:
+            ready, _, _ = select.select([self._pidfd], [], [], timeout)
+            if not ready:
+                return None
+            return self._popen.wait()
+        try:
+            return self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _set_reaped(self, returncode: int) -> None:
+        """Record a status reaped elsewhere (a dedicated process reaping with waitpid(-1))."""
+        self._popen.returncode = returncode
+
+    def send_signal(self, sig: int) -> bool:
+        """Signal the child only; False if it has already exited or been reaped."""
+        if self._popen.returncode is not None:
+            return False
+        if self._pidfd is not None:
+            return _sys.pidfd_signal(self._pidfd, sig)
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def signal_tree(self, sig: int) -> None:
+        """Send ``sig`` to the child and every descendant (no escalation)."""
+        if self.tree is not None:
+            self.tree.signal(sig)
+        else:
+            self._signal_group(sig)
+
+    def _signal_group(self, sig: int) -> None:
+        if self._popen.returncode is None:
+            try:
+                os.killpg(self.pid, sig)
+            except OSError:
+                self.send_signal(sig)
+
+    def terminate_tree(self, stop_signal: int = signal.SIGTERM, grace: float = 5.0) -> int:
+        """End the child and all its descendants, reap the child, return ``returncode``.
+
+        ``stop_signal`` goes to every process of the tree; whoever is left after
+        ``grace`` seconds gets SIGKILL.  Returns early once all are gone.
+        """
+        if self.tree is not None:
+            _tree.terminate_tree(self.tree, stop_signal, grace)
+            # The root is gone (killed or exited): reap it.
+            if self._popen.returncode is None:
+                self.send_signal(signal.SIGKILL)
+                self._popen.wait()
+            self.tree.kill_all()
+        else:
+            self._signal_group(stop_signal)
+            if self.wait(grace) is None:
+                self._signal_group(signal.SIGKILL)
+                self._popen.wait()
+        rc = self._popen.returncode
+        assert rc is not None
+        return rc
+
+    def end_descendants(self, stop_signal: int = signal.SIGTERM, grace: float = 5.0) -> bool:
+        """After the child has exited: end whatever it left running.  True if any."""
+        if self.tree is None or not self.tree.may_have_descendants():
+            return False
+        if not self.tree.members(include_root=False):
+            return False
+        _tree.terminate_tree(self.tree, stop_signal, grace, include_root=False)
+        return True
+
+    def close(self) -> None:
+        """Release the pidfd and pipes.  The child must have been reaped."""
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self.tree is not None:
+            self.tree.close()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.returncode is None:
+            self.terminate_tree()
+        self.close()
+
+
+def _command_name(args: ProcessArgs) -> str:
+    return os.fsdecode(args[0]) if args else ""
+
+
+def spawn(
+    args: ProcessArgs,
+    *,
+    stdin: FileArg = None,
+    stdout: FileArg = None,
+    stderr: FileArg = None,
+    cwd: StrPath | None = None,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    new_process_group: bool = True,
+    new_session: bool = False,
+    track_tree: bool = True,
+    pdeathsig: int | None = None,
+    user: str | int | None = None,
+    group: str | int | None = None,
+    extra_groups: Sequence[str | int] | None = None,
+    umask: int = -1,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Process:
+    """Start ``args`` (an argv list, no shell) and return its :class:`Process`.
+
+    ``track_tree`` marks the child and all its descendants with a cookie so
+    :meth:`Process.terminate_tree` can find them.  ``new_process_group`` (the
+    default) puts it in a group of its own, the fallback where ``/proc`` is
+    missing.  Raises a :class:`~forkwell.SpawnError` subclass naming the command.
+    """
+    argv = [os.fsdecode(a) for a in args]
+    if not argv:
+        raise ValueError("cannot spawn an empty command")
+    token: str | None = None
+    child_env: Mapping[str, str] | None = env
+    if track_tree:
+        token = _tree.new_token()
+        base = dict(os.environ if env is None else env)
+        base[_tree.COOKIE_VAR] = _tree.cookie_value(base.get(_tree.COOKIE_VAR), token)
+        child_env = base
+    if pdeathsig is not None:
+        pre = _sys.make_pdeathsig_preexec(pdeathsig)
+        if preexec_fn is not None:
+            user_pre = preexec_fn
+
+            def both() -> None:
+                pre()
+                user_pre()
+
+            preexec_fn = both
+        else:
+            preexec_fn = pre
+    kwargs: dict[str, Any] = {}
+    if user is not None:
+        kwargs["user"] = user
+    if group is not None:
+        kwargs["group"] = group
+    if extra_groups is not None:
+        kwargs["extra_groups"] = extra_groups
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+            env=child_env,
+            pass_fds=tuple(pass_fds),
+            close_fds=True,
+            start_new_session=new_session,
+            process_group=0 if (new_process_group and not new_session) else None,
+            preexec_fn=preexec_fn,
+            umask=umask,
+            **kwargs,
+        )
+    except OSError as exc:
+        raise spawn_error(exc, argv[0], None if cwd is None else os.fsdecode(cwd)) from None
+    return Process(popen, argv, token)

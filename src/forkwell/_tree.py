@@ -1,0 +1,304 @@
+"""Finding and ending a command's whole process tree.
+
+Mechanism (Linux), and why:
+
+* Every process forkwell spawns gets an environment *cookie*,
+  ``FORKWELL_TREE=<random token>``.  Children inherit the environment, so a
+  descendant that left the process group (``setsid``), double-forked into a
+  daemon or was re-parented to init still carries it, and a scan of
+  ``/proc/*/environ`` finds it.  A process group would lose all of these.
+* Descendants of a member are members too (closure over ``PPid``), which also
+  catches a child that exec'd with a cleared environment while its parent lives.
+* Each member is pinned with a pidfd, and its start time re-checked after the
+  pidfd is opened, so a signal never reaches a recycled PID.
+* Scanning ``/proc`` costs ~0.2-0.5 ms; it is skipped when the kernel's last
+  allocated PID is still the child's own (``/proc/loadavg``): then the command
+  cannot have created any descendant.
+
+Limits (documented in docs/design.md): a descendant that both clears its
+environment *and* is re-parented away from the tree (``env -i setsid ...`` after
+its parent died) is invisible; so is a process whose environ we may not read (a
+setuid program, when we are not root), unless its parent is still a member.
+cgroup v2 ``cgroup.kill`` would close these gaps where a writable cgroup is
+delegated; process groups are the fallback where ``/proc`` is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import _sys
+
+COOKIE_VAR = "FORKWELL_TREE"
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    starttime: int
+
+
+def read_stat(pid: int) -> ProcInfo | None:
+    """Parse /proc/PID/stat; None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: split after the last ')'.
+    rest = data[data.rfind(b")") + 2 :].split()
+    try:
+        return ProcInfo(
+            pid=pid,
+            state=rest[0].decode(),
+            ppid=int(rest[1]),
+            pgid=int(rest[2]),
+            sid=int(rest[3]),
+            starttime=int(rest[19]),
+        )
+    except (IndexError, ValueError):
+        return None
+
+
+_PREFIX = f"{COOKIE_VAR}=".encode()
+
+
+def cookie_value(inherited: str | None, token: str) -> str:
+    """The cookie for a new tree nested in ``inherited`` (a run inside a run).
+
+    Keeping the outer tokens means an outer run still finds the inner run's
+    descendants, even those that escaped by double-forking.
+    """
+    return f"{inherited}:{token}" if inherited else token
+
+
+def tokens_in_environ(env: bytes) -> list[bytes]:
+    if env.startswith(_PREFIX):
+        start = len(_PREFIX)
+    else:
+        at = env.find(b"\0" + _PREFIX)
+        if at < 0:
+            return []
+        start = at + 1 + len(_PREFIX)
+    end = env.find(b"\0", start)
+    value = env[start:] if end < 0 else env[start:end]
+    return value.split(b":")
+
+
+def _has_cookie(pid: int, token: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return False
+    return token in tokens_in_environ(env)
+
+
+def iter_pids() -> Iterable[int]:
+    for entry in os.scandir("/proc"):
+        name = entry.name
+        if name.isdigit():
+            yield int(name)
+
+
+def find_tree(token: str, roots: Iterable[int] = ()) -> dict[int, ProcInfo]:
+    """Every live (non-zombie) process of the tree marked with ``token``.
+
+    ``roots`` are PIDs known to belong (the direct child), included even if
+    their environment no longer shows the cookie.
+    """
+    if not _sys.HAVE_PROC:
+        return {}
+    needle = token.encode()
+    me = os.getpid()
+    infos: dict[int, ProcInfo] = {}
+    members: set[int] = set(roots)
+    for pid in iter_pids():
+        if pid == me:
+            continue
+        info = read_stat(pid)
+        if info is None or info.state in ("Z", "X"):
+            continue
+        infos[pid] = info
+        if pid not in members and _has_cookie(pid, needle):
+            members.add(pid)
+    members &= infos.keys()
+    # Closure over parentage: children of members are members.
+    changed = True
+    while changed:
+        changed = False
+        for pid, info in infos.items():
+            if pid not in members and info.ppid in members:
+                members.add(pid)
+                changed = True
+    return {pid: infos[pid] for pid in members}
+
+
+class Tree:
+    """The processes spawned under one cookie, and the means to end them all.
+
+    ``root`` is the direct child; the owner reaps it (it has its own handle).
+    Members that are *our* children (this process is a subreaper or PID 1) are
+    reaped here, so ending a tree never leaves a zombie behind.
+    """
+
+    def __init__(self, token: str, root: int) -> None:
+        self.token = token
+        self.root = root
+        self.spawn_pid = root
+        # pid -> (pidfd, starttime): processes already signalled and pinned.
+        self._pinned: dict[int, tuple[int, int]] = {}
+
+    # -- discovery -----------------------------------------------------------
+
+    def may_have_descendants(self) -> bool:
+        """False only when it is certain the root never created a process."""
+        last = _sys.last_pid()
+        return last is None or last != self.spawn_pid
+
+    def members(self, include_root: bool = True) -> dict[int, ProcInfo]:
+        roots = (self.root,) if include_root else ()
+        found = find_tree(self.token, roots)
+        if not include_root:
+            found.pop(self.root, None)
+        return found
+
+    # -- signalling ----------------------------------------------------------
+
+    def _pin(self, info: ProcInfo) -> int | None:
+        """Open a pidfd for ``info`` and verify it is still the same process."""
+        held = self._pinned.get(info.pid)
+        if held is not None:
+            if held[1] == info.starttime:
+                return held[0]
+            # The pid was recycled inside the tree; forget the old pin.
+            os.close(held[0])
+            del self._pinned[info.pid]
+        fd = _sys.pidfd_open(info.pid)
+        if fd is None:
+            return None
+        again = read_stat(info.pid)
+        if again is None or again.starttime != info.starttime:
+            os.close(fd)
+            return None
+        self._pinned[info.pid] = (fd, info.starttime)
+        return fd
+
+    def signal(
+        self, sig: int, members: dict[int, ProcInfo] | None = None, *, only_new: bool = False
+    ) -> list[int]:
+        """Send ``sig`` to every member; return the pidfds of those signalled.
+
+        With ``only_new``, members already signalled once are skipped (some
+        programs treat a second SIGINT or SIGTERM as "abort now").
+        """
+        if members is None:
+            members = self.members()
+        fds: list[int] = []
+        for info in members.values():
+            if only_new:
+                held = self._pinned.get(info.pid)
+                if held is not None and held[1] == info.starttime:
+                    continue
+            fd = self._pin(info)
+            if fd is None:
+                if not _sys.HAVE_PIDFD:
+                    try:
+                        os.kill(info.pid, sig)
+                    except OSError:
+                        pass
+                continue
+            if _sys.pidfd_signal(fd, sig):
+                fds.append(fd)
+                if sig not in (signal.SIGKILL, signal.SIGCONT):
+                    # A stopped process would hold the signal pending forever.
+                    _sys.pidfd_signal(fd, signal.SIGCONT)
+        return fds
+
+    def pinned(self) -> dict[int, tuple[int, int]]:
+        return dict(self._pinned)
+
+    def wait_gone(self, fds: list[int], deadline: float) -> bool:
+        """Wait until every pidfd in ``fds`` reports exit, or ``deadline``."""
+        pending = set(fds)
+        poller = select.poll()
+        for fd in pending:
+            poller.register(fd, select.POLLIN)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            for fd, _ in poller.poll(remaining * 1000):
+                pending.discard(fd)
+                poller.unregister(fd)
+        return True
+
+    def kill_all(self, timeout: float = 5.0) -> bool:
+        """SIGKILL every member until none is left; True when the tree is empty."""
+        deadline = time.monotonic() + timeout
+        while True:
+            members = self.members(include_root=False)
+            if not members:
+                self.reap_adopted()
+                return True
+            fds = self.signal(signal.SIGKILL, members)
+            self.wait_gone(fds, deadline)
+            self.reap_adopted()
+            if time.monotonic() >= deadline:
+                return not self.members(include_root=False)
+
+    def reap_adopted(self) -> None:
+        """Reap members that were re-parented to us (we are a subreaper or PID 1)."""
+        for pid, (fd, _) in list(self._pinned.items()):
+            if pid == self.root:
+                continue
+            try:
+                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)  # type: ignore[attr-defined]
+            except ChildProcessError:
+                pass  # not our child: its own parent or init reaps it
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.reap_adopted()
+        for fd, _ in self._pinned.values():
+            os.close(fd)
+        self._pinned.clear()
+
+
+def terminate_tree(
+    tree: Tree,
+    stop_signal: int = signal.SIGTERM,
+    grace: float = 5.0,
+    include_root: bool = True,
+) -> None:
+    """Blocking: ``stop_signal`` to the whole tree, ``grace`` seconds, then SIGKILL.
+
+    Returns early once every member is gone.  Processes forked during the grace
+    period are found by a rescan each time the known ones have all exited.
+    """
+    deadline = time.monotonic() + max(grace, 0.0)
+    while True:
+        members = tree.members(include_root=include_root)
+        if not members:
+            break
+        tree.signal(stop_signal, members, only_new=True)
+        fds = [fd for pid, (fd, _) in tree.pinned().items() if pid in members]
+        if not tree.wait_gone(fds, deadline):
+            break
+        tree.reap_adopted()
+    tree.kill_all()
