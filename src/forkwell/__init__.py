@@ -27,6 +27,9 @@ _EXPORTS: dict[str, str] = {
     "SpawnResourceError": "._exceptions",
     "StateError": "._exceptions",
     "WorkingDirectoryError": "._exceptions",
+    "notify_ready": "._notify",
+    "notify_status": "._notify",
+    "notify_stopping": "._notify",
     "Process": "._process",
     "spawn": "._process",
     "RunResult": "._run",
@@ -46,6 +49,9 @@ if TYPE_CHECKING:
     from ._exceptions import SpawnResourceError as SpawnResourceError
     from ._exceptions import StateError as StateError
     from ._exceptions import WorkingDirectoryError as WorkingDirectoryError
+    from ._notify import notify_ready as notify_ready
+    from ._notify import notify_status as notify_status
+    from ._notify import notify_stopping as notify_stopping
     from ._process import Process as Process
     from ._process import spawn as spawn
     from ._reaper import ChildExit as ChildExit
