@@ -16,49 +16,71 @@ __version__ = "0.1.0"
 
 # public name -> private module that defines it.  Keep sorted by module.
 _EXPORTS: dict[str, str] = {
+    "Config": "._config",
+    "ProgramConfig": "._config",
+    "load_config": "._config",
     "ChildExit": "._reaper",
     "Reaper": "._reaper",
+    "fork": "._reaper",
     "CommandFailedError": "._exceptions",
     "CommandNotExecutableError": "._exceptions",
     "CommandNotFoundError": "._exceptions",
     "CommandTimedOutError": "._exceptions",
+    "ConfigError": "._exceptions",
     "ForkwellError": "._exceptions",
     "SpawnError": "._exceptions",
     "SpawnResourceError": "._exceptions",
     "StateError": "._exceptions",
+    "UnknownProgramError": "._exceptions",
     "WorkingDirectoryError": "._exceptions",
     "notify_ready": "._notify",
     "notify_status": "._notify",
     "notify_stopping": "._notify",
     "Process": "._process",
     "spawn": "._process",
+    "ProgramState": "._program",
     "RunResult": "._run",
     "run": "._run",
     "run_async": "._run",
+    "InstanceInfo": "._supervisor",
+    "OpResult": "._supervisor",
+    "ReloadReport": "._supervisor",
+    "Supervisor": "._supervisor",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = sorted([*_EXPORTS, "__version__"])  # noqa: PLE0605 (tests/test_exports.py checks it)
 
 if TYPE_CHECKING:
+    from ._config import Config as Config
+    from ._config import ProgramConfig as ProgramConfig
+    from ._config import load_config as load_config
     from ._exceptions import CommandFailedError as CommandFailedError
     from ._exceptions import CommandNotExecutableError as CommandNotExecutableError
     from ._exceptions import CommandNotFoundError as CommandNotFoundError
     from ._exceptions import CommandTimedOutError as CommandTimedOutError
+    from ._exceptions import ConfigError as ConfigError
     from ._exceptions import ForkwellError as ForkwellError
     from ._exceptions import SpawnError as SpawnError
     from ._exceptions import SpawnResourceError as SpawnResourceError
     from ._exceptions import StateError as StateError
+    from ._exceptions import UnknownProgramError as UnknownProgramError
     from ._exceptions import WorkingDirectoryError as WorkingDirectoryError
     from ._notify import notify_ready as notify_ready
     from ._notify import notify_status as notify_status
     from ._notify import notify_stopping as notify_stopping
     from ._process import Process as Process
     from ._process import spawn as spawn
+    from ._program import ProgramState as ProgramState
     from ._reaper import ChildExit as ChildExit
     from ._reaper import Reaper as Reaper
+    from ._reaper import fork as fork
     from ._run import RunResult as RunResult
     from ._run import run as run
     from ._run import run_async as run_async
+    from ._supervisor import InstanceInfo as InstanceInfo
+    from ._supervisor import OpResult as OpResult
+    from ._supervisor import ReloadReport as ReloadReport
+    from ._supervisor import Supervisor as Supervisor
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "timeout": ("forkwell._cli_timeout", "run a command with a time limit; end its whole tree"),
     "daemon": ("forkwell._cli_daemon", "start|stop|status|restart a daemon with a pidfile"),
     "init": ("forkwell._cli_init", "run a command as PID 1 / subreaper: forward signals, reap all"),
-    "serve": ("forkwell._cli_serve", "serve a socketserver handler from forked or pre-forked workers"),
+    "serve": ("forkwell._cli_serve", "serve a request handler from forked or pre-forked workers"),
     "up": ("forkwell._cli_up", "run the supervisor for a forkwell.toml fleet"),
     "check": ("forkwell._cli_ctl", "validate a supervisor config file"),
     "ps": ("forkwell._cli_ctl", "show the supervised programs"),

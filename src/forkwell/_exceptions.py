@@ -11,7 +11,9 @@ Each also subclasses the builtin that fits, so ``except OSError`` or
     │   └── SpawnResourceError (BlockingIOError) EAGAIN: RLIMIT_NPROC, no memory
     ├── CommandFailedError                      run(check=True): non-zero exit
     │   └── CommandTimedOutError (TimeoutError)  run(check=True): deadline passed
-    └── StateError (RuntimeError)               an illegal state-machine transition
+    ├── StateError (RuntimeError)               an illegal state-machine transition
+    ├── ConfigError (ValueError)                a supervisor config file is invalid (.errors)
+    └── UnknownProgramError (KeyError)          no such supervised program or instance
 """
 
 from __future__ import annotations
@@ -79,7 +81,10 @@ class CommandTimedOutError(CommandFailedError, TimeoutError):
 
     def _describe(self) -> str:
         r = self.result
-        return f"command {r.args[0]!r} timed out after {r.duration:.3f}s; its process tree was ended"
+        return (
+            f"command {r.args[0]!r} timed out after {r.duration:.3f}s; "
+            "its process tree was ended"
+        )
 
 
 class StateError(ForkwellError, RuntimeError):
@@ -108,3 +113,30 @@ def spawn_error(exc: OSError, command: str, cwd: str | None) -> SpawnError:
             command,
         )
     return SpawnError(err, f"cannot start {command!r}: {exc.strerror or exc}", command, filename)
+
+
+class ConfigError(ForkwellError, ValueError):
+    """A supervisor config file is invalid.  ``.errors`` lists every problem, one line each.
+
+    Each line names the file, the key path and what was expected, e.g.
+    ``forkwell.toml: programs.web.stop_signal: expected a signal name ..., got 'TREM'``.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+class UnknownProgramError(ForkwellError, KeyError):
+    """A name given to the supervisor matches no program or instance."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        # KeyError would quote the message; this is a sentence, not a key.
+        return self.message

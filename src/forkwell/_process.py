@@ -252,7 +252,7 @@ def spawn(
             close_fds=True,
             start_new_session=new_session,
             process_group=0 if (new_process_group and not new_session) else None,
-            preexec_fn=preexec_fn,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 (only pdeathsig/callers that accept the risk)
             umask=umask,
             **kwargs,
         )

@@ -267,7 +267,7 @@ class Tree:
             if pid == self.root:
                 continue
             try:
-                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)  # type: ignore[attr-defined]
+                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
             except ChildProcessError:
                 pass  # not our child: its own parent or init reaps it
             except OSError:
