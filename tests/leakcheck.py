@@ -157,3 +157,7 @@ def start_session_reaper() -> None:
             code = code if code >= 0 else 128 - code
             break
     os._exit(code)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    start_session_reaper()
