@@ -19,29 +19,41 @@ _EXPORTS: dict[str, str] = {
     "Config": "._config",
     "ProgramConfig": "._config",
     "load_config": "._config",
+    "ControlClient": "._control",
     "ChildExit": "._reaper",
     "Reaper": "._reaper",
     "fork": "._reaper",
+    "BindError": "._exceptions",
     "CommandFailedError": "._exceptions",
     "CommandNotExecutableError": "._exceptions",
     "CommandNotFoundError": "._exceptions",
     "CommandTimedOutError": "._exceptions",
     "ConfigError": "._exceptions",
+    "ControlError": "._exceptions",
+    "ControlRequestError": "._exceptions",
+    "ControlSocketError": "._exceptions",
     "ForkwellError": "._exceptions",
+    "HandlerImportError": "._exceptions",
+    "LockTimeoutError": "._exceptions",
     "SpawnError": "._exceptions",
     "SpawnResourceError": "._exceptions",
     "StateError": "._exceptions",
+    "SupervisorUnreachableError": "._exceptions",
     "UnknownProgramError": "._exceptions",
+    "WorkerBootError": "._exceptions",
     "WorkingDirectoryError": "._exceptions",
+    "FileLock": "._lock",
     "notify_ready": "._notify",
     "notify_status": "._notify",
     "notify_stopping": "._notify",
+    "PreforkServer": "._prefork",
     "Process": "._process",
     "spawn": "._process",
     "ProgramState": "._program",
     "RunResult": "._run",
     "run": "._run",
     "run_async": "._run",
+    "ForkingServer": "._server",
     "InstanceInfo": "._supervisor",
     "OpResult": "._supervisor",
     "ReloadReport": "._supervisor",
@@ -54,20 +66,31 @@ if TYPE_CHECKING:
     from ._config import Config as Config
     from ._config import ProgramConfig as ProgramConfig
     from ._config import load_config as load_config
+    from ._control import ControlClient as ControlClient
+    from ._exceptions import BindError as BindError
     from ._exceptions import CommandFailedError as CommandFailedError
     from ._exceptions import CommandNotExecutableError as CommandNotExecutableError
     from ._exceptions import CommandNotFoundError as CommandNotFoundError
     from ._exceptions import CommandTimedOutError as CommandTimedOutError
     from ._exceptions import ConfigError as ConfigError
+    from ._exceptions import ControlError as ControlError
+    from ._exceptions import ControlRequestError as ControlRequestError
+    from ._exceptions import ControlSocketError as ControlSocketError
     from ._exceptions import ForkwellError as ForkwellError
+    from ._exceptions import HandlerImportError as HandlerImportError
+    from ._exceptions import LockTimeoutError as LockTimeoutError
     from ._exceptions import SpawnError as SpawnError
     from ._exceptions import SpawnResourceError as SpawnResourceError
     from ._exceptions import StateError as StateError
+    from ._exceptions import SupervisorUnreachableError as SupervisorUnreachableError
     from ._exceptions import UnknownProgramError as UnknownProgramError
+    from ._exceptions import WorkerBootError as WorkerBootError
     from ._exceptions import WorkingDirectoryError as WorkingDirectoryError
+    from ._lock import FileLock as FileLock
     from ._notify import notify_ready as notify_ready
     from ._notify import notify_status as notify_status
     from ._notify import notify_stopping as notify_stopping
+    from ._prefork import PreforkServer as PreforkServer
     from ._process import Process as Process
     from ._process import spawn as spawn
     from ._program import ProgramState as ProgramState
@@ -77,6 +100,7 @@ if TYPE_CHECKING:
     from ._run import RunResult as RunResult
     from ._run import run as run
     from ._run import run_async as run_async
+    from ._server import ForkingServer as ForkingServer
     from ._supervisor import InstanceInfo as InstanceInfo
     from ._supervisor import OpResult as OpResult
     from ._supervisor import ReloadReport as ReloadReport

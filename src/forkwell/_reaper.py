@@ -7,6 +7,20 @@ epoll set: its :meth:`~Reaper.fileno` becomes readable when any of them exits,
 so it fits any selector or event loop, and it reaps only its own children
 (``waitid(P_PIDFD)``), never one started by someone else.  No signal handler.
 
+Two ways to use it:
+
+* :func:`fork` -- the one-liner.  ``forkwell.fork()`` is ``os.fork()`` whose
+  child is reaped as soon as it exits by one process-wide background thread
+  (blocked in ``epoll_wait``: no periodic wake-up), which then calls the
+  optional ``on_exit`` callback *in that thread*, never in signal context.
+* :class:`Reaper` -- explicit, for programs with their own loop: ``fork()`` or
+  ``watch(pid)``, then ``reap()`` when ``fileno()`` is readable, or block in
+  ``wait()``, iterate ``exits()``, or ``await wait_async()``.
+
+Both work the same in an ordinary process, a subreaper or PID 1; neither
+reaps orphans a subreaper/PID 1 adopts (that is ``forkwell init``'s job: only
+a process that runs no ``subprocess`` children can safely ``waitpid(-1)``).
+
 Without pidfds (macOS, BSD, Linux < 5.4) it falls back to a SIGCHLD wake-up
 pipe plus ``waitpid(pid, WNOHANG)`` on each watched pid: still only its own.
 """
@@ -16,10 +30,16 @@ from __future__ import annotations
 import os
 import select
 import signal
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import _sys
+from ._exceptions import StateError
+
+ExitCallback = Callable[["ChildExit"], object]
 
 
 @dataclass(frozen=True)
@@ -31,16 +51,31 @@ class ChildExit:
 
     @property
     def exit_code(self) -> int | None:
+        """The exit status (0-255), or None if a signal ended the child."""
         return self.returncode if self.returncode >= 0 else None
 
     @property
     def signal(self) -> int | None:
+        """The number of the signal that ended the child, or None if it exited."""
         return -self.returncode if self.returncode < 0 else None
 
     @property
     def shell_status(self) -> int:
         """The status a shell would report: the exit code, or 128+N for signal N."""
         return self.returncode if self.returncode >= 0 else 128 - self.returncode
+
+    def __str__(self) -> str:
+        if self.returncode >= 0:
+            return f"pid {self.pid} exited with status {self.returncode}"
+        return f"pid {self.pid} was killed by {signal_name(-self.returncode)}"
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15; ``signal 99`` for a number Python does not name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def decode_wait_status(status: int) -> int:
@@ -55,14 +90,23 @@ class Reaper:
     >>> pid = reaper.fork()          # like os.fork(); the parent now watches pid
     >>> for exit in reaper.wait():   # or select on reaper.fileno()
     ...     print(exit.pid, exit.returncode)
+
+    ``on_exit`` (and any per-child callback given to :meth:`watch`/:meth:`fork`)
+    is called with each :class:`ChildExit` by whichever method reaped it
+    (``reap``, ``wait``, ``exits``, ``wait_async``), in the caller's thread.
+    The methods are thread-safe; the object must not be used by a child after a
+    plain ``os.fork()`` (a child made by :meth:`fork` gets a clean one).
     """
 
-    def __init__(self) -> None:
-        self._owner = os.getpid()
+    def __init__(self, on_exit: ExitCallback | None = None) -> None:
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
         self._pidfds: dict[int, int] = {}  # pidfd -> pid
         self._pids: set[int] = set()
+        self._callbacks: dict[int, ExitCallback] = {}
         self._epoll: select.epoll | None = None
         self._wake_r = self._wake_w = -1
+        self._closed = False
         if _sys.HAVE_PIDFD:
             self._epoll = select.epoll()
         else:
@@ -70,6 +114,10 @@ class Reaper:
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
             _install_sigchld_wakeup(self._wake_w)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"watching {len(self._pids)}"
+        return f"<forkwell.Reaper {state}>"
 
     def fileno(self) -> int:
         """Readable when at least one watched child has exited."""
@@ -79,53 +127,91 @@ class Reaper:
         return len(self._pids)
 
     def pids(self) -> set[int]:
-        return set(self._pids)
+        """The pids watched and not yet reaped."""
+        with self._lock:
+            return set(self._pids)
 
-    def watch(self, pid: int) -> None:
-        """Start watching ``pid``, a child of this process not yet reaped."""
-        self._pids.add(pid)
-        if self._epoll is not None:
-            fd = _sys.pidfd_open(pid)
-            if fd is None:
-                raise ChildProcessError(f"pid {pid} is not a live child of this process")
-            self._pidfds[fd] = pid
-            self._epoll.register(fd, select.EPOLLIN)
+    def watch(self, pid: int, on_exit: ExitCallback | None = None) -> None:
+        """Start watching ``pid``, a child of this process not yet reaped.
 
-    def fork(self) -> int:
+        ``on_exit`` is called with its :class:`ChildExit` once it is reaped.
+        Raises ``ChildProcessError`` if ``pid`` is not such a child.
+        """
+        if self._closed:
+            raise StateError("this Reaper is closed; create a new one to watch children")
+        with self._lock:
+            if self._epoll is not None:
+                fd = _sys.pidfd_open(pid)
+                if fd is None:
+                    raise ChildProcessError(f"pid {pid} is not a live child of this process")
+                self._pidfds[fd] = pid
+                self._epoll.register(fd, select.EPOLLIN)
+            self._pids.add(pid)
+            if on_exit is not None:
+                self._callbacks[pid] = on_exit
+
+    def fork(self, on_exit: ExitCallback | None = None) -> int:
         """``os.fork()``; the parent watches the child.  Returns 0 in the child."""
         pid = os.fork()
         if pid == 0:
             self._forget_in_child()
             return 0
-        self.watch(pid)
+        self.watch(pid, on_exit)
         return pid
 
     def _forget_in_child(self) -> None:
         # The child's copy must not reap its siblings (it cannot anyway) nor
-        # keep the parent's fds open.
+        # keep the parent's fds open.  The lock may have been held by another
+        # thread of the parent at fork time: replace it.
+        self._lock = threading.Lock()
         for fd in self._pidfds:
             os.close(fd)
         self._pidfds.clear()
         self._pids.clear()
+        self._callbacks.clear()
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = select.epoll()
 
     def reap(self) -> list[ChildExit]:
         """Reap every watched child that has exited; never blocks."""
+        with self._lock:
+            exits = self._reap_locked()
+            callbacks = [self._callbacks.pop(e.pid, None) for e in exits]
+        # Callbacks run without the lock, so they may fork() or watch() again.
+        # One that raises must not cost the others their exits: the first
+        # error is raised once every callback has run.
+        error: BaseException | None = None
+        for exit_, callback in zip(exits, callbacks, strict=True):
+            for call in (callback, self._on_exit):
+                if call is None:
+                    continue
+                try:
+                    call(exit_)
+                except Exception as exc:
+                    error = error or exc
+        if error is not None:
+            raise error
+        return exits
+
+    def _reap_locked(self) -> list[ChildExit]:
         exits: list[ChildExit] = []
         if self._epoll is not None:
+            if self._epoll.closed:
+                return exits
             for fd, _ in self._epoll.poll(0):
                 pid = self._pidfds.pop(fd)
                 self._epoll.unregister(fd)
                 try:
-                    result = os.waitid(os.P_PIDFD, fd, os.WEXITED)  # type: ignore[attr-defined]
+                    result = os.waitid(os.P_PIDFD, fd, os.WEXITED)
                 except ChildProcessError:
                     result = None
                 os.close(fd)
                 self._pids.discard(pid)
                 if result is not None:
                     exits.append(ChildExit(pid, _waitid_returncode(result)))
+            return exits
+        if self._wake_r < 0:
             return exits
         try:
             while os.read(self._wake_r, 4096):
@@ -144,7 +230,10 @@ class Reaper:
         return exits
 
     def wait(self, timeout: float | None = None) -> list[ChildExit]:
-        """Block until at least one watched child exits (or ``timeout``), reap, return."""
+        """Block until at least one watched child exits (or ``timeout``), reap, return.
+
+        Returns ``[]`` at once when nothing is watched, and after ``timeout``.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             exits = self.reap()
@@ -155,16 +244,62 @@ class Reaper:
                 return []
             select.select([self.fileno()], [], [], remaining)
 
+    def exits(self, timeout: float | None = None) -> Iterator[ChildExit]:
+        """Yield each exit as it happens, until no watched child is left.
+
+        ``timeout`` bounds the whole iteration: past it, the iterator stops even
+        if children are still running (they stay watched).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._pids:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            yield from self.wait(remaining)
+
+    async def wait_async(self) -> list[ChildExit]:
+        """Like :meth:`wait` for asyncio: waits on :meth:`fileno` with ``add_reader``."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        while True:
+            exits = self.reap()
+            if exits or not self._pids:
+                return exits
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def wake(fut: asyncio.Future[None] = ready) -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            fd = self.fileno()
+            loop.add_reader(fd, wake)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+
     def close(self) -> None:
-        for fd in self._pidfds:
-            os.close(fd)
-        self._pidfds.clear()
-        if self._epoll is not None:
-            self._epoll.close()
-        if self._wake_r >= 0:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
+        """Release the pidfds.  Children still running are no longer watched."""
+        with self._lock:
+            self._closed = True
+            for fd in self._pidfds:
+                os.close(fd)
+            self._pidfds.clear()
+            self._pids.clear()
+            self._callbacks.clear()
+            if self._epoll is not None:
+                self._epoll.close()
+            if self._wake_r >= 0:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> Reaper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _waitid_returncode(result: os.waitid_result) -> int:
@@ -182,3 +317,103 @@ def _install_sigchld_wakeup(fd: int) -> None:
             pass
 
     signal.signal(signal.SIGCHLD, handler)
+
+
+# -- the one-liner: forkwell.fork() -------------------------------------------
+
+
+class _BackgroundReaper:
+    """One :class:`Reaper` drained by a daemon thread blocked in ``select``.
+
+    The thread holds no lock while it sleeps, and ``os.register_at_fork`` makes
+    a forked child start without it (threads do not survive ``fork``).
+    """
+
+    def __init__(self) -> None:
+        self.reaper = Reaper()
+        self._stop_r, self._stop_w = os.pipe()
+        self.thread = threading.Thread(target=self._run, name="forkwell-reaper", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        reaper_fd = self.reaper.fileno()
+        while True:
+            ready, _, _ = select.select([reaper_fd, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
+            try:
+                self.reaper.reap()  # statuses go to the per-child callbacks
+            except Exception:
+                # A failing callback must not stop the reaping of the others.
+                sys.excepthook(*sys.exc_info())
+
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+        self.thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        self.reaper.close()
+
+
+_background: _BackgroundReaper | None = None
+_background_lock = threading.Lock()
+
+
+def _background_reaper() -> Reaper:
+    global _background
+    with _background_lock:
+        if _background is None:
+            _background = _BackgroundReaper()
+            os.register_at_fork(after_in_child=_forget_background_in_child)
+        return _background.reaper
+
+
+def _forget_background_in_child() -> None:
+    # The thread did not survive the fork; the child's copy of the Reaper holds
+    # the parent's pidfds.  Drop both: the child starts a fresh one if it forks.
+    global _background, _background_lock
+    old = _background
+    _background = None
+    _background_lock = threading.Lock()
+    if old is not None:
+        old.reaper._forget_in_child()
+        old.reaper.close()
+        os.close(old._stop_r)
+        os.close(old._stop_w)
+
+
+def fork(on_exit: ExitCallback | None = None) -> int:
+    """``os.fork()`` whose child is reaped as soon as it exits: no zombies, no work.
+
+    Returns 0 in the child and the child's pid in the parent, like ``os.fork()``.
+    A process-wide background thread reaps the child (only children forked by
+    this function: ``subprocess`` keeps its own exit statuses) and then calls
+    ``on_exit(ChildExit)`` *from that thread*, never from a signal handler.
+
+    >>> import os, forkwell
+    >>> pid = forkwell.fork(on_exit=lambda e: print(e))
+    >>> if pid == 0:
+    ...     os._exit(3)          # the parent later prints "pid N exited with status 3"
+    """
+    reaper = _background_reaper()
+    # Fork under the reaper's lock: the child must not inherit it held.
+    with reaper._lock:
+        pid = os.fork()
+    if pid == 0:
+        return 0  # the at-fork hook has already given the child a clean state
+    reaper.watch(pid, on_exit)
+    return pid
+
+
+def background_pids() -> set[int]:
+    """Children forked by :func:`fork` and not yet reaped (mainly for tests)."""
+    return set() if _background is None else _background.reaper.pids()
+
+
+def _stop_background() -> None:
+    """Stop the background thread (tests; the thread is a daemon otherwise)."""
+    global _background
+    with _background_lock:
+        old, _background = _background, None
+    if old is not None:
+        old.stop()

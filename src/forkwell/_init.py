@@ -1,0 +1,412 @@
+"""``forkwell init``: run one command as PID 1 or as a child subreaper.
+
+Why it is built this way:
+
+* **Every zombie is ours to reap.**  As PID 1 of a PID namespace every orphan
+  is re-parented to us; otherwise ``PR_SET_CHILD_SUBREAPER`` makes the orphans
+  of our descendants ours.  This process runs nothing but the command, so it
+  may (and must) ``waitpid(-1)``: unlike a library, it steals nobody's status.
+* **No work in signal context, no wake-up when idle.**  Each handled signal
+  has a no-op Python handler and ``signal.set_wakeup_fd`` writes its number to
+  a pipe; the loop blocks in ``select`` on that pipe with no timeout, so an
+  idle init never runs.  Blocking the signals and ``sigwaitinfo`` would work
+  too, but ``subprocess``'s fast vfork path would hand the blocked mask to the
+  command, so we would pay for a slow ``preexec_fn`` on every start.
+* **Nothing is left behind.**  tini exits as soon as its child exits and
+  dumb-init does not wait after its SIGTERM.  Here, when the command exits,
+  every remaining descendant gets SIGTERM, then SIGKILL after ``grace``, and
+  init exits only when it has no child left (as PID 1 or a subreaper, "no
+  child left" means "no descendant left": orphans come back to us).
+* **Job control as a shell does it.**  The command runs in its own process
+  group; if init owns the terminal, the command gets it.  When the command
+  stops (Ctrl-Z, or a forwarded TSTP/TTIN/TTOU), init stops itself so the
+  shell that started it sees a stopped job; a SIGCONT to init continues both.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from . import _sys, _tree
+from ._exceptions import StateError
+from ._process import Process, spawn
+from ._reaper import ChildExit
+
+# Synchronous signals are about init's own faults; KILL/STOP cannot be caught;
+# CHLD is how we learn about exits; PIPE would turn init's own write to a
+# closed stderr into a signal for the command.
+_NOT_FORWARDED = {
+    signal.SIGKILL,
+    signal.SIGSTOP,
+    signal.SIGCHLD,
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGILL,
+    signal.SIGFPE,
+    signal.SIGABRT,
+    signal.SIGTRAP,
+    signal.SIGSYS,
+    signal.SIGPIPE,
+}
+_JOB_CONTROL_STOPS = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSTOP}
+# During the grace period one of these asks init to stop waiting and kill now.
+_HURRY = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+# Between SIGKILL rounds: descendants forked while we were killing are found by
+# a rescan, since re-parenting an orphan to us raises no SIGCHLD.
+_KILL_RESCAN = 0.05
+
+
+def forwarded_signals() -> list[int]:
+    """Every signal init passes on to the command."""
+    return sorted(int(s) for s in signal.valid_signals() if s not in _NOT_FORWARDED)
+
+
+class InitState(enum.Enum):
+    RUNNING = "running"  # the command runs; signals are forwarded, zombies reaped
+    ENDING = "ending"  # the command exited; SIGTERM sent to what is left, grace runs
+    KILLING = "killing"  # grace over: SIGKILL until no descendant is left
+    DONE = "done"  # no child left; the exit status is known
+
+
+_TRANSITIONS: dict[InitState, frozenset[InitState]] = {
+    InitState.RUNNING: frozenset({InitState.ENDING, InitState.DONE}),
+    InitState.ENDING: frozenset({InitState.KILLING, InitState.DONE}),
+    InitState.KILLING: frozenset({InitState.DONE}),
+    InitState.DONE: frozenset(),
+}
+
+
+class Init:
+    """One run of ``forkwell init``: ``Init(args, ...).run()`` returns the exit status.
+
+    It installs handlers for every forwarded signal and reaps with
+    ``waitpid(-1)``: use it only in a process dedicated to being init (the CLI).
+    Raises :class:`~forkwell.SpawnError` subclasses when the command cannot start.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        pgroup: bool = False,
+        grace: float = 5.0,
+        remap_exit: Iterable[int] = (),
+        verbose: bool = False,
+        pdeathsig: int | None = None,
+        log: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.args = list(args)
+        self.pgroup = pgroup
+        self.grace = grace
+        self.remap_exit = frozenset(remap_exit)
+        self.verbose = verbose
+        self.pdeathsig = pdeathsig
+        self.log = log
+        self.state = InitState.RUNNING
+        self.pid1 = os.getpid() == 1
+        self.main_exit: ChildExit | None = None
+        self.orphans_reaped = 0
+        self._proc: Process | None = None
+        self._tty: int | None = None
+        self._wake_r = self._wake_w = -1
+        self._old_wakeup_fd = -1
+        self._old_handlers: dict[int, object] = {}
+        # pid -> (pidfd, starttime) of descendants already sent SIGTERM.
+        self._termed: dict[int, tuple[int, int]] = {}
+
+    # -- state -------------------------------------------------------------
+
+    def _to(self, new: InitState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise StateError(f"init cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    # -- set-up --------------------------------------------------------------
+
+    def _become_reaper(self) -> None:
+        if self.pid1:
+            return
+        if not _sys.set_subreaper():
+            self.log(
+                "warning: not PID 1 and cannot become a child subreaper: "
+                "orphans will not be reaped by init (needs Linux >= 3.4)"
+            )
+
+    def _install_signals(self) -> None:
+        # O_CLOEXEC: the command must not inherit the wake-up pipe.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in [*forwarded_signals(), signal.SIGCHLD]:
+            try:
+                self._old_handlers[sig] = signal.signal(sig, _wake_only)
+            except (OSError, ValueError):
+                continue  # a signal this platform will not let us catch
+
+    def _restore_signals(self) -> None:
+        for sig, old in self._old_handlers.items():
+            try:
+                signal.signal(sig, old)  # type: ignore[arg-type]
+            except (OSError, ValueError, TypeError):
+                continue
+        self._old_handlers.clear()
+        signal.set_wakeup_fd(self._old_wakeup_fd)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _find_tty(self) -> int | None:
+        """The terminal init owns as foreground job, if any: the command will get it."""
+        for fd in (0, 1, 2):
+            try:
+                if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                    return fd
+            except OSError:
+                continue
+        return None
+
+    def _start(self) -> Process:
+        self._tty = self._find_tty()
+        preexec: Callable[[], None] | None = None
+        if self._tty is not None:
+            tty = self._tty
+
+            def preexec() -> None:
+                # In the child, already leading its own group: take the terminal.
+                # SIGTTOU is blocked, else the kernel stops a background caller.
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+                try:
+                    os.tcsetpgrp(tty, os.getpgrp())
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTTOU})
+
+        return spawn(
+            self.args,
+            new_process_group=True,
+            track_tree=False,  # init finds descendants by parentage, no cookie needed
+            pdeathsig=self.pdeathsig,
+            preexec_fn=preexec,
+        )
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the command, serve it until it exits, clean up, return the status."""
+        self._become_reaper()
+        self._install_signals()
+        try:
+            self._proc = self._start()
+            self._serve()
+            self._end_descendants()
+            self._to(InitState.DONE)
+        finally:
+            self._close_pins()
+            self._restore_signals()
+            self._give_back_tty()
+            if self._proc is not None:
+                self._proc.close()
+        assert self.main_exit is not None
+        status = self.main_exit.shell_status
+        return 0 if status in self.remap_exit else status
+
+    def _serve(self) -> None:
+        while True:
+            self._reap()
+            if self.main_exit is not None:
+                return
+            # No timeout: an idle init sleeps until a signal (SIGCHLD included).
+            select.select([self._wake_r], [], [])
+            for sig in self._pending_signals():
+                if sig != signal.SIGCHLD:
+                    self._forward(sig)
+
+    def _pending_signals(self) -> list[int]:
+        got = bytearray()
+        while True:
+            try:
+                chunk = os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        return list(got)
+
+    def _forward(self, sig: int) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        if self.pgroup:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        else:
+            proc.send_signal(sig)
+
+    def _reap(self) -> bool:
+        """Reap every zombie child; True while children remain."""
+        # WUNTRACED tells us when the command stops (job control); PID 1 cannot
+        # stop itself, so it does not ask.
+        flags = os.WNOHANG | (0 if self.pid1 else os.WUNTRACED)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, flags)
+            except ChildProcessError:
+                return False
+            if pid == 0:
+                return True
+            if os.WIFSTOPPED(status):
+                if self._proc is not None and pid == self._proc.pid:
+                    self._command_stopped()
+                continue
+            exit_ = ChildExit(pid, os.waitstatus_to_exitcode(status))
+            if self._proc is not None and pid == self._proc.pid and self.main_exit is None:
+                self.main_exit = exit_
+                # We reaped it with waitpid(-1): tell its Process object.
+                self._proc._set_reaped(exit_.returncode)
+                if self.verbose:
+                    self.log(f"command: {exit_}")
+            else:
+                self.orphans_reaped += 1
+                if self.verbose:
+                    self.log(f"reaped orphan: {exit_}")
+
+    def _command_stopped(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        # The stop was reported once; the command may have been continued since.
+        info = _tree.read_stat(proc.pid)
+        if info is None or info.state not in ("T", "t"):
+            return
+        self._give_back_tty()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        # Continued (the shell's `fg`/`bg` sent SIGCONT to our group).
+        if self._tty is not None:
+            _set_foreground(self._tty, proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def _give_back_tty(self) -> None:
+        if self._tty is not None:
+            _set_foreground(self._tty, os.getpgrp())
+
+    # -- the end -------------------------------------------------------------
+
+    def _end_descendants(self) -> None:
+        if not self._reap():
+            return
+        self._to(InitState.ENDING)
+        deadline = time.monotonic() + max(self.grace, 0.0)
+        self._term_new()
+        while self._reap():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select([self._wake_r], [], [], remaining)
+            if ready and any(sig in _HURRY for sig in self._pending_signals()):
+                break
+            self._term_new()
+        else:
+            return
+        self._to(InitState.KILLING)
+        if self.verbose:
+            self.log(f"grace of {self.grace:g}s over: killing what is left")
+        while self._reap():
+            self._kill_all()
+            select.select([self._wake_r], [], [], _KILL_RESCAN)
+            self._pending_signals()
+
+    def _term_new(self) -> None:
+        """SIGTERM each descendant not yet sent one (a second TERM can mean "abort")."""
+        for info in _descendants().values():
+            held = self._termed.get(info.pid)
+            if held is not None and held[1] == info.starttime:
+                continue
+            fd = _pin(info)
+            if fd is None:
+                continue
+            if held is not None:
+                os.close(held[0])
+            self._termed[info.pid] = (fd, info.starttime)
+            if self.verbose:
+                self.log(f"sending SIGTERM to remaining descendant {info.pid}")
+            if _sys.pidfd_signal(fd, signal.SIGTERM):
+                # A stopped process would keep SIGTERM pending forever.
+                _sys.pidfd_signal(fd, signal.SIGCONT)
+
+    def _kill_all(self) -> None:
+        if self.pid1:
+            # Everyone in our namespace is a descendant; kill(-1) spares PID 1.
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        for info in _descendants().values():
+            fd = _pin(info)
+            if fd is not None:
+                _sys.pidfd_signal(fd, signal.SIGKILL)
+                os.close(fd)
+
+    def _close_pins(self) -> None:
+        for fd, _ in self._termed.values():
+            os.close(fd)
+        self._termed.clear()
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """The handler of every signal init handles: ``set_wakeup_fd`` does the waking."""
+
+
+def _set_foreground(tty: int, pgrp: int) -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(tty, pgrp)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTTY, errno.EPERM, errno.ESRCH, errno.EINVAL):
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTTOU})
+
+
+def _descendants() -> dict[int, _tree.ProcInfo]:
+    """Every live descendant of this process, by closure over parentage in /proc."""
+    if not _sys.HAVE_PROC:
+        return {}
+    me = os.getpid()
+    infos: dict[int, _tree.ProcInfo] = {}
+    for pid in _tree.iter_pids():
+        if pid == me:
+            continue
+        info = _tree.read_stat(pid)
+        if info is not None and info.state not in ("Z", "X"):
+            infos[pid] = info
+    found: dict[int, _tree.ProcInfo] = {}
+    frontier = {me}
+    while frontier:
+        nxt = {pid for pid, info in infos.items() if info.ppid in frontier and pid not in found}
+        for pid in nxt:
+            found[pid] = infos[pid]
+        frontier = nxt
+    return found
+
+
+def _pin(info: _tree.ProcInfo) -> int | None:
+    """A pidfd for ``info``, checked to be the same process (pids get recycled)."""
+    fd = _sys.pidfd_open(info.pid)
+    if fd is None:
+        return None
+    again = _tree.read_stat(info.pid)
+    if again is None or again.starttime != info.starttime:
+        os.close(fd)
+        return None
+    return fd
