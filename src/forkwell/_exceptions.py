@@ -13,12 +13,25 @@ Each also subclasses the builtin that fits, so ``except OSError`` or
     │   └── CommandTimedOutError (TimeoutError)  run(check=True): deadline passed
     ├── StateError (RuntimeError)               an illegal state-machine transition
     ├── ConfigError (ValueError)                a supervisor config file is invalid (.errors)
-    └── UnknownProgramError (KeyError)          no such supervised program or instance
+    ├── UnknownProgramError (KeyError)          no such supervised program or instance
+    ├── ControlError                            talking to a supervisor's control socket
+    │   ├── SupervisorUnreachableError (ConnectionError) no supervisor answers there
+    │   ├── ControlSocketError (OSError)        the control socket cannot be created
+    │   └── ControlRequestError                 the supervisor refused a request (.code)
+    ├── LockTimeoutError (TimeoutError)          FileLock: not acquired within the timeout
+    ├── BindError (OSError)                      a server cannot listen on an address
+    ├── HandlerImportError (ImportError)         a server's MODULE:HANDLER cannot be loaded
+    ├── WorkerBootError (RuntimeError)           pre-fork workers failed to boot N times in a row
+    ├── DaemonStartError (OSError)              daemonize/daemon start failed; .step names where
+    │   └── DaemonReadyTimeoutError (TimeoutError)  not ready within the readiness timeout
+    └── PidfileError (OSError)                  unsafe or unusable pidfile (symlink, bad directory)
+        └── PidfileLockedError (BlockingIOError) another live process holds it; .pid says which
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -94,7 +107,8 @@ class StateError(ForkwellError, RuntimeError):
 def spawn_error(exc: OSError, command: str, cwd: str | None) -> SpawnError:
     """Translate an ``OSError`` from spawning into the matching ``SpawnError``."""
     err = exc.errno or 0
-    filename = exc.filename if isinstance(exc.filename, str) else None
+    raw = exc.filename
+    filename = os.fsdecode(raw) if isinstance(raw, str | bytes | os.PathLike) else None
     if cwd is not None and filename is not None and filename == str(cwd):
         why = "does not exist" if err == _errno.ENOENT else (exc.strerror or "unusable").lower()
         return WorkingDirectoryError(
@@ -140,3 +154,98 @@ class UnknownProgramError(ForkwellError, KeyError):
     def __str__(self) -> str:
         # KeyError would quote the message; this is a sentence, not a key.
         return self.message
+
+
+class ControlError(ForkwellError):
+    """Talking to a supervisor over its control socket failed."""
+
+
+class SupervisorUnreachableError(ControlError, ConnectionError):
+    """No supervisor answers on the control socket (``.filename`` is its path)."""
+
+    def __init__(self, errno: int, message: str, path: str) -> None:
+        ConnectionError.__init__(self, errno, message, path)
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class ControlSocketError(ControlError, OSError):
+    """The supervisor cannot create its control socket (path taken, directory unsafe)."""
+
+    def __init__(self, errno: int, message: str) -> None:
+        OSError.__init__(self, errno, message)
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class ControlRequestError(ControlError):
+    """The supervisor answered a request with an error.
+
+    ``.code`` is the protocol's error code (``unknown_name``, ``config``,
+    ``bad_request``... see ``docs/control.md``); ``.errors`` lists every
+    problem for ``config``.
+    """
+
+    def __init__(self, code: str, message: str, *, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.errors = list(errors or [])
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class LockTimeoutError(ForkwellError, TimeoutError):
+    """``FileLock.acquire``: another process held the lock past the timeout (``.filename``)."""
+
+
+class BindError(ForkwellError, OSError):
+    """A server cannot listen: malformed address, address in use, no permission."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class HandlerImportError(ForkwellError, ImportError):
+    """``"MODULE:HANDLER"`` cannot be imported, or is not a handler class or callable."""
+
+
+class WorkerBootError(ForkwellError, RuntimeError):
+    """Pre-fork workers failed during boot too many times in a row; the master halted."""
+
+
+class DaemonStartError(ForkwellError, OSError):
+    """The daemon did not come up.  ``.step`` names the daemon(7) step that failed."""
+
+    def __init__(self, errno: int, message: str, step: str = "", filename: str | None = None):
+        OSError.__init__(self, errno, message, filename)
+        self.step = step
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class DaemonReadyTimeoutError(DaemonStartError, TimeoutError):
+    """The daemon did not report readiness in time; it was stopped."""
+
+
+class PidfileError(ForkwellError, OSError):
+    """The pidfile cannot be used safely (symlink, not a regular file, unsafe directory)."""
+
+    def __init__(self, errno: int, message: str, filename: str | None = None):
+        OSError.__init__(self, errno, message, filename)
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class PidfileLockedError(PidfileError, BlockingIOError):
+    """Another live process holds the pidfile's lock.  ``.pid`` is that process (or None)."""
+
+    def __init__(self, path: str, pid: int | None):
+        who = f"pid {pid}" if pid is not None else "another process"
+        super().__init__(_errno.EAGAIN, f"pidfile {path} is locked by {who}", path)
+        self.pid = pid

@@ -247,11 +247,14 @@ class Tree:
                 poller.unregister(fd)
         return True
 
-    def kill_all(self, timeout: float = 5.0) -> bool:
-        """SIGKILL every member until none is left; True when the tree is empty."""
+    def kill_all(self, timeout: float = 5.0, include_root: bool = False) -> bool:
+        """SIGKILL every member until none is left; True when the tree is empty.
+
+        The root is left to its owner (who reaps it) unless ``include_root``.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            members = self.members(include_root=False)
+            members = self.members(include_root=include_root)
             if not members:
                 self.reap_adopted()
                 return True
@@ -259,7 +262,7 @@ class Tree:
             self.wait_gone(fds, deadline)
             self.reap_adopted()
             if time.monotonic() >= deadline:
-                return not self.members(include_root=False)
+                return not self.members(include_root=include_root)
 
     def reap_adopted(self) -> None:
         """Reap members that were re-parented to us (we are a subreaper or PID 1)."""
@@ -301,4 +304,4 @@ def terminate_tree(
         if not tree.wait_gone(fds, deadline):
             break
         tree.reap_adopted()
-    tree.kill_all()
+    tree.kill_all(include_root=include_root)
