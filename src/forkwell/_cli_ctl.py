@@ -1,0 +1,499 @@
+"""``forkwell ps|start|stop|restart|signal|logs|reload|scale|down|check``: talk to a supervisor.
+
+Thin: parse, send one request over the control socket (:mod:`forkwell._control`),
+print.  Imports stay lean (no asyncio, tomllib or engine) because ``forkwell
+ps`` is run by health checks and people in a hurry; only ``check`` loads the
+config module.
+
+Exit codes (also in ``docs/control.md``):
+    0  done; ``ps``: every autostart instance is RUNNING
+    1  the supervisor cannot be reached, or failed to answer
+    2  bad usage, unknown program name, invalid config (``check``, ``reload``)
+    3  an instance failed (FATAL, did not stop, could not be signalled);
+       ``ps``: some autostart instance is not RUNNING
+  130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, NoReturn
+
+from ._control import ControlClient, find_socket, wait_pid_gone
+from ._exceptions import ControlRequestError, SupervisorUnreachableError
+
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+# Error codes from the supervisor that mean "the user asked for something wrong".
+_USAGE_CODES = frozenset({"unknown_name", "bad_request", "config"})
+
+_DESCRIPTIONS = {
+    "ps": "Show every supervised instance: state, pid, uptime, restarts, last exit, CPU %, RSS.\n"
+    "Exit 0 when every autostart instance is RUNNING, 3 otherwise (a health check).",
+    "start": "Start instances and wait until each is RUNNING (ready) or has failed.",
+    "stop": "Stop instances (their whole process trees) and wait until each is STOPPED.",
+    "restart": "Restart instances; each is stopped and started on its own, others are untouched.",
+    "signal": "Send a signal to instances' main processes (their whole trees with --tree).",
+    "logs": "Print the last lines of an instance's log; -f follows it across rotations.",
+    "reload": "Re-read the config: start added programs, stop removed ones, restart changed\n"
+    "ones; unchanged ones keep running (same pid).  An invalid config changes nothing.",
+    "scale": "Change a program's number of instances; existing instances are not restarted.",
+    "down": "Stop everything in reverse dependency order; return once the supervisor exited.",
+    "check": "Validate a config file without a running supervisor; list every error.",
+}
+
+_NAMES_HELP = "program (all its instances), program:N (one instance) or 'all'"
+_EPILOG = (
+    "The socket is --socket, else $FORKWELL_SOCKET, else [supervisor] socket of the config\n"
+    "(-c, default ./forkwell.toml).  Exit: 0 ok, 1 supervisor unreachable, 2 bad usage or\n"
+    "unknown name, 3 an instance failed or is not running.  See docs/control.md."
+)
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage dump: scripts grep stderr.
+        raise _Usage(f"{message} (see '{self.prog} --help')")
+
+
+def _parser(prog: str, command: str) -> _Parser:
+    p = _Parser(
+        prog=prog,
+        description=_DESCRIPTIONS[command],
+        epilog=_EPILOG if command != "check" else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "-c", "--config", metavar="FILE", help="the supervisor's config (default ./forkwell.toml)"
+    )
+    if command != "check":
+        p.add_argument("--socket", metavar="PATH", help="the control socket (overrides the config)")
+    if command == "ps":
+        p.add_argument("names", nargs="*", metavar="NAME", help=_NAMES_HELP + " (default: all)")
+        p.add_argument("--json", action="store_true", help="print a JSON document instead")
+    elif command in ("start", "stop", "restart"):
+        p.add_argument("names", nargs="+", metavar="NAME", help=_NAMES_HELP)
+        p.add_argument("--no-wait", action="store_true", help="return once the request is taken")
+    elif command == "signal":
+        p.add_argument("signal", metavar="SIG", help="TERM, SIGTERM or 15")
+        p.add_argument("names", nargs="+", metavar="NAME", help=_NAMES_HELP)
+        p.add_argument("--tree", action="store_true", help="signal each instance's whole tree")
+    elif command == "logs":
+        p.add_argument("name", metavar="NAME", help="program (if it has one instance) or program:N")
+        p.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="default 10")
+        p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+        p.add_argument("--stderr", action="store_true", help="the stderr log instead of stdout")
+    elif command == "scale":
+        p.add_argument("targets", nargs="+", metavar="NAME=N", help="e.g. web=4")
+    elif command == "down":
+        p.add_argument(
+            "--timeout", type=float, default=60.0, metavar="SECONDS",
+            help="how long to wait for the supervisor process to exit after stopping (default 60)",
+        )  # fmt: skip
+    return p
+
+
+def main(argv: list[str], *, prog: str, command: str) -> int:
+    try:
+        try:
+            ns = _parser(prog, command).parse_args(argv)
+        except SystemExit as exc:  # --help
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
+        if command == "check":
+            return _check(prog, ns)
+        return _COMMANDS[command](prog, ns)
+    except _Usage as exc:
+        _err(prog, str(exc))
+        return EXIT_USAGE
+    except SupervisorUnreachableError as exc:
+        _err(prog, str(exc))
+        return EXIT_UNREACHABLE
+    except ControlRequestError as exc:
+        _err(prog, exc.message)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `forkwell logs -f web | head`: the reader left; not an error.
+        _silence_stdout()
+        return EXIT_OK
+
+
+def _err(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _connect(ns: argparse.Namespace) -> ControlClient:
+    return ControlClient(find_socket(ns.socket, ns.config))
+
+
+# -- ps -------------------------------------------------------------------
+
+
+def _ps(prog: str, ns: argparse.Namespace) -> int:
+    with _connect(ns) as client:
+        result = client.request("ps", {"names": ns.names} if ns.names else None)
+    rows: list[dict[str, Any]] = result.get("instances", [])
+    healthy = bool(result.get("healthy"))
+    if ns.json:
+        import json
+
+        doc = {"version": 1, **result}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        _print_table(rows)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    header = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST-EXIT", "CPU%", "RSS")
+    table = [header]
+    for r in rows:
+        table.append(
+            (
+                r["name"],
+                r["state"],
+                "-" if r["pid"] is None else str(r["pid"]),
+                "-" if r["uptime"] is None else format_uptime(r["uptime"]),
+                str(r["restarts"]),
+                format_exit(r["last_exit"]),
+                "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}",
+                "-" if r["rss_bytes"] is None else format_bytes(r["rss_bytes"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    out = []
+    for row in table:
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+def format_uptime(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "-"
+    if returncode < 0:
+        import signal
+
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return str(returncode)
+
+
+def format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}G"  # pragma: no cover
+
+
+# -- start / stop / restart / signal / scale --------------------------------
+
+
+class _Progress:
+    """One self-overwriting status line on a terminal; nothing otherwise."""
+
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+        self.shown = False
+
+    def __call__(self, states: dict[str, str]) -> None:
+        counts: dict[str, int] = {}
+        for state in states.values():
+            counts[state] = counts.get(state, 0) + 1
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        if len(states) <= 4:
+            summary = ", ".join(f"{name} {state}" for name, state in states.items())
+        line = f"{self.prog}: {summary}"
+        try:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns
+        except OSError:
+            width = 80
+        sys.stderr.write("\r\x1b[K" + line[: max(10, width - 1)])
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+_DONE_WORDS = {"start": "started", "stop": "stopped", "restart": "restarted"}
+
+
+def _op(prog: str, ns: argparse.Namespace, command: str) -> int:
+    wait = not ns.no_wait
+    progress = _Progress(prog) if wait and sys.stderr.isatty() else None
+    with _connect(ns) as client:
+        try:
+            result = client.request(
+                command, {"names": ns.names, "wait": wait}, timeout=None, on_progress=progress
+            )
+        finally:
+            if progress is not None:
+                progress.clear()
+    done = _DONE_WORDS[command] if wait else f"{command} requested"
+    return _report(prog, result.get("results", []), done)
+
+
+def _report(prog: str, results: list[dict[str, Any]], done: str) -> int:
+    failed = 0
+    for r in results:
+        if r.get("ok"):
+            print(f"{r['instance']}: {done} ({r['state']})")
+            continue
+        failed += 1
+        message = r.get("message") or f"{r['instance']} is {r['state']}"
+        _err(prog, message)
+        if r.get("last_exit") is not None:
+            print(f"  last exit: {format_exit(r['last_exit'])}", file=sys.stderr)
+        tail = r.get("log_tail") or []
+        if tail:
+            print("  last log lines:", file=sys.stderr)
+            for line in tail:
+                print(f"  | {line.rstrip()}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _start(prog: str, ns: argparse.Namespace) -> int:
+    return _op(prog, ns, "start")
+
+
+def _stop(prog: str, ns: argparse.Namespace) -> int:
+    return _op(prog, ns, "stop")
+
+
+def _restart(prog: str, ns: argparse.Namespace) -> int:
+    return _op(prog, ns, "restart")
+
+
+def _signal(prog: str, ns: argparse.Namespace) -> int:
+    from ._duration import parse_signal
+
+    try:
+        sig = parse_signal(ns.signal)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+    with _connect(ns) as client:
+        result = client.request("signal", {"names": ns.names, "signal": sig.name, "tree": ns.tree})
+    return _report(prog, result.get("results", []), f"sent {sig.name}")
+
+
+def _scale(prog: str, ns: argparse.Namespace) -> int:
+    targets: list[tuple[str, int]] = []
+    for target in ns.targets:
+        name, eq, count = target.partition("=")
+        if not eq or not name or not count.strip().isdigit():
+            raise _Usage(f"expected NAME=N with N >= 0, got {target!r}")
+        targets.append((name, int(count)))
+    rc = EXIT_OK
+    with _connect(ns) as client:
+        for name, n in targets:
+            result = client.request("scale", {"program": name, "n": n}, timeout=None)
+            print(f"{name}: {n} instance{'s' if n != 1 else ''}")
+            rc = max(rc, _report(prog, result.get("results", []), "ok"))
+    return rc
+
+
+# -- reload / down ------------------------------------------------------------
+
+
+def _reload(prog: str, ns: argparse.Namespace) -> int:
+    with _connect(ns) as client:
+        result = client.request("reload", timeout=None)
+    changes = 0
+    for key, word in (
+        ("added", "added"),
+        ("removed", "removed"),
+        ("changed", "restarted (changed)"),
+        ("scaled", "scaled"),
+    ):
+        names = result.get(key) or []
+        if names:
+            changes += len(names)
+            print(f"{word}: {', '.join(names)}")
+    unchanged = result.get("unchanged") or []
+    print(f"unchanged: {len(unchanged)} program{'s' if len(unchanged) != 1 else ''}")
+    if not changes:
+        print("nothing to do")
+    return EXIT_OK
+
+
+def _down(prog: str, ns: argparse.Namespace) -> int:
+    with _connect(ns) as client:
+        result = client.request("down", timeout=None)
+        pid = result.get("pid")
+        # The supervisor closes the socket as it exits; then make sure the
+        # process itself is gone, so `forkwell down && forkwell up` is safe.
+        client.wait_closed(ns.timeout)
+    if isinstance(pid, int) and not wait_pid_gone(pid, ns.timeout):
+        _err(prog, f"all stopped, but the supervisor (pid {pid}) has not exited")
+        return EXIT_UNREACHABLE
+    stopped = result.get("stopped") or []
+    print(f"stopped {len(stopped)} instance{'s' if len(stopped) != 1 else ''}; supervisor exited")
+    return EXIT_OK
+
+
+# -- logs ---------------------------------------------------------------------
+
+
+def _logs(prog: str, ns: argparse.Namespace) -> int:
+    if ns.lines < 0:
+        raise _Usage(f"-n must be >= 0, got {ns.lines}")
+    stream = "stderr" if ns.stderr else "stdout"
+    with _connect(ns) as client:
+        result = client.request("logs", {"name": ns.name, "stream": stream})
+    path = result["path"]
+    out = sys.stdout.buffer
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (kept open while following)
+    except FileNotFoundError:
+        if not ns.follow:
+            _err(prog, f"{result['instance']} has no {stream} log yet ({path})")
+            return EXIT_OK
+        f = None
+    if f is not None:
+        out.write(tail_lines(f, ns.lines))
+        out.flush()
+    if not ns.follow:
+        if f is not None:
+            f.close()
+        return EXIT_OK
+    follow(path, f, out)
+    return EXIT_OK  # pragma: no cover (follow returns only by an exception)
+
+
+def tail_lines(f: Any, n: int, block: int = 65536) -> bytes:
+    """The last ``n`` lines of binary file ``f``; leaves ``f`` at its end."""
+    end = f.seek(0, os.SEEK_END)
+    if n <= 0:
+        return b""
+    pos = end
+    data = b""
+    # A final line without '\n' counts as a line too.
+    while pos > 0 and data.count(b"\n") <= n:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        data = f.read(step) + data
+    f.seek(end)
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[-n:])
+
+
+def follow(path: str, f: Any, out: Any, *, interval: float = 0.1) -> None:
+    """Print what is appended to ``path``, across rotation and truncation, forever.
+
+    Rotation (rename + new file) shows as a new inode at ``path``: finish the
+    old file, then read the new one from its start.  Truncation
+    (copytruncate) shows as a size below our offset: start over at 0.
+    Polling keeps this portable and costs nothing measurable at 10 Hz.
+    """
+    import select
+
+    ident = None if f is None else _ident(os.fstat(f.fileno()))
+    while True:
+        if f is not None:
+            data = f.read(65536)
+            if data:
+                out.write(data)
+                out.flush()
+                continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and _ident(st) != ident:
+            if f is not None:
+                rest = f.read()  # written to the old file just before the rotation
+                if rest:
+                    out.write(rest)
+                    out.flush()
+                f.close()
+            try:
+                f = open(path, "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                f = None
+                ident = None
+            else:
+                ident = _ident(os.fstat(f.fileno()))
+            continue
+        if f is not None and st is not None and st.st_size < f.tell():
+            f.seek(0)
+            continue
+        select.select([], [], [], interval)
+
+
+def _ident(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+# -- check --------------------------------------------------------------------
+
+
+def _check(prog: str, ns: argparse.Namespace) -> int:
+    from ._config import DEFAULT_FILE, load_config
+    from ._exceptions import ConfigError
+
+    path = ns.config or DEFAULT_FILE
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        n = len(exc.errors)
+        _err(prog, f"{path}: {n} error{'s' if n != 1 else ''}")
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    programs = config.programs
+    instances = sum(p.numprocs for p in programs.values())
+    print(
+        f"{path}: ok ({len(programs)} program{'s' if len(programs) != 1 else ''},"
+        f" {instances} instance{'s' if instances != 1 else ''}; socket {config.supervisor.socket})"
+    )
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "ps": _ps,
+    "start": _start,
+    "stop": _stop,
+    "restart": _restart,
+    "signal": _signal,
+    "logs": _logs,
+    "reload": _reload,
+    "scale": _scale,
+    "down": _down,
+}
