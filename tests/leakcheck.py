@@ -121,7 +121,8 @@ def no_leaks():  # type: ignore[no-untyped-def]
             os.environ.pop(TEST_ID_VAR, None)
         else:
             os.environ[TEST_ID_VAR] = old
-    leaks = wait_for_no_leaks(test_id, timeout=3.0)
+    # How long processes that are being torn down may take to vanish.
+    leaks = wait_for_no_leaks(test_id, timeout=float(os.environ.get("FORKWELL_LEAK_WAIT", "3")))
     if leaks:
         kill_leaks(leaks)
         pytest.fail("test left processes behind:\n  " + "\n  ".join(leaks.values()), pytrace=False)

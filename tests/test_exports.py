@@ -4,8 +4,9 @@ import importlib
 import subprocess
 import sys
 
-import forkwell
 from helpers import PY
+
+import forkwell
 
 
 def test_all_is_sorted_and_unique() -> None:

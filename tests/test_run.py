@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import IS_ROOT, PY, read_pids, running, wait_until
 
 import forkwell
 from forkwell import _sys, _tree
-from helpers import IS_ROOT, PY, read_pids, running, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -111,7 +111,7 @@ def _parse(argv: list[str]) -> tuple[dict[str, object], float, list[str]]:
                 setarg(long_args[name], value)
             i += 1
             continue
-        if arg.startswith("-") and len(arg) > 1 and not _is_number(arg):
+        if arg.startswith("-") and len(arg) > 1:
             j = 1
             while j < len(arg):
                 c = arg[j]
@@ -144,14 +144,6 @@ def _parse(argv: list[str]) -> tuple[dict[str, object], float, list[str]]:
     if len(rest) < 2:
         raise _Usage(f"missing operand after {rest[0]!r}")
     return opts, duration, rest[1:]
-
-
-def _is_number(arg: str) -> bool:
-    try:
-        float(arg)
-    except ValueError:
-        return False
-    return True
 
 
 def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "timeout") -> int:
