@@ -1,0 +1,233 @@
+"""``forkwell serve``: parse, build a ForkingServer or PreforkServer, report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._prefork import PreforkServer
+    from ._server import ForkingServer
+
+DESCRIPTION = """\
+Serve a socketserver request handler (or a callable handler(sock, address))
+from pre-forked workers (default) or one forked child per connection.
+
+  forkwell serve http.server:SimpleHTTPRequestHandler --bind 127.0.0.1:8000 --workers 4
+
+Signals (pre-fork): HUP reload (re-imports MODULE), TTIN/TTOU one worker
+more/less, TERM graceful stop, INT/QUIT fast stop, USR1 reopen --log-file.
+Per-connection: TERM graceful stop, INT/QUIT fast stop.
+"""
+
+EPILOG = """\
+exit status: 0 stopped by a signal; 1 cannot listen (address in use,
+permission); 2 bad usage (options, bind address, MODULE:HANDLER);
+3 workers failed to boot --max-boot-failures times in a row.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    from ._duration import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, not argparse's usage dump.
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=prog,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "-w",
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="pre-fork N workers (default: the number of CPUs)",
+    )
+    mode.add_argument(
+        "--per-connection",
+        action="store_true",
+        help="fork one child per connection instead of pre-forking",
+    )
+    p.add_argument(
+        "-b",
+        "--bind",
+        action="append",
+        metavar="ADDR",
+        help="HOST:PORT, [IPV6]:PORT or unix:PATH; repeatable (default 127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--max-requests",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="pre-fork: replace a worker after N connections (0: never)",
+    )
+    p.add_argument(
+        "--max-requests-jitter",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="pre-fork: add 0..N at random to --max-requests, per worker",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_duration,
+        metavar="S",
+        help="pre-fork: kill and replace a worker silent for S (default 30s); "
+        "per-connection: kill a child after S (default: no limit)",
+    )
+    p.add_argument(
+        "--graceful-timeout",
+        type=_duration,
+        default=None,
+        metavar="S",
+        help="on TERM/reload, let connections finish for S, then kill (default 30s)",
+    )
+    p.add_argument(
+        "--max-children",
+        type=_positive_int,
+        metavar="N",
+        help="per-connection: at most N children; more connections wait (default 64)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="pre-fork: one SO_REUSEPORT socket per worker instead of a shared one",
+    )
+    p.add_argument(
+        "--max-boot-failures",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="pre-fork: halt after N workers in a row fail to boot (default 3)",
+    )
+    p.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="pre-fork: append stdout/stderr to PATH, reopened on USR1",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument(
+        "handler", metavar="MODULE:HANDLER", help="e.g. http.server:SimpleHTTPRequestHandler"
+    )
+    return p
+
+
+def main(argv: list[str], *, prog: str, command: str) -> int:
+    p = _parser(prog)
+    args = p.parse_args(argv)
+    per_conn = bool(args.per_connection)
+    if per_conn:
+        for flag, value in (
+            ("--max-requests", args.max_requests),
+            ("--max-requests-jitter", args.max_requests_jitter),
+            ("--reuse-port", args.reuse_port),
+            ("--log-file", args.log_file),
+        ):
+            if value:
+                p.error(f"{flag} applies to pre-fork workers, not --per-connection")
+    elif args.max_children is not None:
+        p.error("--max-children applies to --per-connection only")
+
+    import logging
+
+    from ._exceptions import BindError, HandlerImportError, WorkerBootError
+
+    handler_log = logging.StreamHandler(sys.stderr)
+    handler_log.setFormatter(logging.Formatter(f"{prog}[%(process)d]: %(message)s"))
+    logger = logging.getLogger("forkwell.server")
+    logger.addHandler(handler_log)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.propagate = False
+
+    # Like `python -m`: the handler's module may live in the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    binds = args.bind or ["127.0.0.1:8000"]
+    graceful = 30.0 if args.graceful_timeout is None else args.graceful_timeout
+    try:
+        if per_conn:
+            from ._server import ForkingServer, load_handler
+
+            server: ForkingServer | PreforkServer = ForkingServer(
+                load_handler(args.handler),
+                binds,
+                max_children=args.max_children or 64,
+                timeout=args.timeout or None,
+                graceful_timeout=graceful,
+            )
+            what = "one child per connection"
+        else:
+            from ._prefork import PreforkServer
+
+            workers = args.workers or os.cpu_count() or 1
+            server = PreforkServer(
+                args.handler,
+                binds,
+                workers=workers,
+                reuse_port=args.reuse_port,
+                max_requests=args.max_requests,
+                max_requests_jitter=args.max_requests_jitter,
+                timeout=30.0 if args.timeout is None else (args.timeout or None),
+                graceful_timeout=graceful,
+                max_boot_failures=args.max_boot_failures,
+                log_file=args.log_file,
+            )
+            what = f"pre-fork, {workers} worker{'s' if workers != 1 else ''}"
+    except HandlerImportError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except BindError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2 if exc.errno == 22 else 1  # EINVAL: a malformed address
+
+    addresses = ", ".join(server.addresses)
+    print(f"{prog}: listening on {addresses} ({what}, pid {os.getpid()})", file=sys.stderr)
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except WorkerBootError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        # Ctrl-C before the server's own handlers were installed.
+        return 130
+    print(f"{prog}: stopped", file=sys.stderr)
+    return 0
