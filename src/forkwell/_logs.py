@@ -1,0 +1,177 @@
+"""Program output: size-rotated log files and the foreground console.
+
+:class:`LogFile` appends bytes in the order they arrive and rotates *exactly*
+at ``max_bytes``: a chunk that does not fit is split, the head finishes the
+current file, the tail starts the next one.  Nothing is buffered in Python,
+so no byte is lost or reordered across a rotation, and a crash of the
+supervisor loses nothing already read from the pipe.  Rotation renames
+``X.log`` to ``X.log.1`` (``.1`` -> ``.2`` ...), keeping ``backups`` files.
+
+A log file deleted by hand (``rm`` to free space) is noticed at the next
+write and re-created, instead of writing into an unlinked inode forever
+(supervisord issue 240).
+
+:class:`Console` prints each complete line as ``HH:MM:SS web:0  | line``,
+one colour per program when the output is a terminal, like honcho and
+foreman.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+class LogFile:
+    """An append-only log file rotated by size."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max(1, max_bytes)
+        self.backups = max(0, backups)
+        self._fd = -1
+        self.size = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        self.size = os.fstat(self._fd).st_size
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``, rotating whenever the file reaches ``max_bytes``."""
+        if self._fd < 0:
+            self._open()
+        elif os.fstat(self._fd).st_nlink == 0:
+            # Deleted behind our back: start a new file rather than write to nothing.
+            os.close(self._fd)
+            self._open()
+        view = memoryview(data)
+        while view:
+            room = self.max_bytes - self.size
+            if room <= 0:
+                self.rotate()
+                room = self.max_bytes
+            chunk = view[:room]
+            while chunk:
+                written = os.write(self._fd, chunk)
+                chunk = chunk[written:]
+                self.size += written
+            view = view[room:]
+
+    def rotate(self) -> None:
+        """Close the current file, shift the backups, and start an empty file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        name = str(self.path)
+        if self.backups == 0:
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                try:
+                    os.rename(f"{name}.{i}", f"{name}.{i + 1}")
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rename(name, f"{name}.1")
+            except FileNotFoundError:
+                pass
+        self._open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def tail(path: Path, lines: int = 10, max_bytes: int = 16384) -> list[str]:
+    """The last ``lines`` lines of a file (at most ``max_bytes`` read); [] if missing."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", "replace").splitlines()
+    if size > max_bytes and text:
+        text = text[1:]  # the first line is probably cut
+    return text[-lines:]
+
+
+_COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")
+
+
+class Console:
+    """Prints program output and supervisor events to a stream, line by line."""
+
+    def __init__(self, stream: BinaryIO, *, colour: bool | None = None) -> None:
+        self.stream = stream
+        if colour is None:
+            colour = _isatty(stream) and os.environ.get("NO_COLOR") is None
+        self.colour = colour
+        self.width = 8
+        self._partial: dict[tuple[str, str], bytes] = {}
+
+    def set_names(self, names: Iterable[str]) -> None:
+        self.width = max([8, *(len(n) for n in names)])
+
+    def _prefix(self, who: str, colour_index: int) -> bytes:
+        stamp = time.strftime("%H:%M:%S")
+        text = f"{stamp} {who:<{self.width}} | "
+        if self.colour:
+            text = f"\x1b[{_COLOURS[colour_index % len(_COLOURS)]}m{text}\x1b[0m"
+        return text.encode()
+
+    def output(self, who: str, stream: str, data: bytes, colour_index: int) -> None:
+        """Print the complete lines in ``data``; keep a trailing partial line for later."""
+        key = (who, stream)
+        data = self._partial.pop(key, b"") + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if len(rest) > 65536:  # a program that never ends its line: show it anyway
+            lines.append(rest)
+            rest = b""
+        if rest:
+            self._partial[key] = rest
+        if lines:
+            prefix = self._prefix(who, colour_index)
+            self._write(b"".join(prefix + line + b"\n" for line in lines))
+
+    def flush_partial(self, who: str) -> None:
+        """Print what is left of an instance's unfinished lines (it stopped)."""
+        for stream in ("stdout", "stderr"):
+            rest = self._partial.pop((who, stream), b"")
+            if rest:
+                self._write(self._prefix(who, 0) + rest + b"\n")
+
+    def event(self, text: str) -> None:
+        prefix = self._prefix("forkwell", -1 if not self.colour else 11)
+        if self.colour:
+            text = f"\x1b[1m{text}\x1b[0m"
+        self._write(prefix + text.encode() + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            # The terminal went away (ssh dropped): keep supervising, stop echoing.
+            self.stream = open(os.devnull, "wb")  # noqa: SIM115
+
+
+def _isatty(stream: BinaryIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

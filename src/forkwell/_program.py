@@ -1,0 +1,666 @@
+"""One supervised program instance (``web:0``): an explicit state machine.
+
+States and the only transitions allowed (anything else raises
+:class:`~forkwell.StateError`); each transition is recorded as an event::
+
+    STOPPED  -> STARTING                       start requested
+    STARTING -> RUNNING                        ready (exec'd, READY=1, port open...)
+    STARTING -> BACKOFF                        failed start: exited before ready, or
+                                               not ready within ready_timeout
+    STARTING -> FATAL                          failed start number start_retries, or a
+                                               dependency failed
+    STARTING -> EXITED                         exited with a success code before ready
+                                               (a one-shot job that is simply done)
+    STARTING -> STOPPING                       stop requested while it starts
+    STARTING -> STOPPED                        stop requested while waiting for dependencies
+    RUNNING  -> EXITED                         the process exited (any reason)
+    RUNNING  -> STOPPING                       stop requested
+    BACKOFF  -> STARTING                       the backoff delay is over
+    BACKOFF  -> STOPPED                        stop requested
+    STOPPING -> STOPPED                        the whole tree is gone and reaped
+    EXITED   -> STARTING                       restarted: at once after a crash, or by hand
+    EXITED   -> BACKOFF                        it ran less than min_uptime: a failed start
+    EXITED   -> FATAL                          ... and it was failed start number start_retries
+    FATAL    -> STARTING                       started by hand
+
+The instance reacts to events from the event loop (its pidfd becomes
+readable, a pipe has data, a notify datagram arrives, a timer fires) with
+plain callbacks, so a crash is handled and the replacement spawned in the
+same loop iteration that saw the exit.  Stopping is a coroutine because it
+waits for the whole tree.  The :class:`Supervisor` owns the loop, the
+reaping, tree scanning and the logs; the instance asks it through ``_Host``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import pwd
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from . import _tree
+from ._exceptions import SpawnError, StateError
+from ._logs import LogFile
+from ._process import DEVNULL, Process, spawn
+
+if TYPE_CHECKING:
+    from ._config import ProgramConfig
+    from ._notify import NotifyListener
+
+
+class ProgramState(Enum):
+    """The state of one program instance (see the module docstring for the transitions)."""
+
+    STOPPED = "STOPPED"  # not running and not meant to be
+    STARTING = "STARTING"  # waiting for dependencies, or spawned and not ready yet
+    RUNNING = "RUNNING"  # ready, and running
+    BACKOFF = "BACKOFF"  # a start failed; the next attempt waits for a timer
+    STOPPING = "STOPPING"  # its whole tree is being stopped
+    EXITED = "EXITED"  # exited, and not restarted (restart policy or a one-shot job)
+    FATAL = "FATAL"  # start_retries failed starts in a row; down until started by hand
+
+
+S = ProgramState
+TRANSITIONS: Mapping[ProgramState, frozenset[ProgramState]] = {
+    S.STOPPED: frozenset({S.STARTING}),
+    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPING, S.STOPPED}),
+    S.RUNNING: frozenset({S.EXITED, S.STOPPING}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.EXITED: frozenset({S.STARTING, S.BACKOFF, S.FATAL}),
+    S.FATAL: frozenset({S.STARTING}),
+}
+
+#: States in which a start request has been answered (for ``start(wait=True)``).
+SETTLED = frozenset({S.RUNNING, S.FATAL, S.STOPPED, S.EXITED})
+#: States with nothing running and nothing scheduled.
+DOWN = frozenset({S.STOPPED, S.EXITED, S.FATAL})
+
+BACKOFF_FIRST = 0.1  # seconds before the 2nd attempt; doubles each failed start
+READY_POLL = 0.1  # seconds between tcp:/cmd: readiness probes
+KILL_GRACE = 5.0  # after SIGKILL, how long to wait for a tree to vanish
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}"
+
+
+class _Host(Protocol):
+    """What an instance needs from its supervisor."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def child_env(self, inst: Instance) -> dict[str, str]: ...
+    def log_dir(self) -> Path: ...
+    def transition(
+        self, inst: Instance, old: ProgramState, new: ProgramState, why: str
+    ) -> None: ...
+    def output(self, inst: Instance, stream: str, data: bytes) -> None: ...
+    def track(self, proc: Process, on_exit: Callable[[], None]) -> None: ...
+    def untrack(self, proc: Process) -> None: ...
+    async def end_tree(
+        self, tree: _tree.Tree, sig: int, grace: float, *, include_root: bool = True
+    ) -> None: ...
+    def background(self, coro: object) -> None: ...
+
+
+class Instance:
+    """One instance of a program: its process, its state, its logs."""
+
+    def __init__(self, host: _Host, config: ProgramConfig, index: int) -> None:
+        self.host = host
+        self.config = config
+        self.index = index
+        self.program = config.name
+        self.name = f"{config.name}:{index}"
+        self.state = ProgramState.STOPPED
+        self.proc: Process | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.failures = 0  # consecutive failed starts
+        self.message = ""  # why the last start failed (one line), "" if it did not
+        self.colour = 0
+        self._started_mono = 0.0
+        self._timer: asyncio.TimerHandle | None = None  # backoff or ready_timeout
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_proc: Process | None = None
+        self._notify: NotifyListener | None = None
+        self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
+        self._stopping: asyncio.Task[None] | None = None
+        self._failing = False  # a failed start's tree is being ended
+        self._dep_task: asyncio.Task[None] | None = None
+        self._exit_waiters: list[asyncio.Future[None]] = []
+        self.no_restart = False  # set by shutdown: an exit now is final
+        self._pipes: dict[str, tuple[int, int]] = {}  # stream -> (read fd, write fd)
+        self.logs: dict[str, LogFile] = {}
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.name} {self.state.name} pid={self.pid}>"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    # -- state machine -------------------------------------------------------
+
+    def _set(self, new: ProgramState, why: str = "") -> None:
+        old = self.state
+        if new not in TRANSITIONS[old]:
+            raise StateError(f"{self.name}: cannot go from {old.name} to {new.name}")
+        self.state = new
+        self.host.transition(self, old, new, why)
+        for pred, fut in list(self._waiters):
+            if not fut.done() and pred(new):
+                fut.set_result(None)
+        self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
+
+    async def wait_for(self, pred: Callable[[ProgramState], bool]) -> None:
+        """Return once the state satisfies ``pred`` (at once if it already does)."""
+        if pred(self.state):
+            return
+        fut: asyncio.Future[None] = self.host.loop.create_future()
+        self._waiters.append((pred, fut))
+        await fut
+
+    async def wait_for_or_timeout(
+        self, pred: Callable[[ProgramState], bool], timeout: float
+    ) -> None:
+        """Like :meth:`wait_for`, but give up after ``timeout`` seconds."""
+        if pred(self.state):
+            return
+        fut: asyncio.Future[None] = self.host.loop.create_future()
+        self._waiters.append((pred, fut))
+        handle = self.host.loop.call_later(timeout, _resolve, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+
+    def uptime(self) -> float:
+        """Seconds since the current process was spawned (0 if none)."""
+        return 0.0 if self.proc is None else time.monotonic() - self._started_mono
+
+    # -- output --------------------------------------------------------------
+
+    def log_path(self, stream: str) -> Path:
+        if stream == "stderr" and self.config.redirect_stderr:
+            stream = "stdout"
+        return self.host.log_dir() / f"{self.program}.{self.index}.{stream}.log"
+
+    def _open_io(self) -> None:
+        """Pipes and log files live as long as the instance, across restarts.
+
+        One pipe for the instance's whole life keeps its output in order even
+        when a dying process's last words and its replacement's first ones
+        overlap; the supervisor keeps the write end, so it never sees EOF and
+        needs no per-process bookkeeping.
+        """
+        if self._pipes:
+            return
+        streams = ("stdout",) if self.config.redirect_stderr else ("stdout", "stderr")
+        try:
+            for stream in streams:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(r, False)
+                self._pipes[stream] = (r, w)
+                self.logs[stream] = LogFile(
+                    self.log_path(stream), self.config.log_max_bytes, self.config.log_backups
+                )
+                self.host.loop.add_reader(r, self._on_output, stream, r)
+        except BaseException:
+            self.close_io()
+            raise
+
+    def _on_output(self, stream: str, fd: int) -> None:
+        try:
+            data = os.read(fd, 262144)
+        except BlockingIOError:
+            return
+        if data:
+            self.logs[stream].write(data)
+            self.host.output(self, stream, data)
+
+    def drain(self) -> None:
+        """Write whatever is still in the pipes (the process has exited)."""
+        for stream, (r, _) in self._pipes.items():
+            while True:
+                try:
+                    data = os.read(r, 262144)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                self.logs[stream].write(data)
+                self.host.output(self, stream, data)
+
+    def close_io(self) -> None:
+        self.drain()
+        for r, w in self._pipes.values():
+            self.host.loop.remove_reader(r)
+            os.close(r)
+            os.close(w)
+        self._pipes.clear()
+        for log in self.logs.values():
+            log.close()
+        self.logs.clear()
+
+    # -- starting ------------------------------------------------------------
+
+    def begin_start(self, reset: bool = True) -> None:
+        """Enter STARTING (a manual start also forgets earlier failed starts)."""
+        if reset:
+            self.failures = 0
+        self.message = ""
+        self._set(S.STARTING, "start requested")
+
+    def spawn(self) -> None:
+        """Start the process now (state STARTING); on failure, a failed start."""
+        assert self.state is S.STARTING
+        cfg = self.config
+        self._open_io()
+        env = self.host.child_env(self)
+        if cfg.ready.kind == "notify":
+            from ._notify import NotifyListener
+
+            uid = _uid_of(cfg.user)
+            self._notify = NotifyListener(uid=uid if uid and os.geteuid() == 0 else None)
+            env.update(self._notify.environ())
+            self.host.loop.add_reader(self._notify.fileno(), self._on_notify)
+        out_w = self._pipes["stdout"][1]
+        err_w = self._pipes["stderr"][1] if "stderr" in self._pipes else out_w
+        user_kwargs: dict[str, object] = {}
+        if cfg.user is not None:
+            pw = pwd.getpwuid(int(cfg.user)) if cfg.user.isdigit() else pwd.getpwnam(cfg.user)
+            gid = pw.pw_gid if cfg.group is None else _gid_of(cfg.group)
+            user_kwargs = {
+                "user": pw.pw_uid,
+                "group": gid,
+                "extra_groups": os.getgrouplist(pw.pw_name, gid),
+            }
+            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+        elif cfg.group is not None:
+            user_kwargs = {"group": _gid_of(cfg.group)}
+        try:
+            proc = spawn(
+                cfg.command,
+                stdin=DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=cfg.directory,
+                env=env,
+                new_process_group=True,
+                # PDEATHSIG: if the supervisor is SIGKILLed, its programs die too.
+                pdeathsig=signal.SIGKILL,
+                umask=-1 if cfg.umask is None else cfg.umask,
+                **user_kwargs,  # type: ignore[arg-type]
+            )
+        except SpawnError as exc:
+            self._close_notify()
+            self._failed_start(str(exc))
+            return
+        except OSError as exc:  # e.g. EMFILE: out of fds
+            self._close_notify()
+            self._failed_start(f"cannot start: {exc.strerror or exc}")
+            return
+        self.proc = proc
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self.ready_at = None
+        self.host.track(proc, self._on_exit)
+        kind = cfg.ready.kind
+        if kind == "exec":
+            self._ready("exec'd")
+            return
+        self._timer = self.host.loop.call_later(cfg.ready_timeout, self._ready_timeout)
+        if kind == "delay":
+            seconds = cfg.ready.seconds or 0.0
+            self._probe_task = self.host.loop.create_task(self._delay(seconds))
+        elif kind == "tcp":
+            self._probe_task = self.host.loop.create_task(self._probe_tcp())
+        elif kind == "cmd":
+            self._probe_task = self.host.loop.create_task(self._probe_cmd())
+
+    def _ready(self, how: str) -> None:
+        if self.state is not S.STARTING or self.proc is None or self._failing:
+            return
+        self._cancel_readiness()
+        self.ready_at = time.time()
+        took = self.ready_at - (self.started_at or self.ready_at)
+        self._set(S.RUNNING, f"pid {self.proc.pid}, ready ({how}) after {took:.3f}s")
+
+    def _on_notify(self) -> None:
+        if self._notify is None:
+            return
+        for fields in self._notify.receive():
+            if fields.get("READY") == "1":
+                self._ready("READY=1")
+                return
+
+    async def _pause(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = self.host.loop.create_future()
+        handle = self.host.loop.call_later(seconds, _resolve, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+
+    async def _delay(self, seconds: float) -> None:
+        await self._pause(seconds)
+        self._probe_task = None
+        self._ready(f"alive after delay:{seconds:g}")
+
+    async def _probe_tcp(self) -> None:
+        spec = self.config.ready
+        assert spec.host is not None and spec.port is not None
+        loop = self.host.loop
+        while True:
+            if await _tcp_connects(loop, spec.host, spec.port, READY_POLL * 5):
+                self._probe_task = None
+                self._ready(f"{spec.host}:{spec.port} accepts")
+                return
+            await self._pause(READY_POLL)
+
+    async def _probe_cmd(self) -> None:
+        command = self.config.ready.command
+        assert command is not None
+        while True:
+            env = self.host.child_env(self)
+            try:
+                probe = spawn(
+                    ["/bin/sh", "-c", command],
+                    stdin=DEVNULL,
+                    stdout=DEVNULL,
+                    stderr=DEVNULL,
+                    cwd=self.config.directory,
+                    env=env,
+                    pdeathsig=signal.SIGKILL,
+                )
+            except OSError as exc:
+                self.message = f"readiness command failed to start: {exc}"
+                await self._pause(READY_POLL)
+                continue
+            self._probe_proc = probe
+            exited: asyncio.Future[None] = self.host.loop.create_future()
+            self.host.track(probe, functools.partial(_resolve, exited))
+            try:
+                await exited
+            finally:
+                if probe.returncode is None and probe.tree is not None:
+                    # Cancelled (stop, or ready by other means): the probe goes too.
+                    await self.host.end_tree(probe.tree, signal.SIGKILL, 0.0)
+                    probe.wait()
+                self.host.untrack(probe)
+                probe.close()
+                self._probe_proc = None
+            if probe.returncode == 0:
+                self._probe_task = None
+                self._ready(f"cmd:{command} exited 0")
+                return
+            await self._pause(READY_POLL)
+
+    def _ready_timeout(self) -> None:
+        self._timer = None
+        if self.state is S.STARTING and self.proc is not None and not self._failing:
+            why = f"not ready within {self.config.ready_timeout:g}s (ready = {self.config.ready})"
+            self._fail_running_start(why)
+
+    def _fail_running_start(self, why: str) -> None:
+        """A failed start whose process still runs: end its tree, then count the failure."""
+        self._failing = True
+        self._cancel_readiness()
+        proc = self.proc
+        assert proc is not None
+
+        async def end() -> None:
+            try:
+                await self._end_process(proc, self.config.stop_signal, self.config.stop_timeout)
+            finally:
+                self._failing = False
+            if self.state is S.STARTING:
+                self._failed_start(why)
+
+        self._stopping = self.host.loop.create_task(end())
+
+    def _cancel_readiness(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            self._probe_task = None
+        self._close_notify()
+
+    def _close_notify(self) -> None:
+        if self._notify is not None:
+            self.host.loop.remove_reader(self._notify.fileno())
+            self._notify.close()
+            self._notify = None
+
+    def _failed_start(self, why: str) -> None:
+        """Count a failed start: BACKOFF before the next attempt, or FATAL."""
+        self.failures += 1
+        if self.failures >= self.config.start_retries:
+            self.message = f"{self.name} is FATAL: {why} ({self.failures} failed starts)"
+            self._set(S.FATAL, f"{why} ({self.failures} failed starts)")
+            return
+        delay = min(BACKOFF_FIRST * 2 ** (self.failures - 1), self.config.backoff_max)
+        self.message = f"{self.name} failed to start: {why}"
+        self._set(S.BACKOFF, f"{why}; attempt {self.failures + 1} in {delay:g}s")
+        self._timer = self.host.loop.call_later(delay, self._backoff_over)
+
+    def _backoff_over(self) -> None:
+        self._timer = None
+        if self.state is S.BACKOFF and not self.no_restart:
+            self._set(S.STARTING, f"attempt {self.failures + 1} of {self.config.start_retries}")
+            self.spawn()
+
+    # -- exits ---------------------------------------------------------------
+
+    def _should_restart(self, returncode: int) -> bool:
+        policy = self.config.restart
+        if policy == "always":
+            return True
+        if policy == "never":
+            return False
+        return not (returncode >= 0 and returncode in self.config.success_exit_codes)
+
+    def _on_exit(self) -> None:
+        """The process exited (seen through its pidfd or reaped by the supervisor)."""
+        proc = self.proc
+        if proc is None:
+            return
+        rc = proc.poll()
+        if rc is None:
+            return
+        self.host.untrack(proc)
+        self.last_exit = rc
+        for fut in self._exit_waiters:
+            _resolve(fut)
+        self._exit_waiters.clear()
+        if self.state is S.STOPPING or self._failing:
+            return  # the stopping coroutine finishes the job
+        self._cancel_readiness()
+        self.proc = None
+        uptime = time.monotonic() - self._started_mono
+        self.host.background(self._end_leftovers(proc))
+        how = describe_exit(rc)
+        success = rc >= 0 and rc in self.config.success_exit_codes
+        if self.state is S.STARTING:
+            if self.no_restart:
+                self._set(S.STOPPED, f"{how} during shutdown")
+                return
+            if success and self.config.restart != "always":
+                self._set(S.EXITED, f"{how} before it was ready (done)")
+                return
+            self._failed_start(f"{how} before it was ready")
+            return
+        if self.state is not S.RUNNING:  # pragma: no cover - defensive
+            return
+        self._set(S.EXITED, f"{how} after {uptime:.3f}s")
+        if self.no_restart:
+            return
+        if uptime < self.config.min_uptime and not (success and self.config.restart != "always"):
+            limit = self.config.min_uptime
+            self._failed_start(f"{how} after {uptime:.3f}s (min_uptime {limit:g}s)")
+            return
+        if not self._should_restart(rc):
+            if not success:
+                self.message = f"{self.name} {how}"
+            return
+        # A crash after a good run: restart at once, this very loop iteration.
+        self.failures = 0
+        self.restarts += 1
+        self._set(S.STARTING, f"restarting ({how})")
+        self.spawn()
+
+    async def _end_leftovers(self, proc: Process) -> None:
+        """After the main process exited: end what it left running (its tree), then close."""
+        try:
+            if proc.tree is not None and proc.tree.may_have_descendants():
+                await self.host.end_tree(
+                    proc.tree, self.config.stop_signal, self.config.stop_timeout,
+                    include_root=False,
+                )  # fmt: skip
+        finally:
+            proc.close()
+
+    # -- stopping ------------------------------------------------------------
+
+    async def _end_process(self, proc: Process, sig: int, grace: float) -> None:
+        """End ``proc``'s whole tree (``sig``, ``grace``, SIGKILL) and reap it."""
+        if proc.tree is not None:
+            await self.host.end_tree(proc.tree, sig, grace)
+        if proc.poll() is None:
+            # The tree scan no longer sees it (a zombie not yet reaped, or
+            # it cannot be scanned): make sure, and wait for the exit callback.
+            proc.send_signal(signal.SIGKILL)
+            fut: asyncio.Future[None] = self.host.loop.create_future()
+            self._exit_waiters.append(fut)
+            if proc.poll() is None:
+                await fut
+            else:
+                _resolve(fut)
+        self.host.untrack(proc)
+        self.last_exit = proc.returncode
+        if self.proc is proc:
+            self.proc = None
+        proc.close()
+
+    async def stop(self) -> None:
+        """Stop the instance and its whole tree; return once it is STOPPED (or was down)."""
+        if self.state is S.STOPPING:
+            await self.wait_for(lambda s: s is not S.STOPPING)
+            return
+        if self.state in DOWN:
+            return
+        if self.state is S.BACKOFF:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._set(S.STOPPED, "stop requested during backoff")
+            return
+        if self.state is S.STARTING and self.proc is None:
+            if self._dep_task is not None:
+                self._dep_task.cancel()
+                self._dep_task = None
+            self._set(S.STOPPED, "stop requested while waiting for dependencies")
+            return
+        proc = self.proc
+        assert proc is not None
+        self._cancel_readiness()
+        signame = signal.Signals(self.config.stop_signal).name
+        self._set(
+            S.STOPPING,
+            f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s",
+        )
+        pending = self._stopping
+        if pending is not None and not pending.done():
+            # A failed start is already ending this tree: let it finish.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+        if self.proc is not None:
+            await self._end_process(self.proc, self.config.stop_signal, self.config.stop_timeout)
+        rc = self.last_exit
+        self._set(S.STOPPED, "" if rc is None else describe_exit(rc))
+
+    async def kill(self) -> None:
+        """Shutdown's last resort: SIGKILL the whole tree at once, end up STOPPED."""
+        self.no_restart = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._dep_task is not None:
+            self._dep_task.cancel()
+            self._dep_task = None
+        self._cancel_readiness()
+        if self.state in DOWN:
+            return
+        if self.state in (S.STARTING, S.RUNNING) and self.proc is not None:
+            self._set(S.STOPPING, "SIGKILL to the tree (shutdown_timeout passed)")
+        if self.proc is not None:
+            await self._end_process(self.proc, signal.SIGKILL, 0.0)
+        if self.state is not S.STOPPED:
+            self._set(S.STOPPED, "killed")
+
+    def signal(self, sig: int, tree: bool) -> bool:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return False
+        if tree:
+            proc.signal_tree(sig)
+            return True
+        return proc.send_signal(sig)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _tcp_connects(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, timeout: float
+) -> bool:
+    """One non-blocking connect attempt to each address of ``host``."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    for family, type_, proto, _name, address in infos:
+        with socket.socket(family, type_ | socket.SOCK_CLOEXEC, proto) as sock:
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            except (OSError, TimeoutError):
+                continue
+            return True
+    return False
+
+
+def _uid_of(user: str | None) -> int | None:
+    if user is None:
+        return None
+    return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+
+
+def _gid_of(group: str) -> int:
+    import grp
+
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+

@@ -1,0 +1,888 @@
+"""The supervisor engine: keep a fleet of program instances running.
+
+One asyncio event loop in one thread does everything, and does nothing while
+nothing happens (no timers tick in steady state):
+
+* each child's pidfd is registered with ``loop.add_reader``; its exit runs
+  the instance's callback, which spawns the replacement in the same loop
+  iteration;
+* each instance's stdout/stderr pipe is registered the same way and copied
+  to its log file;
+* backoff delays, readiness deadlines and probes are ``call_later`` timers
+  that exist only while an instance starts;
+* SIGCHLD (delivered through asyncio's wake-up fd, not handled in signal
+  context) reaps orphans re-parented to the supervisor, which is a
+  subreaper (or PID 1), without stealing the statuses of its own children;
+* SIGTERM/SIGINT shut down, SIGHUP reloads.
+
+Stopping an instance ends its whole tree (every process carrying its cookie,
+``setsid``'d and double-forked ones included; see :mod:`forkwell._tree`).
+When many trees are ended at once, one scan of ``/proc`` serves them all.
+
+Programs are spawned with ``PDEATHSIG=SIGKILL`` from the loop's (main)
+thread, so a SIGKILLed supervisor takes them along; what escaped (a
+``setsid``'d grandchild) carries the supervisor's own cookie, recorded in the
+state file, and the next ``forkwell up`` ends it before starting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from . import _sys, _tree
+from ._config import Config, ProgramConfig, load_config
+from ._exceptions import StateError, UnknownProgramError
+from ._logs import Console, LogFile, tail
+from ._process import Process
+from ._program import DOWN, KILL_GRACE, SETTLED, Instance, ProgramState, _resolve
+from ._reaper import _waitid_returncode
+
+S = ProgramState
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """A snapshot of one instance, for ``forkwell ps``."""
+
+    name: str  # "web:0"
+    program: str
+    index: int
+    state: str  # a ProgramState member name
+    pid: int | None
+    started_at: float | None  # time.time() when the current process was spawned
+    ready_at: float | None
+    restarts: int
+    last_exit: int | None  # subprocess-style returncode (-N = signal N)
+    autostart: bool
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """The outcome of an action on one instance."""
+
+    instance: str
+    ok: bool
+    state: str
+    message: str  # "" when ok, else one line
+    last_exit: int | None
+    log_tail: list[str]  # last lines of its log when it failed, else []
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """Program names, by what a reload did to them."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    scaled: list[str]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One state transition, as logged."""
+
+    time: float
+    instance: str
+    old: str
+    new: str
+    why: str
+
+
+class Supervisor:
+    """Runs the programs of a :class:`~forkwell.Config`.
+
+    ``await supervisor.run()`` is ``forkwell up``.  The other methods may be
+    called from the same event loop while it runs (the control socket does).
+    """
+
+    def __init__(self, config: Config, *, quiet: bool = False) -> None:
+        self.config = config
+        self.config_path: Path = config.path
+        self.socket_path: Path = config.supervisor.socket
+        self.quiet = quiet
+        self.events: collections.deque[Event] = collections.deque(maxlen=1000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._programs: dict[str, list[Instance]] = {}
+        for prog in config.programs.values():
+            self._programs[prog.name] = [Instance(self, prog, i) for i in range(prog.numprocs)]
+        self._token = _tree.new_token()
+        self._cookie = _tree.cookie_value(os.environ.get(_tree.COOKIE_VAR), self._token)
+        # pid -> (process, exit callback): every child the supervisor spawned.
+        self._tracked: dict[int, tuple[Process, Any]] = {}
+        self._scan_queue: list[tuple[str, tuple[int, ...], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._console: Console | None = None if quiet else Console(sys.stdout.buffer)
+        self._event_log: LogFile | None = None
+        self._done: asyncio.Future[int] | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.startup_failures: list[OpResult] = []
+        self._recolour()
+
+    # -- the event loop ------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def background(self, coro: object) -> None:
+        """Run a coroutine as a task the supervisor keeps a reference to."""
+        assert isinstance(coro, Coroutine)
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self._note(f"internal error: {type(exc).__name__}: {exc}")
+
+    # -- services for instances (the _Host protocol) --------------------------
+
+    def child_env(self, inst: Instance) -> dict[str, str]:
+        env = dict(os.environ)
+        # Our own notify socket (systemd, --detach) is not the programs' to use.
+        env.pop("NOTIFY_SOCKET", None)
+        env.update(inst.config.environment)
+        env[_tree.COOKIE_VAR] = self._cookie
+        env["FORKWELL_INSTANCE"] = inst.name
+        env["FORKWELL_INDEX"] = str(inst.index)
+        return env
+
+    def log_dir(self) -> Path:
+        return self.config.supervisor.log_dir
+
+    def transition(self, inst: Instance, old: ProgramState, new: ProgramState, why: str) -> None:
+        event = Event(time.time(), inst.name, old.name, new.name, why)
+        self.events.append(event)
+        text = f"{inst.name} {old.name} -> {new.name}" + (f" ({why})" if why else "")
+        self._note(text)
+
+    def _note(self, text: str) -> None:
+        if self._event_log is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with contextlib.suppress(OSError):
+                self._event_log.write(f"{stamp} {text}\n".encode())
+        if self._console is not None:
+            self._console.event(text)
+
+    def output(self, inst: Instance, stream: str, data: bytes) -> None:
+        if self._console is not None:
+            self._console.output(inst.name, stream, data, inst.colour)
+
+    def track(self, proc: Process, on_exit: Any) -> None:
+        self._tracked[proc.pid] = (proc, on_exit)
+        fd = proc.fileno()
+        if fd >= 0:
+            self.loop.add_reader(fd, self._pidfd_readable, proc.pid)
+
+    def untrack(self, proc: Process) -> None:
+        entry = self._tracked.get(proc.pid)
+        if entry is not None and entry[0] is proc:
+            del self._tracked[proc.pid]
+            fd = proc.fileno()
+            if fd >= 0:
+                self.loop.remove_reader(fd)
+
+    def _pidfd_readable(self, pid: int) -> None:
+        entry = self._tracked.get(pid)
+        if entry is None:
+            return
+        proc, on_exit = entry
+        # One-shot: a readable pidfd stays readable; the callback reaps.
+        self.loop.remove_reader(proc.fileno())
+        on_exit()
+
+    def _on_sigchld(self) -> None:
+        """Reap every exited child: ours are handed to their instance, adopted orphans dropped.
+
+        ``WNOWAIT`` peeks first, so a child we track is reaped here only to
+        give its status to its :class:`Process`; nothing else reaps it behind
+        its back.
+        """
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            pid = info.si_pid
+            try:
+                done = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                continue
+            entry = self._tracked.get(pid)
+            if entry is not None and done is not None:
+                proc = entry[0]
+                proc._set_reaped(_waitid_returncode(done))
+                self._pidfd_readable(pid)
+
+    # -- ending process trees --------------------------------------------------
+
+    async def end_tree(
+        self, tree: _tree.Tree, sig: int, grace: float, *, include_root: bool = True
+    ) -> None:
+        """Async :func:`forkwell._tree.terminate_tree`: ``sig`` to all, ``grace``, SIGKILL."""
+        loop = self.loop
+        deadline = loop.time() + max(grace, 0.0)
+        escalate = True
+        while True:
+            members = await self._members(tree, include_root)
+            if not members:
+                escalate = False
+                break
+            tree.signal(sig, members, only_new=True)
+            fds = [fd for pid, (fd, _) in tree.pinned().items() if pid in members]
+            gone = await self._wait_fds(fds, deadline)
+            tree.reap_adopted()
+            if not gone:
+                break
+        if escalate:
+            kill_deadline = loop.time() + KILL_GRACE
+            while True:
+                members = await self._members(tree, include_root)
+                if not members:
+                    break
+                fds = tree.signal(signal.SIGKILL, members)
+                await self._wait_fds(fds, kill_deadline)
+                tree.reap_adopted()
+                if loop.time() >= kill_deadline:
+                    self._note(f"could not kill pids {sorted(members)} (uninterruptible?)")
+                    break
+        tree.reap_adopted()
+
+    async def _members(self, tree: _tree.Tree, include_root: bool) -> dict[int, _tree.ProcInfo]:
+        if not tree.may_have_descendants():
+            # The kernel allocated no pid after the root: it has no descendants.
+            if not include_root:
+                return {}
+            info = _tree.read_stat(tree.root)
+            return {} if info is None or info.state in ("Z", "X") else {tree.root: info}
+        fut: asyncio.Future[dict[int, _tree.ProcInfo]] = self.loop.create_future()
+        if not self._scan_queue:
+            self.loop.call_soon(self._run_scans)
+        self._scan_queue.append((tree.token, (tree.root,) if include_root else (), fut))
+        members = await fut
+        if not include_root:
+            members.pop(tree.root, None)
+        return members
+
+    def _run_scans(self) -> None:
+        """One pass over /proc answers every tree scan requested in this loop iteration."""
+        queue, self._scan_queue = self._scan_queue, []
+        wanted = {token: roots for token, roots, _ in queue}
+        try:
+            found = scan_trees(wanted)
+        except Exception as exc:  # answer the waiters rather than hang them
+            for _, _, fut in queue:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for token, _, fut in queue:
+            if not fut.done():
+                fut.set_result(dict(found.get(token, {})))
+
+    async def _wait_fds(self, fds: list[int], deadline: float) -> bool:
+        """Wait until every pidfd in ``fds`` is readable (exited), or ``deadline``."""
+        pending = set(fds)
+        if not pending:
+            return True
+        loop = self.loop
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def readable(fd: int) -> None:
+            pending.discard(fd)
+            loop.remove_reader(fd)
+            if not pending and not fut.done():
+                fut.set_result(None)
+
+        for fd in pending:
+            loop.add_reader(fd, readable, fd)
+        timer = loop.call_at(deadline, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            for fd in pending:
+                loop.remove_reader(fd)
+        return not pending
+
+    # -- read side ------------------------------------------------------------
+
+    def _all(self) -> list[Instance]:
+        return [inst for insts in self._programs.values() for inst in insts]
+
+    def _by_name(self) -> dict[str, Instance]:
+        return {inst.name: inst for inst in self._all()}
+
+    def instances(self) -> list[InstanceInfo]:
+        """A snapshot of every instance, by program (config order) then index."""
+        return [
+            InstanceInfo(
+                name=i.name,
+                program=i.program,
+                index=i.index,
+                state=i.state.name,
+                pid=i.pid,
+                started_at=i.started_at if i.proc is not None else None,
+                ready_at=i.ready_at if i.proc is not None else None,
+                restarts=i.restarts,
+                last_exit=i.last_exit,
+                autostart=i.config.autostart,
+            )
+            for i in self._all()
+        ]
+
+    def resolve(self, names: Sequence[str]) -> list[str]:
+        """Instance names for ``"web"`` (all its instances), ``"web:1"`` or ``"all"``."""
+        by_name = self._by_name()
+        out: dict[str, None] = {}
+        for name in names:
+            if name == "all":
+                out.update(dict.fromkeys(by_name))
+            elif name in self._programs:
+                out.update(dict.fromkeys(i.name for i in self._programs[name]))
+            elif name in by_name:
+                out[name] = None
+            else:
+                program, colon, _ = name.partition(":")
+                if colon and program in self._programs:
+                    count = len(self._programs[program])
+                    raise UnknownProgramError(
+                        f"unknown instance {name!r}: {program} has instances "
+                        f"{program}:0..{program}:{count - 1}"
+                        if count
+                        else f"unknown instance {name!r}: {program} has no instances (numprocs 0)"
+                    )
+                known = ", ".join(self._programs) or "(none)"
+                raise UnknownProgramError(f"unknown program {name!r} (programs: {known})")
+        return list(out)
+
+    def _lookup(self, names: Iterable[str]) -> list[Instance]:
+        by_name = self._by_name()
+        return [by_name[n] for n in self.resolve(list(names))]
+
+    def log_path(self, instance: str, stream: Literal["stdout", "stderr"]) -> Path:
+        insts = self._lookup([instance])
+        if len(insts) != 1:
+            raise UnknownProgramError(
+                f"{instance!r} is not one instance; name one, e.g. {insts[0].name if insts else ''}"
+            )
+        return insts[0].log_path(stream)
+
+    def _result(self, inst: Instance, ok: bool, message: str = "") -> OpResult:
+        log_tail: list[str] = []
+        if not ok:
+            for stream in ("stderr", "stdout"):
+                log_tail = tail(inst.log_path(stream), 10)
+                if log_tail:
+                    break
+        return OpResult(
+            instance=inst.name,
+            ok=ok,
+            state=inst.state.name,
+            message="" if ok else (message or inst.message or f"{inst.name} is {inst.state.name}"),
+            last_exit=inst.last_exit,
+            log_tail=log_tail,
+        )
+
+    # -- starting --------------------------------------------------------------
+
+    def _deps(self, inst: Instance) -> list[Instance]:
+        return [d for p in inst.config.depends_on for d in self._programs.get(p, [])]
+
+    @staticmethod
+    def _dep_ok(dep: Instance) -> bool:
+        if dep.state is S.RUNNING:
+            return True
+        # A one-shot job that finished successfully satisfies its dependents.
+        return (
+            dep.state is S.EXITED
+            and dep.last_exit is not None
+            and dep.last_exit in dep.config.success_exit_codes
+        )
+
+    @classmethod
+    def _dep_failed(cls, dep: Instance) -> bool:
+        return dep.state in DOWN and not cls._dep_ok(dep)
+
+    def _request_start(self, inst: Instance) -> None:
+        """Start ``inst`` (and, first, what it depends on) unless it is already on its way."""
+        if inst.state in (S.RUNNING, S.STARTING, S.BACKOFF) or self._closed:
+            return
+        if inst.state is S.STOPPING:
+            async def later() -> None:
+                await inst.wait_for(lambda s: s is not S.STOPPING)
+                self._request_start(inst)
+
+            self.background(later())
+            return
+        inst.no_restart = False
+        inst.begin_start()
+        deps = self._deps(inst)
+        for dep in deps:
+            self._request_start(dep)
+        if all(self._dep_ok(d) for d in deps):
+            inst.spawn()
+        else:
+            inst._dep_task = self.loop.create_task(self._await_deps(inst, deps))
+
+    async def _await_deps(self, inst: Instance, deps: list[Instance]) -> None:
+        for dep in deps:
+            while not self._dep_ok(dep):
+                if self._dep_failed(dep):
+                    inst._dep_task = None
+                    why = f"dependency {dep.name} is {dep.state.name}"
+                    inst.message = f"{inst.name} is FATAL: {why}"
+                    inst._set(S.FATAL, why)
+                    return
+                await dep.wait_for(lambda s: s in SETTLED)
+        inst._dep_task = None
+        if inst.state is S.STARTING and inst.proc is None:
+            inst.spawn()
+
+    async def _settle(self, inst: Instance) -> None:
+        """Wait until a start has an answer: RUNNING (and holding), EXITED, FATAL, STOPPED.
+
+        With ``ready = "exec"`` nothing but time says a program really started,
+        so RUNNING counts only once it has been up ``min_uptime``: a program
+        that crashes at once is reported as failing, not as started.
+        """
+        while True:
+            while inst.state not in SETTLED:
+                await inst.wait_for(lambda s: s in SETTLED)
+            if inst.state is not S.RUNNING or inst.config.ready.kind != "exec":
+                return
+            left = inst.config.min_uptime - inst.uptime()
+            if left <= 0:
+                return
+            await inst.wait_for_or_timeout(lambda s: s is not S.RUNNING, left)
+
+    def _start_result(self, inst: Instance) -> OpResult:
+        return self._result(inst, self._dep_ok(inst))
+
+    async def start(self, instances: list[str], *, wait: bool = True) -> list[OpResult]:
+        """Start instances (their dependencies first); with ``wait``, until RUNNING or failed."""
+        insts = self._lookup(instances)
+        for inst in insts:
+            self._request_start(inst)
+        if not wait:
+            return [self._result(i, i.state is not S.FATAL) for i in insts]
+        while True:
+            await asyncio.gather(*(self._settle(i) for i in insts))
+            # A crash-restart may have moved one back to STARTING meanwhile.
+            if all(i.state in SETTLED for i in insts):
+                return [self._start_result(i) for i in insts]
+
+    # -- stopping --------------------------------------------------------------
+
+    def _dependents_closure(self, program: str) -> set[str]:
+        out: set[str] = set()
+        todo = [program]
+        while todo:
+            for dependent in self.config.dependents(todo.pop()):
+                if dependent not in out:
+                    out.add(dependent)
+                    todo.append(dependent)
+        return out
+
+    async def _stop_ordered(self, insts: list[Instance]) -> None:
+        """Stop ``insts``: each program after the programs that depend on it; others in parallel."""
+        by_program: dict[str, list[Instance]] = {}
+        for inst in insts:
+            by_program.setdefault(inst.program, []).append(inst)
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def stop_program(group: list[Instance], first: list[asyncio.Task[None]]) -> None:
+            if first:
+                await asyncio.gather(*first, return_exceptions=True)
+            await asyncio.gather(*(i.stop() for i in group))
+
+        order = [p for p in self.config.start_order() if p in by_program]
+        order += [p for p in by_program if p not in order]  # removed by a reload
+        for program in reversed(order):
+            first = [tasks[q] for q in self._dependents_closure(program) if q in tasks]
+            tasks[program] = self.loop.create_task(stop_program(by_program[program], first))
+        try:
+            await asyncio.gather(*tasks.values())
+        finally:
+            for task in tasks.values():
+                task.cancel()
+
+    async def stop(self, instances: list[str], *, wait: bool = True) -> list[OpResult]:
+        """Stop instances and their whole trees; dependents before their dependencies."""
+        insts = self._lookup(instances)
+        if not wait:
+            self.background(self._stop_ordered(insts))
+            return [self._result(i, True) for i in insts]
+        await self._stop_ordered(insts)
+        return [self._result(i, i.state in DOWN) for i in insts]
+
+    async def restart(self, instances: list[str], *, wait: bool = True) -> list[OpResult]:
+        """Stop then start each instance on its own: no other instance is touched."""
+        insts = self._lookup(instances)
+
+        async def one(inst: Instance) -> None:
+            await inst.stop()
+            self._request_start(inst)
+            if wait:
+                await self._settle(inst)
+
+        if not wait:
+            for inst in insts:
+                self.background(one(inst))
+            return [self._result(i, True) for i in insts]
+        await asyncio.gather(*(one(i) for i in insts))
+        return [self._start_result(i) for i in insts]
+
+    def send_signal(self, instances: list[str], sig: int, *, tree: bool = False) -> list[OpResult]:
+        """Send ``sig`` to each instance's process (``tree``: to its whole tree)."""
+        results = []
+        for inst in self._lookup(instances):
+            if inst.signal(sig, tree):
+                results.append(self._result(inst, True))
+            else:
+                results.append(self._result(inst, False, f"{inst.name} is not running"))
+        return results
+
+    # -- reload and scale ----------------------------------------------------
+
+    def _recolour(self) -> None:
+        for n, insts in enumerate(self._programs.values()):
+            for inst in insts:
+                inst.colour = n
+        if self._console is not None:
+            self._console.set_names([*self._by_name(), "forkwell"])
+
+    async def _remove(self, insts: list[Instance]) -> None:
+        await self._stop_ordered(insts)
+        for inst in insts:
+            inst.close_io()
+
+    async def reload(self) -> ReloadReport:
+        """Re-read ``config_path`` and apply only what changed.
+
+        An invalid file raises :class:`~forkwell.ConfigError` and changes
+        nothing.  Unchanged programs keep their processes; a program whose
+        only change is ``numprocs`` is scaled in place; changed programs are
+        restarted with the new settings; removed ones are stopped.
+        """
+        new = load_config(self.config_path)
+        old = self.config
+        added = [n for n in new.programs if n not in old.programs]
+        removed = [n for n in old.programs if n not in new.programs]
+        changed: list[str] = []
+        scaled: list[str] = []
+        unchanged: list[str] = []
+        for name in new.programs:
+            if name not in old.programs:
+                continue
+            a, b = old.programs[name], new.programs[name]
+            if a == b:
+                unchanged.append(name)
+            elif a.same_except_numprocs(b):
+                scaled.append(name)
+            else:
+                changed.append(name)
+        self._note(
+            f"reload {self.config_path}: added {added or '-'}, removed {removed or '-'}, "
+            f"changed {changed or '-'}, scaled {scaled or '-'}"
+        )
+        # Stop what goes away under the old config (its dependency order).
+        was_up = {
+            name: any(i.state not in DOWN for i in self._programs[name]) for name in changed
+        }
+        going = [i for name in (*removed, *changed) for i in self._programs[name]]
+        if going:
+            await self._remove(going)
+        self.config = dataclasses.replace(new, supervisor=old.supervisor)
+        self.config_path = new.path
+        programs: dict[str, list[Instance]] = {}
+        for name, prog in new.programs.items():
+            if name in unchanged or name in scaled:
+                programs[name] = self._programs[name]
+                for inst in programs[name]:
+                    inst.config = prog if name in unchanged else inst.config
+            else:
+                programs[name] = [Instance(self, prog, i) for i in range(prog.numprocs)]
+        self._programs = programs
+        self._recolour()
+        for name in scaled:
+            await self._scale(name, new.programs[name])
+        to_start = [
+            i
+            for name in (*added, *changed)
+            if new.programs[name].autostart or was_up.get(name, False)
+            for i in self._programs[name]
+        ]
+        if to_start:
+            await self.start([i.name for i in to_start])
+        return ReloadReport(added, removed, changed, unchanged, scaled)
+
+    async def _scale(self, name: str, prog: ProgramConfig) -> list[Instance]:
+        insts = self._programs[name]
+        n = prog.numprocs
+        for inst in insts:
+            inst.config = dataclasses.replace(prog, numprocs=n)
+        if n < len(insts):
+            victims = insts[n:]
+            await self._remove(victims)
+            del insts[n:]
+            self._recolour()
+            return victims
+        fresh = [Instance(self, prog, i) for i in range(len(insts), n)]
+        insts.extend(fresh)
+        self._recolour()
+        return fresh
+
+    async def scale(self, program: str, n: int) -> list[OpResult]:
+        """Run ``n`` instances of ``program``: new ones are started, surplus ones stopped.
+
+        Existing instances below ``n`` are not touched.
+        """
+        if program not in self._programs:
+            known = ", ".join(self._programs) or "(none)"
+            raise UnknownProgramError(f"unknown program {program!r} (programs: {known})")
+        if n < 0:
+            raise ValueError(f"cannot scale {program} to {n} instances (must be >= 0)")
+        prog = dataclasses.replace(self.config.programs[program], numprocs=n)
+        programs = dict(self.config.programs)
+        programs[program] = prog
+        self.config = dataclasses.replace(self.config, programs=programs)
+        before = len(self._programs[program])
+        self._note(f"scale {program} from {before} to {n}")
+        touched = await self._scale(program, prog)
+        if n > before:
+            return await self.start([i.name for i in touched])
+        return [self._result(i, i.state in DOWN) for i in touched]
+
+    # -- running and shutting down ---------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop everything, dependents first; after ``shutdown_timeout``, SIGKILL the rest."""
+        if self._shutdown_task is None:
+            self._shutdown_task = self.loop.create_task(self._shutdown())
+        await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self) -> None:
+        insts = self._all()
+        for inst in insts:
+            inst.no_restart = True
+        self._note("shutting down: stopping every program, dependents first")
+        timeout = self.config.supervisor.shutdown_timeout
+        try:
+            await asyncio.wait_for(self._stop_ordered(insts), timeout)
+        except TimeoutError:
+            self._note(f"shutdown_timeout ({timeout:g}s) passed: SIGKILL to what is left")
+        await asyncio.gather(*(i.kill() for i in insts if i.state not in DOWN))
+        self._closed = True
+        for inst in insts:
+            inst.close_io()
+        if self._console is not None:
+            for inst in insts:
+                self._console.flush_partial(inst.name)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(0)
+
+    def _request_shutdown(self) -> None:
+        if self._shutdown_task is None:
+            self._shutdown_task = self.loop.create_task(self._shutdown())
+        else:
+            # A second Ctrl-C: do not wait for graceful stops any more.
+            self._note("second stop request: SIGKILL to every tree now")
+            for inst in self._all():
+                self.background(inst.kill())
+
+    def _request_reload(self) -> None:
+        async def reload() -> None:
+            from ._exceptions import ConfigError
+
+            try:
+                await self.reload()
+            except ConfigError as exc:
+                self._note("reload refused, nothing changed:")
+                for line in exc.errors:
+                    self._note(f"  {line}")
+
+        self.background(reload())
+
+    async def run(self) -> int:
+        """``forkwell up``: serve until :meth:`shutdown` (or SIGTERM/SIGINT); return 0.
+
+        Raises :class:`~forkwell.StateError` when another supervisor is
+        running for the same state file.
+        """
+        loop = self.loop
+        self._done = loop.create_future()
+        log_dir = self.config.supervisor.log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._event_log = LogFile(log_dir / "forkwell.log", 10 << 20, 3)
+        made_subreaper = not _sys.is_subreaper() and _sys.set_subreaper()
+        handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD]
+        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
+        loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        control: Any = None
+        wrote_state = False
+        try:
+            await self._take_over_state()
+            wrote_state = True
+            control = self._control_server()
+            if control is not None:
+                await control.start()
+            self._note(
+                f"forkwell up: pid {os.getpid()}, {len(self._all())} instances "
+                f"of {len(self._programs)} programs from {self.config_path}"
+            )
+            auto = [i.name for i in self._all() if i.config.autostart]
+            results = await self.start(auto) if auto else []
+            failed = [r for r in results if not r.ok]
+            for r in failed:
+                self._note(r.message)
+                for line in r.log_tail[-5:]:
+                    self._note(f"  {r.instance} | {line}")
+            self.startup_failures = failed
+            self._notify_ready(failed)
+            code = await self._done
+        finally:
+            if self._shutdown_task is None:
+                self._shutdown_task = loop.create_task(self._shutdown())
+            await asyncio.shield(self._shutdown_task)
+            if control is not None:
+                await control.close()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            self._on_sigchld()
+            if made_subreaper:
+                _sys.set_subreaper(False)
+            if wrote_state:
+                with contextlib.suppress(OSError):
+                    self.config.supervisor.state_file.unlink()
+            self._note("forkwell up: all stopped, exiting")
+            self._event_log.close()
+            self._event_log = None
+        return code
+
+    def _control_server(self) -> Any:
+        """The control socket server, if the control plane is installed."""
+        from importlib import import_module
+
+        try:
+            module = import_module("forkwell._control")
+        except ModuleNotFoundError as exc:
+            if exc.name != "forkwell._control":
+                raise
+            return None
+        return module.ControlServer(self, self.socket_path)
+
+    def _notify_ready(self, failed: list[OpResult]) -> None:
+        """Tell a waiting ``forkwell up --detach`` (or systemd Type=notify) we are up."""
+        from ._notify import notify
+
+        status = (
+            f"{len(failed)} instance(s) failed to start: {failed[0].message}"
+            if failed
+            else f"{len(self._all())} instances up"
+        )
+        try:
+            notify(READY=1, STATUS=status, MAINPID=os.getpid())
+        except (OSError, ValueError) as exc:
+            self._note(f"cannot notify readiness: {exc}")
+
+    async def _take_over_state(self) -> None:
+        """Refuse to run twice; end what a killed predecessor left; record ourselves."""
+        path = self.config.supervisor.state_file
+        old: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(path.read_text())
+        pid = old.get("pid")
+        if isinstance(pid, int) and pid != os.getpid():
+            info = _tree.read_stat(pid)
+            if info is not None and info.starttime == old.get("starttime"):
+                raise StateError(
+                    f"another forkwell up is running for {self.config_path} (pid {pid}); "
+                    f"stop it with 'forkwell down' first"
+                )
+        token = old.get("token")
+        if isinstance(token, str) and token:
+            survivors = _tree.Tree(token, -1)
+            members = await self._members(survivors, include_root=False)
+            if members:
+                self._note(
+                    f"ending {len(members)} process(es) left by a killed supervisor "
+                    f"(pid {pid}): {sorted(members)}"
+                )
+                await self.end_tree(survivors, signal.SIGTERM, 5.0, include_root=False)
+            survivors.close()
+        me = _tree.read_stat(os.getpid())
+        state = {
+            "pid": os.getpid(),
+            "starttime": None if me is None else me.starttime,
+            "token": self._token,
+            "config": str(self.config_path),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)
+
+
+def scan_trees(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, _tree.ProcInfo]]:
+    """:func:`forkwell._tree.find_tree` for many tokens in one pass over ``/proc``."""
+    if not wanted or not _sys.HAVE_PROC:
+        return {}
+    needles = {token.encode(): token for token in wanted}
+    me = os.getpid()
+    infos: dict[int, _tree.ProcInfo] = {}
+    members: dict[str, set[int]] = {token: set(roots) for token, roots in wanted.items()}
+    for pid in _tree.iter_pids():
+        if pid == me:
+            continue
+        info = _tree.read_stat(pid)
+        if info is None or info.state in ("Z", "X"):
+            continue
+        infos[pid] = info
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        for tok in _tree.tokens_in_environ(env):
+            token = needles.get(tok)
+            if token is not None:
+                members[token].add(pid)
+    children: dict[int, list[int]] = {}
+    for pid, info in infos.items():
+        children.setdefault(info.ppid, []).append(pid)
+    out: dict[str, dict[int, _tree.ProcInfo]] = {}
+    for token, seeds in members.items():
+        found = seeds & infos.keys()
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        out[token] = {pid: infos[pid] for pid in found}
+    return out
