@@ -157,9 +157,9 @@ def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "tim
         return EXIT_CANCELED
 
     from . import _sys
+    from ._driver import _Driver
     from ._exceptions import CommandNotExecutableError, CommandNotFoundError, SpawnError
     from ._process import spawn
-    from ._run import _Driver
 
     stop_signal = int(opts["signal"])  # type: ignore[call-overload]
     kill_after = opts["kill_after"]

@@ -88,10 +88,19 @@ class Process:
         if self._popen.returncode is not None:
             return self._popen.returncode
         if self._pidfd is not None:
-            ready, _, _ = select.select([self._pidfd], [], [], timeout)
-            if not ready:
-                return None
-            return self._popen.wait()
+            if timeout is not None:
+                ready, _, _ = select.select([self._pidfd], [], [], timeout)
+                if not ready:
+                    return None
+            # One blocking syscall on the pidfd reaps exactly our child.
+            try:
+                res = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
+            except ChildProcessError:
+                return self._popen.wait()  # reaped elsewhere; let Popen sort it out
+            assert res is not None  # only WNOHANG returns None
+            code = int(res.si_status)
+            self._popen.returncode = code if res.si_code == os.CLD_EXITED else -code
+            return self._popen.returncode
         try:
             return self._popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -215,12 +224,21 @@ def spawn(
     if not argv:
         raise ValueError("cannot spawn an empty command")
     token: str | None = None
-    child_env: Mapping[str, str] | None = env
+    child_env: Mapping[str, str] | Mapping[bytes, bytes] | None = env
     if track_tree:
         token = _tree.new_token()
-        base = dict(os.environ if env is None else env)
-        base[_tree.COOKIE_VAR] = _tree.cookie_value(base.get(_tree.COOKIE_VAR), token)
-        child_env = base
+        if env is None:
+            # Bytes avoid decoding and re-encoding the whole environment on every spawn.
+            benv = dict(os.environb)
+            key = _tree.COOKIE_VAR.encode()
+            outer = benv.get(key)
+            value = _tree.cookie_value(None if outer is None else outer.decode(), token)
+            benv[key] = value.encode()
+            child_env = benv
+        else:
+            senv = dict(env)
+            senv[_tree.COOKIE_VAR] = _tree.cookie_value(senv.get(_tree.COOKIE_VAR), token)
+            child_env = senv
     if pdeathsig is not None:
         pre = _sys.make_pdeathsig_preexec(pdeathsig)
         if preexec_fn is not None:

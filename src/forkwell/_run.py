@@ -1,11 +1,8 @@
 """``forkwell.run()``: a command with a deadline, its whole tree ended, always reaped.
 
-One loop (:class:`_Driver`) waits on everything at once: the child's pidfd, its
-output pipes, its input pipe, the deadline, and, once termination has begun,
-the pidfds of every descendant that was signalled.  Nothing polls and nothing
-sleeps.  The same loop serves ``forkwell timeout`` (which adds signal
-forwarding and reaping of adopted orphans) and :func:`run_async` (which runs it
-in a thread and cancels it through a pipe).
+The loop itself lives in :mod:`forkwell._driver`; it also serves ``forkwell
+timeout`` (which adds signal forwarding and reaping of adopted orphans), and
+:func:`run_async` runs it in a thread and cancels it through a pipe.
 
 When the run ends, for whatever reason, nothing it started is still running:
 
@@ -19,21 +16,18 @@ When the run ends, for whatever reason, nothing it started is still running:
 
 from __future__ import annotations
 
-import enum
 import math
 import os
-import selectors
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import _process
+from ._driver import _Capture, _Driver, _Phase
 from ._exceptions import CommandFailedError, CommandTimedOutError
-from ._process import Process, StrPath, spawn
-
-_CHUNK = 65536
+from ._process import StrPath, spawn
 
 
 @dataclass(frozen=True)
@@ -56,339 +50,6 @@ class RunResult:
             raise CommandTimedOutError(self)
         if self.returncode != 0:
             raise CommandFailedError(self)
-
-
-class _Capture:
-    """Collects a stream, keeping at most ``limit`` bytes: the head and the tail."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.omitted = 0
-        self._head_limit = None if limit is None else limit - limit // 2
-        self._tail_limit = 0 if limit is None else limit // 2
-
-    def add(self, data: bytes) -> None:
-        if self._head_limit is None:
-            self.head += data
-            return
-        room = self._head_limit - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if not data:
-            return
-        self.tail += data
-        excess = len(self.tail) - self._tail_limit
-        if excess > 0:
-            del self.tail[:excess]
-            self.omitted += excess
-
-    def value(self) -> bytes:
-        if not self.omitted:
-            return bytes(self.head + self.tail)
-        marker = f"\n[... forkwell: {self.omitted} bytes omitted ...]\n".encode()
-        return bytes(self.head) + marker + bytes(self.tail)
-
-
-class _Phase(enum.Enum):
-    RUNNING = "running"  # the child runs; waiting for it or the deadline
-    TERMINATING = "terminating"  # stop signal sent; waiting for the tree to go, or the kill time
-    DRAINING = "draining"  # the tree is gone; collecting what is left in the pipes
-    DONE = "done"
-
-
-# The one transition table of the run loop.
-_TRANSITIONS: dict[_Phase, frozenset[_Phase]] = {
-    _Phase.RUNNING: frozenset({_Phase.TERMINATING, _Phase.DRAINING}),
-    _Phase.TERMINATING: frozenset({_Phase.DRAINING}),
-    _Phase.DRAINING: frozenset({_Phase.DONE}),
-    _Phase.DONE: frozenset(),
-}
-
-
-class _Driver:
-    """Runs one spawned child to the end.  See the module docstring."""
-
-    def __init__(
-        self,
-        proc: Process,
-        *,
-        timeout: float | None,
-        grace: float,
-        stop_signal: int,
-        kill_after_deadline: bool = True,
-        leftover_grace: float | None = None,
-        input: bytes | None = None,
-        captures: Mapping[int, _Capture] | None = None,
-        wake_fd: int | None = None,
-        on_wake: Callable[[bytes], None] | None = None,
-        reap_all: bool = False,
-        on_timeout: Callable[[int], None] | None = None,
-    ) -> None:
-        self.proc = proc
-        self.grace = grace
-        self.leftover_grace = grace if leftover_grace is None else leftover_grace
-        self.stop_signal = stop_signal
-        self.kill_after_deadline = kill_after_deadline
-        self.deadline = None if timeout is None else proc.started + timeout
-        self.kill_at: float | None = None
-        self.phase = _Phase.RUNNING
-        self.timed_out = False
-        self.killed = False
-        self.reap_all = reap_all
-        self.on_wake = on_wake
-        self.on_timeout = on_timeout
-        self._input = memoryview(input) if input is not None else None
-        self._captures = dict(captures or {})
-        self.sel = selectors.DefaultSelector()
-        self._member_fds: set[int] = set()
-        if proc.fileno() >= 0:
-            self.sel.register(proc.fileno(), selectors.EVENT_READ, "child")
-        for fd in self._captures:
-            os.set_blocking(fd, False)
-            self.sel.register(fd, selectors.EVENT_READ, "out")
-        if self._input is not None and proc.stdin is not None:
-            fd = proc.stdin.fileno()
-            os.set_blocking(fd, False)
-            self.sel.register(fd, selectors.EVENT_WRITE, "in")
-        if wake_fd is not None:
-            self.sel.register(wake_fd, selectors.EVENT_READ, "wake")
-
-    def _goto(self, phase: _Phase) -> None:
-        if phase not in _TRANSITIONS[self.phase]:  # pragma: no cover - a bug in this module
-            raise AssertionError(f"run loop: illegal transition {self.phase} -> {phase}")
-        self.phase = phase
-
-    # -- termination ---------------------------------------------------------
-
-    def begin_termination(self, sig: int, grace: float | None, *, include_root: bool) -> None:
-        """Send ``sig`` to the tree; SIGKILL whoever is left after ``grace`` (None: never)."""
-        if self.phase is _Phase.RUNNING:
-            self._goto(_Phase.TERMINATING)
-        now = time.monotonic()
-        self.kill_at = None if grace is None else now + grace
-        tree = self.proc.tree
-        if tree is None:
-            self.proc.signal_tree(sig)
-            return
-        self._signal_members(sig, include_root=include_root, only_new=False)
-
-    def _signal_members(self, sig: int, *, include_root: bool, only_new: bool) -> None:
-        tree = self.proc.tree
-        assert tree is not None
-        members = tree.members(include_root=include_root and self.proc.returncode is None)
-        tree.signal(sig, members, only_new=only_new)
-        pinned = tree.pinned()
-        for pid in members:
-            held = pinned.get(pid)
-            if pid == self.proc.pid or held is None or held[0] in self._member_fds:
-                continue
-            self._member_fds.add(held[0])
-            self.sel.register(held[0], selectors.EVENT_READ, "member")
-        self._check_tree_gone()
-
-    def _check_tree_gone(self) -> None:
-        if self.phase is not _Phase.TERMINATING or self.proc.returncode is None:
-            return
-        if self._member_fds:
-            return
-        tree = self.proc.tree
-        if tree is not None:
-            # All we signalled are gone: look again for any forked meanwhile.
-            tree.reap_adopted()
-            if tree.members(include_root=False):
-                self._signal_members(self.stop_signal, include_root=False, only_new=True)
-                return
-        self._goto(_Phase.DRAINING)
-
-    def kill_everything(self) -> None:
-        self.killed = True
-        tree = self.proc.tree
-        if self.proc.returncode is None:
-            if tree is None:
-                self.proc.signal_tree(signal.SIGKILL)
-            else:
-                self.proc.send_signal(signal.SIGKILL)
-        if tree is not None:
-            tree.kill_all()
-        self._reap_child(block=True)
-        if tree is not None:
-            tree.kill_all()
-        for fd in list(self._member_fds):
-            self.sel.unregister(fd)
-        self._member_fds.clear()
-        if self.phase is _Phase.TERMINATING:
-            self._goto(_Phase.DRAINING)
-
-    # -- events --------------------------------------------------------------
-
-    def _reap_child(self, block: bool = False) -> None:
-        if self.proc.returncode is not None:
-            return
-        if self.reap_all:
-            self._reap_any()
-            if self.proc.returncode is None and block:
-                self.proc.wait()
-            return
-        if block:
-            self.proc.wait()
-        else:
-            self.proc.poll()
-
-    def _reap_any(self) -> None:
-        """A dedicated process (the CLI): reap every child, including adopted orphans."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid == self.proc.pid:
-                self.proc._set_reaped(os.waitstatus_to_exitcode(status))
-
-    def _child_exited(self) -> None:
-        self.sel.unregister(self.proc.fileno())
-        self._reap_child(block=True)
-        if self.phase is _Phase.RUNNING:
-            tree = self.proc.tree
-            left = tree is not None and tree.may_have_descendants()
-            if left and tree is not None and tree.members(include_root=False):
-                self.begin_termination(self.stop_signal, self.leftover_grace, include_root=False)
-            else:
-                self._goto(_Phase.DRAINING)
-        elif self.phase is _Phase.TERMINATING:
-            if self.kill_at is None:
-                # GNU semantics without -k: we waited for the command itself;
-                # what it left behind still gets the leftover grace.
-                self.kill_at = time.monotonic() + self.leftover_grace
-            self._check_tree_gone()
-
-    def _read(self, fd: int) -> bool:
-        """Read what is there; False at EOF."""
-        try:
-            data = os.read(fd, _CHUNK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            data = b""
-        if not data:
-            return False
-        self._captures[fd].add(data)
-        return True
-
-    def _write_input(self, fd: int) -> None:
-        assert self._input is not None
-        try:
-            n = os.write(fd, self._input[:_CHUNK])
-        except BlockingIOError:
-            return
-        except (BrokenPipeError, OSError):
-            n = len(self._input)
-        self._input = self._input[n:]
-        if not self._input:
-            self.sel.unregister(fd)
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-
-    def _timeout(self) -> float | None:
-        now = time.monotonic()
-        if self.phase is _Phase.RUNNING and self.deadline is not None:
-            return max(0.0, self.deadline - now)
-        if self.phase is _Phase.TERMINATING and self.kill_at is not None:
-            return max(0.0, self.kill_at - now)
-        if self.phase is _Phase.TERMINATING and self.proc.fileno() < 0:
-            return 0.05  # no pidfd (non-Linux): poll for the child
-        if self.phase is _Phase.RUNNING and self.proc.fileno() < 0:
-            return 0.05
-        return None
-
-    def run(self) -> None:
-        try:
-            while self.phase in (_Phase.RUNNING, _Phase.TERMINATING):
-                for key, _ in self.sel.select(self._timeout()):
-                    what = key.data
-                    if what == "child":
-                        if key.fd in self.sel.get_map():
-                            self._child_exited()
-                    elif what == "member":
-                        self.sel.unregister(key.fd)
-                        self._member_fds.discard(key.fd)
-                        self._check_tree_gone()
-                    elif what == "out":
-                        if not self._read(key.fd):
-                            self.sel.unregister(key.fd)
-                    elif what == "in":
-                        self._write_input(key.fd)
-                    elif what == "wake":
-                        try:
-                            data = os.read(key.fd, 512)
-                        except BlockingIOError:
-                            data = b""
-                        if self.reap_all:
-                            self._reap_any()
-                            if self.proc.returncode is not None and self.proc.fileno() in (
-                                self.sel.get_map()
-                            ):
-                                self._child_exited()
-                        if self.on_wake is not None and data:
-                            self.on_wake(data)
-                    if self.phase not in (_Phase.RUNNING, _Phase.TERMINATING):
-                        break
-                self._on_clock()
-        except BaseException:
-            # KeyboardInterrupt or a bug: the promise still holds.
-            if self.proc.returncode is None or self.proc.tree is not None:
-                self.kill_everything()
-            raise
-        finally:
-            self._drain_and_close()
-
-    def _on_clock(self) -> None:
-        now = time.monotonic()
-        no_pidfd = self.proc.fileno() < 0
-        exited = no_pidfd and self.proc.returncode is None and self.proc.poll() is not None
-        if exited and self.phase is _Phase.RUNNING:
-            # Without a pidfd the child's exit is only seen here (polling fallback).
-            self._goto(_Phase.DRAINING)
-            return
-        if self.phase is _Phase.RUNNING and self.deadline is not None and now >= self.deadline:
-            self.timed_out = True
-            if self.on_timeout is not None:
-                self.on_timeout(self.stop_signal)
-            grace = self.grace if self.kill_after_deadline else None
-            self.begin_termination(self.stop_signal, grace, include_root=True)
-        elif self.phase is _Phase.TERMINATING and self.kill_at is not None and now >= self.kill_at:
-            self.kill_everything()
-        elif self.phase is _Phase.TERMINATING and no_pidfd and self.proc.poll() is not None:
-            self._goto(_Phase.DRAINING)
-
-    def _drain_and_close(self) -> None:
-        # Only what is already buffered: a writer that escaped the tree must
-        # not make us wait (the fds are non-blocking).
-        for fd, cap in self._captures.items():
-            if fd not in self.sel.get_map():
-                continue
-            while True:
-                try:
-                    data = os.read(fd, _CHUNK)
-                except OSError:
-                    break
-                if not data:
-                    break
-                cap.add(data)
-        if self.proc.tree is not None:
-            self.proc.tree.reap_adopted()
-        if self.reap_all:
-            self._reap_any()
-        self.sel.close()
-        if self.phase is _Phase.DRAINING:
-            self._goto(_Phase.DONE)
 
 
 def _argv(args: StrPath | Sequence[StrPath], shell: bool) -> list[str]:
@@ -454,6 +115,23 @@ def run(
             raise ValueError("stdin and input arguments may not both be used")
         stdin = _process.PIPE
     proc = spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
+    if stdout is None and stderr is None and data is None and _cancel_fd is None:
+        # Nothing to pump: wait on the pidfd alone.  This is the hot path of
+        # run(["/bin/true"]), kept within a few percent of subprocess.run.
+        try:
+            proc.wait(timeout)
+        except BaseException:
+            proc.terminate_tree(stop_signal, grace)
+            proc.close()
+            raise
+        tree = proc.tree
+        if proc.returncode is not None and (tree is None or not tree.may_have_descendants()):
+            proc.close()
+            result = RunResult(argv, proc.pid, proc.returncode, None, None, False,
+                               time.monotonic() - proc.started)
+            if check:
+                result.check_returncode()
+            return result
     captures: dict[int, _Capture] = {}
     out_cap = err_cap = None
     if proc.stdout is not None:
