@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip install -q -e '.[test]'
+# Bytecode for forkwell itself, as a regular install has: this machine sets
+# PYTHONDONTWRITEBYTECODE=1, which would make every CLI start compile from source.
+python3 -m compileall -q src >/dev/null
 # Peers from PyPI (one per line in bench/requirements.txt).
 pip install -q -r bench/requirements.txt
 # Peers from Debian.
