@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "ProgramConfig": "._config",
     "load_config": "._config",
     "ControlClient": "._control",
+    "daemonize": "._daemon",
     "ChildExit": "._reaper",
     "Reaper": "._reaper",
     "fork": "._reaper",
@@ -32,9 +33,13 @@ _EXPORTS: dict[str, str] = {
     "ControlError": "._exceptions",
     "ControlRequestError": "._exceptions",
     "ControlSocketError": "._exceptions",
+    "DaemonReadyTimeoutError": "._exceptions",
+    "DaemonStartError": "._exceptions",
     "ForkwellError": "._exceptions",
     "HandlerImportError": "._exceptions",
     "LockTimeoutError": "._exceptions",
+    "PidfileError": "._exceptions",
+    "PidfileLockedError": "._exceptions",
     "SpawnError": "._exceptions",
     "SpawnResourceError": "._exceptions",
     "StateError": "._exceptions",
@@ -46,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "notify_ready": "._notify",
     "notify_status": "._notify",
     "notify_stopping": "._notify",
+    "Pidfile": "._pidfile",
     "PreforkServer": "._prefork",
     "Process": "._process",
     "spawn": "._process",
@@ -67,6 +73,7 @@ if TYPE_CHECKING:
     from ._config import ProgramConfig as ProgramConfig
     from ._config import load_config as load_config
     from ._control import ControlClient as ControlClient
+    from ._daemon import daemonize as daemonize
     from ._exceptions import BindError as BindError
     from ._exceptions import CommandFailedError as CommandFailedError
     from ._exceptions import CommandNotExecutableError as CommandNotExecutableError
@@ -76,9 +83,13 @@ if TYPE_CHECKING:
     from ._exceptions import ControlError as ControlError
     from ._exceptions import ControlRequestError as ControlRequestError
     from ._exceptions import ControlSocketError as ControlSocketError
+    from ._exceptions import DaemonReadyTimeoutError as DaemonReadyTimeoutError
+    from ._exceptions import DaemonStartError as DaemonStartError
     from ._exceptions import ForkwellError as ForkwellError
     from ._exceptions import HandlerImportError as HandlerImportError
     from ._exceptions import LockTimeoutError as LockTimeoutError
+    from ._exceptions import PidfileError as PidfileError
+    from ._exceptions import PidfileLockedError as PidfileLockedError
     from ._exceptions import SpawnError as SpawnError
     from ._exceptions import SpawnResourceError as SpawnResourceError
     from ._exceptions import StateError as StateError
@@ -90,6 +101,7 @@ if TYPE_CHECKING:
     from ._notify import notify_ready as notify_ready
     from ._notify import notify_status as notify_status
     from ._notify import notify_stopping as notify_stopping
+    from ._pidfile import Pidfile as Pidfile
     from ._prefork import PreforkServer as PreforkServer
     from ._process import Process as Process
     from ._process import spawn as spawn

@@ -218,11 +218,25 @@ class WorkerBootError(ForkwellError, RuntimeError):
 
 
 class DaemonStartError(ForkwellError, OSError):
-    """The daemon did not come up.  ``.step`` names the daemon(7) step that failed."""
+    """The daemon did not come up.
 
-    def __init__(self, errno: int, message: str, step: str = "", filename: str | None = None):
+    ``.step`` names the daemon(7) step that failed (``chdir``, ``pidfile``,
+    ``drop-privileges``, ``ready``...); ``.exit_status`` is how the daemon ended
+    when it died during start-up (``-N`` for signal N), else None.
+    """
+
+    def __init__(
+        self,
+        errno: int,
+        message: str,
+        step: str = "",
+        filename: str | None = None,
+        *,
+        exit_status: int | None = None,
+    ):
         OSError.__init__(self, errno, message, filename)
         self.step = step
+        self.exit_status = exit_status
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
