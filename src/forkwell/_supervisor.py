@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from . import _sys, _tree
 from ._config import Config, ProgramConfig, load_config
-from ._exceptions import StateError, UnknownProgramError
+from ._exceptions import ForkwellError, StateError, UnknownProgramError
 from ._logs import Console, LogFile, tail
 from ._process import Process
 from ._program import DOWN, KILL_GRACE, SETTLED, Instance, ProgramState, _resolve
@@ -131,6 +131,8 @@ class Supervisor:
         self._shutdown_task: asyncio.Task[None] | None = None
         self._closed = False
         self.startup_failures: list[OpResult] = []
+        # --detach: an autostart failure ends the run (the caller is told why).
+        self.fail_fast = False
         self._recolour()
 
     # -- the event loop ------------------------------------------------------
@@ -761,6 +763,9 @@ class Supervisor:
                 for line in r.log_tail[-5:]:
                     self._note(f"  {r.instance} | {line}")
             self.startup_failures = failed
+            if failed and self.fail_fast:
+                more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+                raise ForkwellError(f"{failed[0].message}{more}")
             self._notify_ready(failed)
             code = await self._done
         finally:
