@@ -439,7 +439,7 @@ class ForkingServer:
         max_children: int = 64,
         timeout: float | None = None,
         graceful_timeout: float = 10.0,
-        backlog: int = 128,
+        backlog: int = 1024,
     ) -> None:
         check_handler(handler)
         if max_children < 1:
