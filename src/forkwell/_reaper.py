@@ -11,8 +11,9 @@ Two ways to use it:
 
 * :func:`fork` -- the one-liner.  ``forkwell.fork()`` is ``os.fork()`` whose
   child is reaped as soon as it exits by one process-wide background thread
-  (blocked in ``epoll_wait``: no periodic wake-up), which then calls the
-  optional ``on_exit`` callback *in that thread*, never in signal context.
+  (blocked in ``select``: no periodic wake-up) and by the next ``fork()``
+  call, whichever comes first; the optional ``on_exit`` callback always runs
+  *in that thread*, never in signal context.
 * :class:`Reaper` -- explicit, for programs with their own loop: ``fork()`` or
   ``watch(pid)``, then ``reap()`` when ``fileno()`` is readable, or block in
   ``wait()``, iterate ``exits()``, or ``await wait_async()``.
@@ -33,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -144,6 +146,13 @@ class Reaper:
                 fd = _sys.pidfd_open(pid)
                 if fd is None:
                     raise ChildProcessError(f"pid {pid} is not a live child of this process")
+                try:
+                    # A pidfd opens for any process: peek (WNOWAIT) to make
+                    # sure this one is ours to reap.
+                    os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    os.close(fd)
+                    raise ChildProcessError(f"pid {pid} is not a child of this process") from None
                 self._pidfds[fd] = pid
                 self._epoll.register(fd, select.EPOLLIN)
             self._pids.add(pid)
@@ -175,14 +184,22 @@ class Reaper:
 
     def reap(self) -> list[ChildExit]:
         """Reap every watched child that has exited; never blocks."""
+        collected = self._collect()
+        self._dispatch(collected)
+        return [exit_ for exit_, _ in collected]
+
+    def _collect(self) -> list[tuple[ChildExit, ExitCallback | None]]:
+        """Reap what has exited; return each exit with its per-child callback."""
         with self._lock:
             exits = self._reap_locked()
-            callbacks = [self._callbacks.pop(e.pid, None) for e in exits]
+            return [(e, self._callbacks.pop(e.pid, None)) for e in exits]
+
+    def _dispatch(self, collected: list[tuple[ChildExit, ExitCallback | None]]) -> None:
         # Callbacks run without the lock, so they may fork() or watch() again.
         # One that raises must not cost the others their exits: the first
         # error is raised once every callback has run.
         error: BaseException | None = None
-        for exit_, callback in zip(exits, callbacks, strict=True):
+        for exit_, callback in collected:
             for call in (callback, self._on_exit):
                 if call is None:
                     continue
@@ -192,7 +209,6 @@ class Reaper:
                     error = error or exc
         if error is not None:
             raise error
-        return exits
 
     def _reap_locked(self) -> list[ChildExit]:
         exits: list[ChildExit] = []
@@ -325,33 +341,61 @@ def _install_sigchld_wakeup(fd: int) -> None:
 class _BackgroundReaper:
     """One :class:`Reaper` drained by a daemon thread blocked in ``select``.
 
-    The thread holds no lock while it sleeps, and ``os.register_at_fork`` makes
-    a forked child start without it (threads do not survive ``fork``).
+    :func:`fork` also collects the children that have exited each time it is
+    called, so a program forking in a tight loop (holding the GIL the thread
+    needs) still has at most the children of one fork's time as zombies.  It
+    hands those exits to the thread, which runs every callback: callbacks
+    always run in the reaper thread, never in the caller's nor in a signal
+    handler.  The thread holds no lock while it sleeps, and
+    ``os.register_at_fork`` makes a forked child start without it.
     """
 
     def __init__(self) -> None:
         self.reaper = Reaper()
+        self._handoff: deque[tuple[ChildExit, ExitCallback | None]] = deque()
         self._stop_r, self._stop_w = os.pipe()
+        self._note_r, self._note_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.thread = threading.Thread(target=self._run, name="forkwell-reaper", daemon=True)
         self.thread.start()
+
+    def collect_now(self) -> None:
+        """Reap what has exited, in the caller's thread; the callbacks go to the thread."""
+        collected = self.reaper._collect()
+        if collected:
+            self._handoff.extend(collected)
+            try:
+                os.write(self._note_w, b"x")
+            except BlockingIOError:
+                pass  # the thread has a wake-up pending already
 
     def _run(self) -> None:
         reaper_fd = self.reaper.fileno()
         while True:
-            ready, _, _ = select.select([reaper_fd, self._stop_r], [], [])
+            ready, _, _ = select.select([reaper_fd, self._stop_r, self._note_r], [], [])
             if self._stop_r in ready:
                 return
+            if self._note_r in ready:
+                try:
+                    os.read(self._note_r, 4096)
+                except BlockingIOError:
+                    pass
+            collected = self.reaper._collect()
+            while self._handoff:
+                collected.append(self._handoff.popleft())
             try:
-                self.reaper.reap()  # statuses go to the per-child callbacks
+                self.reaper._dispatch(collected)
             except Exception:
                 # A failing callback must not stop the reaping of the others.
                 sys.excepthook(*sys.exc_info())
 
+    def close_fds(self) -> None:
+        for fd in (self._stop_r, self._stop_w, self._note_r, self._note_w):
+            os.close(fd)
+
     def stop(self) -> None:
         os.write(self._stop_w, b"x")
         self.thread.join()
-        os.close(self._stop_r)
-        os.close(self._stop_w)
+        self.close_fds()
         self.reaper.close()
 
 
@@ -359,13 +403,18 @@ _background: _BackgroundReaper | None = None
 _background_lock = threading.Lock()
 
 
-def _background_reaper() -> Reaper:
-    global _background
+_at_fork_registered = False
+
+
+def _background_reaper() -> _BackgroundReaper:
+    global _background, _at_fork_registered
     with _background_lock:
         if _background is None:
             _background = _BackgroundReaper()
-            os.register_at_fork(after_in_child=_forget_background_in_child)
-        return _background.reaper
+            if not _at_fork_registered:
+                os.register_at_fork(after_in_child=_forget_background_in_child)
+                _at_fork_registered = True
+        return _background
 
 
 def _forget_background_in_child() -> None:
@@ -378,8 +427,7 @@ def _forget_background_in_child() -> None:
     if old is not None:
         old.reaper._forget_in_child()
         old.reaper.close()
-        os.close(old._stop_r)
-        os.close(old._stop_w)
+        old.close_fds()
 
 
 def fork(on_exit: ExitCallback | None = None) -> int:
@@ -395,7 +443,9 @@ def fork(on_exit: ExitCallback | None = None) -> int:
     >>> if pid == 0:
     ...     os._exit(3)          # the parent later prints "pid N exited with status 3"
     """
-    reaper = _background_reaper()
+    background = _background_reaper()
+    background.collect_now()
+    reaper = background.reaper
     # Fork under the reaper's lock: the child must not inherit it held.
     with reaper._lock:
         pid = os.fork()
