@@ -102,6 +102,14 @@ def read_all(sock: socket.socket) -> bytes:
         data += chunk
 
 
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True once the server closed or reset the connection without a reply."""
+    try:
+        return read_all(sock) == b""
+    except ConnectionResetError:
+        return True  # killed before it accepted: the kernel resets queued connections
+
+
 def ask(addr: str, line: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
     """One request: send ``line``, read the reply to EOF; -> (server pid, rest)."""
     with connect(addr, timeout) as sock:

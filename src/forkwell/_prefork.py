@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _sys
-from ._exceptions import StateError, WorkerBootError
+from ._exceptions import HandlerImportError, StateError, WorkerBootError
 from ._reaper import ChildExit, Reaper
 from ._server import (
     SERVER_SIGNALS,
@@ -443,8 +443,16 @@ class PreforkServer:
                 if module_name in sys.modules:
                     importlib.reload(sys.modules[module_name])
                 self.handler = load_handler(self._handler_spec)
-            except Exception as exc:
+            except HandlerImportError as exc:
                 log.error("reload failed, keeping the running workers: %s", exc)  # noqa: TRY400
+                return
+            except Exception as exc:  # the new code may raise anything at import
+                log.error(  # noqa: TRY400 (the user's error, reported in one line)
+                    "reload failed, keeping the running workers: cannot import %r: %s: %s",
+                    module_name,
+                    type(exc).__name__,
+                    exc,
+                )
                 return
         self._generation += 1
         log.info("reloading: starting %d new workers", self.target)
