@@ -133,6 +133,10 @@ class Supervisor:
         self.startup_failures: list[OpResult] = []
         # --detach: an autostart failure ends the run (the caller is told why).
         self.fail_fast = False
+        # Set by run() once autostart has settled (every instance up or failed).
+        self.up = asyncio.Event()
+        # Pids a killed predecessor left running, ended by run() before starting anything.
+        self.state_file_survivors: list[int] = []
         self._recolour()
 
     # -- the event loop ------------------------------------------------------
@@ -627,9 +631,18 @@ class Supervisor:
                 programs[name] = [Instance(self, prog, i) for i in range(prog.numprocs)]
         self._programs = programs
         self._recolour()
+        grown: list[Instance] = []
         for name in scaled:
-            await self._scale(name, new.programs[name])
-        to_start = [
+            prog = new.programs[name]
+            before = len(self._programs[name])
+            kept = self._programs[name][: prog.numprocs]
+            touched = await self._scale(name, prog)
+            # New instances run if the program is meant to (autostart, or its others run).
+            if prog.numprocs > before and (
+                prog.autostart or any(i.state not in DOWN for i in kept)
+            ):
+                grown.extend(touched)
+        to_start = grown + [
             i
             for name in (*added, *changed)
             if new.programs[name].autostart or was_up.get(name, False)
@@ -737,6 +750,13 @@ class Supervisor:
         log_dir = self.config.supervisor.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self._event_log = LogFile(log_dir / "forkwell.log", 10 << 20, 3)
+        try:
+            # Before touching anything process-wide: refuse to run twice.
+            await self._take_over_state()
+        except BaseException:
+            self._event_log.close()
+            self._event_log = None
+            raise
         made_subreaper = not _sys.is_subreaper() and _sys.set_subreaper()
         handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD]
         loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
@@ -744,10 +764,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
         control: Any = None
-        wrote_state = False
         try:
-            await self._take_over_state()
-            wrote_state = True
             control = self._control_server()
             if control is not None:
                 await control.start()
@@ -767,6 +784,7 @@ class Supervisor:
                 more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
                 raise ForkwellError(f"{failed[0].message}{more}")
             self._notify_ready(failed)
+            self.up.set()
             code = await self._done
         finally:
             if self._shutdown_task is None:
@@ -779,9 +797,8 @@ class Supervisor:
             self._on_sigchld()
             if made_subreaper:
                 _sys.set_subreaper(False)
-            if wrote_state:
-                with contextlib.suppress(OSError):
-                    self.config.supervisor.state_file.unlink()
+            with contextlib.suppress(OSError):
+                self.config.supervisor.state_file.unlink()
             self._note("forkwell up: all stopped, exiting")
             self._event_log.close()
             self._event_log = None
@@ -820,7 +837,8 @@ class Supervisor:
         with contextlib.suppress(OSError, ValueError):
             old = json.loads(path.read_text())
         pid = old.get("pid")
-        if isinstance(pid, int) and pid != os.getpid():
+        if isinstance(pid, int):
+            # Our own pid too: another Supervisor of this process runs (a test).
             info = _tree.read_stat(pid)
             if info is not None and info.starttime == old.get("starttime"):
                 raise StateError(
@@ -831,6 +849,7 @@ class Supervisor:
         if isinstance(token, str) and token:
             survivors = _tree.Tree(token, -1)
             members = await self._members(survivors, include_root=False)
+            self.state_file_survivors = sorted(members)
             if members:
                 self._note(
                     f"ending {len(members)} process(es) left by a killed supervisor "

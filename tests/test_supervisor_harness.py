@@ -1,0 +1,100 @@
+"""Shared by the supervisor tests (no tests here): drive a real Supervisor in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from helpers import PY
+
+from forkwell import Config, InstanceInfo, Supervisor, load_config
+
+T = TypeVar("T")
+
+
+def cmd(*argv: str) -> str:
+    """A TOML array for an argv (JSON strings are valid TOML strings)."""
+    return json.dumps(list(argv))
+
+
+def py(code: str) -> str:
+    """A TOML command array running ``code`` in this Python."""
+    return cmd(PY, "-c", textwrap.dedent(code))
+
+
+def config(tmp_path: Path, text: str) -> Config:
+    head = "[supervisor]\nshutdown_timeout = 10\n\n"
+    path = tmp_path / "forkwell.toml"
+    path.write_text(head + textwrap.dedent(text))
+    return load_config(path)
+
+
+def drive(cfg: Config, body: Callable[[Supervisor], Awaitable[T]], timeout: float = 30) -> T:
+    """Run the supervisor (as ``forkwell up`` does) around ``body``, then shut it down."""
+
+    async def main() -> T:
+        sup = Supervisor(cfg, quiet=True)
+        task = asyncio.create_task(sup.run())
+        up = asyncio.create_task(sup.up.wait())
+        done, _ = await asyncio.wait({task, up}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            up.cancel()
+            task.result()
+            raise AssertionError("Supervisor.run() returned before it was up")
+        try:
+            return await asyncio.wait_for(body(sup), timeout)
+        finally:
+            await sup.shutdown()
+            assert await task == 0
+
+    return asyncio.run(main())
+
+
+async def pause(seconds: float) -> None:
+    """Let the loop run for ``seconds`` (a timer, not a blocking sleep)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.call_later(seconds, fut.set_result, None)
+    await fut
+
+
+async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``pred`` every 5 ms while the loop runs; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await pause(0.005)
+
+
+def info(sup: Supervisor, name: str) -> InstanceInfo:
+    return next(i for i in sup.instances() if i.name == name)
+
+
+def states(sup: Supervisor, name: str) -> list[str]:
+    """Every state ``name`` went through, in order."""
+    return [e.new for e in sup.events if e.instance == name]
+
+
+def when(sup: Supervisor, name: str, new: str, nth: int = 0) -> float:
+    """time.time() of the ``nth`` transition of ``name`` into ``new``."""
+    times = [e.time for e in sup.events if e.instance == name and e.new == new]
+    return times[nth]
+
+
+def log_text(sup: Supervisor, name: str, stream: str = "stdout") -> str:
+    try:
+        return sup.log_path(name, stream).read_text()  # type: ignore[arg-type]
+    except FileNotFoundError:
+        return ""
+
+
+def all_gone(pids: Sequence[int]) -> bool:
+    from helpers import running
+
+    return not any(running(p) for p in pids)
