@@ -449,8 +449,10 @@ def _relay(c2: int, events_r: int, status_w: int, go_r: int) -> None:
             events_open = False
             poller.unregister(events_r)
             os.close(events_r)
-            if _exited(c2, pidfd) is None:
-                _send(status_w, "EOF")
+            code = _exited(c2, pidfd)
+            if code is not None:
+                finish(code)
+            _send(status_w, "EOF")
         code = _exited(c2, pidfd)
         if code is not None:
             finish(code)
@@ -464,8 +466,14 @@ def _relay(c2: int, events_r: int, status_w: int, go_r: int) -> None:
                 if pidfd is not None:
                     _sys.pidfd_signal(pidfd, signal.SIGTERM)
                     deadline = time.monotonic() + _ABANDON_GRACE
-                    while _exited(c2, pidfd) is None and time.monotonic() < deadline:
-                        select.select([pidfd], [], [], max(deadline - time.monotonic(), 0))
+                    while True:
+                        code = _exited(c2, pidfd)
+                        if code is not None:
+                            finish(code)
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        select.select([pidfd], [], [], remaining)
                     _sys.pidfd_signal(pidfd, signal.SIGKILL)
                 else:
                     os.kill(c2, signal.SIGKILL)

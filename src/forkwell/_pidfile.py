@@ -183,16 +183,20 @@ class Pidfile:
             # descriptor does not touch a lock owned by another process.
             os.close(fd)
             return
+        unlinked = False
         try:
             now = os.stat(self.path, follow_symlinks=False)
             if (now.st_dev, now.st_ino) == key:
-                try:
-                    os.unlink(self.path)
-                except PermissionError:
-                    # Privileges were dropped after the file was made in a
-                    # directory we can no longer write: leave it empty, which
-                    # probe() reads as "not running", like a missing file.
-                    os.ftruncate(fd, 0)
+                os.unlink(self.path)
+                unlinked = True
+        except OSError:
+            pass
+        try:
+            if not unlinked:
+                # Privileges were dropped after the file was made in a
+                # directory we can no longer write (or even search): leave our
+                # inode empty, which probe() reads as "not running".
+                os.ftruncate(fd, 0)
         except OSError:
             pass
         finally:
