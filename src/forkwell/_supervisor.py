@@ -780,6 +780,9 @@ class Supervisor:
                 for line in r.log_tail[-5:]:
                     self._note(f"  {r.instance} | {line}")
             self.startup_failures = failed
+            self._note(
+                f"autostart done: {len(results) - len(failed)} up, {len(failed)} failed"
+            )
             if failed and self.fail_fast:
                 more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
                 raise ForkwellError(f"{failed[0].message}{more}")
