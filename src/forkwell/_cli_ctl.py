@@ -269,11 +269,16 @@ def _op(prog: str, ns: argparse.Namespace, command: str) -> int:
     return _report(prog, result.get("results", []), done)
 
 
-def _report(prog: str, results: list[dict[str, Any]], done: str) -> int:
+_STATE_WORDS = {"RUNNING": "started", "STARTING": "starting", "STOPPED": "stopped"}
+
+
+def _report(prog: str, results: list[dict[str, Any]], done: str | None) -> int:
+    """Print one line per instance; failures on stderr with exit status and log tail."""
     failed = 0
     for r in results:
         if r.get("ok"):
-            print(f"{r['instance']}: {done} ({r['state']})")
+            word = done or _STATE_WORDS.get(r["state"], "ok")
+            print(f"{r['instance']}: {word} ({r['state']})")
             continue
         failed += 1
         message = r.get("message") or f"{r['instance']} is {r['state']}"
@@ -324,7 +329,7 @@ def _scale(prog: str, ns: argparse.Namespace) -> int:
         for name, n in targets:
             result = client.request("scale", {"program": name, "n": n}, timeout=None)
             print(f"{name}: {n} instance{'s' if n != 1 else ''}")
-            rc = max(rc, _report(prog, result.get("results", []), "ok"))
+            rc = max(rc, _report(prog, result.get("results", []), None))
     return rc
 
 
