@@ -289,14 +289,18 @@ def _start_options(opts: dict[str, list[str]]) -> tuple[Any, float, int, dict[st
     import os
 
     from ._duration import parse_duration
-    from ._readiness import parse_ready
 
     try:
-        ready = parse_ready(_one(opts, "--ready", "exec") or "exec")
+        ready_text = _one(opts, "--ready", "exec") or "exec"
+        ready = None
+        if ready_text != "exec":  # the default needs no parsing: spare the import
+            from ._readiness import parse_ready
+
+            ready = parse_ready(ready_text)
         timeout = parse_duration(_one(opts, "--ready-timeout", "60") or "60")
     except ValueError as exc:
         raise _Usage(str(exc)) from None
-    if ready.kind == "cmd":
+    if ready is not None and ready.kind == "cmd":
         raise _Usage("--ready cmd: is not supported here (use exec, notify, tcp, delay)")
     umask_text = _one(opts, "--umask", "022") or "022"
     try:

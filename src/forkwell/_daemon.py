@@ -43,10 +43,9 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
-from . import _notify, _sys
+from . import _sys
 from ._exceptions import (
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -56,7 +55,11 @@ from ._exceptions import (
     PidfileLockedError,
 )
 from ._pidfile import Pidfile, PidfileState
-from ._readiness import ReadySpec, tcp_accepts
+
+if TYPE_CHECKING:
+    # Imported lazily at run time: socket and dataclasses cost the CLI ~20 ms.
+    from ._notify import NotifyListener
+    from ._readiness import ReadySpec
 
 StrPath = str | os.PathLike[str]
 Detach = bool | Literal["auto"]
@@ -84,8 +87,7 @@ _ABANDON_GRACE = 2.0
 # Configuration, validated in the caller before anything forks
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """A resolved user/group to switch to."""
 
     uid: int
@@ -95,8 +97,7 @@ class Identity:
     shell: str | None = None
 
 
-@dataclass(frozen=True)
-class _Config:
+class _Config(NamedTuple):
     pidfile: str | None
     workdir: str
     umask: int
@@ -355,21 +356,22 @@ def _error_line(exc: BaseException, step: str = "") -> str:
     return f"ERROR {kind} {code} {pid} {step}\t{message}"
 
 
-@dataclass
 class _Outcome:
     """What the original process learnt about a start."""
 
-    ok: bool = False
-    pid: int | None = None
-    kind: str = ""  # locked, notfound, notexec, step, exception, died, timeout, lost
-    errno: int = 0
-    step: str = ""
-    message: str = ""
-    exit_status: int | None = None  # subprocess-style: -N for signal N
-    holder: int | None = None
-    status: str = ""  # last STATUS= the daemon sent
-    execed: bool = False
-    events: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.ok = False
+        self.pid: int | None = None
+        # locked, notfound, notexec, step, exception, died, timeout, lost
+        self.kind = ""
+        self.errno = 0
+        self.step = ""
+        self.message = ""
+        self.exit_status: int | None = None  # subprocess-style: -N for signal N
+        self.holder: int | None = None
+        self.status = ""  # last STATUS= the daemon sent
+        self.execed = False
+        self.events: list[str] = []
 
 
 def describe_exit(returncode: int) -> str:
@@ -626,7 +628,15 @@ class _Waiter:
 
     def finish(self, pidfile: str | None) -> _Outcome:
         """After success (go) or failure: collect C1's last words and reap it."""
-        if not self.outcome.ok:
+        o = self.outcome
+        if not o.ok:
+            if o.kind not in ("", "timeout"):
+                # The daemon reported an error and is on its way out: let it
+                # finish, so the status reported is its own, not our SIGTERM.
+                deadline = time.monotonic() + 5.0
+                while o.exit_status is None and time.monotonic() < deadline:
+                    if not self.read(deadline - time.monotonic()):
+                        break
             self.abandon()
             deadline = time.monotonic() + _ABANDON_GRACE + 10
             while time.monotonic() < deadline and self.read(deadline - time.monotonic()):
@@ -637,7 +647,6 @@ class _Waiter:
         os.close(self.status_r)
         if self.pidfd is not None:
             os.close(self.pidfd)
-        o = self.outcome
         if not o.ok and o.kind in ("", "died") and os.waitstatus_to_exitcode(status) != 0:
             o.kind, o.message = "lost", "the intermediate process failed"
         if not o.ok and pidfile and o.pid is not None:
@@ -817,6 +826,8 @@ def _terminate(signum: int, frame: object) -> None:
 
 def _await_notify_ready(events_fd: int) -> None:
     """ready="notify": forward notify_*() to the original until READY=1; report raises."""
+    from . import _notify
+
     state = {"fd": events_fd}
     previous_hook = sys.excepthook
 
@@ -866,15 +877,16 @@ def _become_in_place(config: _Config, ready: str, redirect: bool) -> None:
         raise
     _install_exit_handling(pidfile)
     if ready == "immediate":
-        _notify.notify_ready()
+        from ._notify import notify_ready
+
+        notify_ready()
 
 
 # --------------------------------------------------------------------------
 # start_daemon(): a command becomes a daemon (forkwell daemon start)
 
 
-@dataclass(frozen=True)
-class StartResult:
+class StartResult(NamedTuple):
     pid: int
     already_running: bool = False
 
@@ -902,8 +914,8 @@ def start_daemon(
     """
     if not args:
         raise ValueError("no command given")
-    spec = ready or ReadySpec("exec")
-    if spec.kind == "cmd":
+    kind = "exec" if ready is None else ready.kind
+    if kind == "cmd":
         raise ValueError("readiness cmd: is not supported by daemon start")
     path = _abs(pidfile, "pidfile")
     assert path is not None
@@ -913,15 +925,17 @@ def start_daemon(
     identity = resolve_identity(user, group)
     log_path = _abs(log, "log")
     environ = dict(os.environ if env is None else env)
-    listener: _notify.NotifyListener | None = None
-    if spec.kind == "notify":
-        listener = _notify.NotifyListener(
+    listener: NotifyListener | None = None
+    if kind == "notify":
+        from ._notify import NotifyListener
+
+        listener = NotifyListener(
             uid=identity.uid if identity is not None and os.geteuid() == 0 else None,
             abstract=chroot is not None,
         )
-        environ[_notify.ENV_VAR] = listener.path
+        environ["NOTIFY_SOCKET"] = listener.path
     else:
-        environ.pop(_notify.ENV_VAR, None)
+        environ.pop("NOTIFY_SOCKET", None)
     config = _Config(
         pidfile=path,
         workdir=os.fspath(workdir),
@@ -936,7 +950,7 @@ def start_daemon(
         python=False,
     )
     try:
-        check = _ready_check(spec, listener)
+        check = _ready_check(ready, listener)
         outcome, events_fd = _start(
             config,
             timeout=ready_timeout,
@@ -952,14 +966,14 @@ def start_daemon(
 
 
 def _ready_check(
-    spec: ReadySpec, listener: _notify.NotifyListener | None
+    spec: ReadySpec | None, listener: NotifyListener | None
 ) -> Callable[[_Waiter], bool]:
     state: dict[str, float] = {}
 
     def check(w: _Waiter) -> bool:
         if not w.eof_after_exec:
             return False
-        if spec.kind == "exec":
+        if spec is None or spec.kind == "exec":
             return True
         if "since" not in state:
             state["since"] = time.monotonic()
@@ -981,6 +995,8 @@ def _ready_check(
             if now - state["probe"] < 0.02:
                 return False
             state["probe"] = now
+            from ._readiness import tcp_accepts
+
             return tcp_accepts(spec.host, spec.port, 0.05) and w.daemon_alive()
         return False
 
@@ -992,7 +1008,7 @@ def _exec_in_daemon(
     args: list[str],
     env: dict[str, str],
     events_fd: int,
-    listener: _notify.NotifyListener | None,
+    listener: NotifyListener | None,
 ) -> NoReturn:
     pidfile: Pidfile | None = None
     try:
@@ -1045,8 +1061,7 @@ def _start_result(
 # stop and status
 
 
-@dataclass(frozen=True)
-class StopResult:
+class StopResult(NamedTuple):
     pid: int | None  # the daemon that was stopped, None when none ran
     killed: bool = False  # needed SIGKILL
     removed_stale: bool = False

@@ -25,11 +25,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
-import shutil
 import socket
 import struct
-import tempfile
 from collections.abc import Callable, Mapping
 
 ENV_VAR = "NOTIFY_SOCKET"
@@ -41,7 +38,7 @@ MAX_MESSAGE = 4096
 #: keep the caller's loop from doing anything else.
 MAX_BATCH = 256
 
-_KEY = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
 
 # Set by forkwell.daemonize(ready="notify") in the daemon: called with the
@@ -58,7 +55,7 @@ def _set_local_hook(hook: Callable[[Mapping[str, str]], bool] | None) -> None:
 def _encode(fields: Mapping[str, object]) -> bytes:
     lines = []
     for key, value in fields.items():
-        if not _KEY.match(key):
+        if not key or not key[0].isalpha() or not set(key) <= _KEY_CHARS:
             raise ValueError(f"notify: invalid field name {key!r} (expected upper-case like READY)")
         text = str(int(value)) if isinstance(value, bool) else str(value)
         if "\n" in text:
@@ -162,6 +159,8 @@ class NotifyListener:
                 self._sock.bind(b"\0" + name.encode())
                 self.path = "@" + name
             else:
+                import tempfile
+
                 self._dir = tempfile.mkdtemp(prefix="forkwell-notify-")  # mode 0700
                 self.path = os.path.join(self._dir, "notify")
                 self._sock.bind(self.path)
@@ -230,7 +229,11 @@ class NotifyListener:
         """Close the socket and remove it and its directory.  Idempotent."""
         self._sock.close()
         if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            # Only our socket is in there (the directory is private).
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(self._dir)
             self._dir = None
 
 

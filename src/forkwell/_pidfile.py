@@ -30,8 +30,8 @@ import fcntl
 import os
 import stat
 import struct
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from ._exceptions import PidfileError, PidfileLockedError, StateError
 
@@ -55,8 +55,7 @@ class PidfileState(Enum):
     UNKNOWN = "unknown"  # cannot tell: no permission, symlink, not a regular file
 
 
-@dataclass(frozen=True)
-class PidfileStatus:
+class PidfileStatus(NamedTuple):
     """Answer of :meth:`Pidfile.probe`."""
 
     state: PidfileState
