@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import select
 import signal
 import subprocess
@@ -233,8 +235,6 @@ def test_argument_validation() -> None:
 def test_user_nobody_library_daemon(app: tuple[Path, Path, Path]) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to switch users")
-    import pwd
-
     nobody = pwd.getpwnam("nobody")
     result = run_app(app, "immediate", detach=True, user="nobody")
     assert result.returncode == 0, result.stderr
@@ -248,3 +248,18 @@ def test_user_nobody_library_daemon(app: tuple[Path, Path, Path]) -> None:
     assert forkwell.Pidfile.holder(app[1]) is None
     assert not app[1].exists() or app[1].read_text() == ""
     assert "clean exit" in app[2].read_text()
+
+
+@pytest.mark.root
+def test_chroot_and_group(app: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chroot")
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    result = run_app(app, "immediate", detach=True, chroot=str(jail), group="nogroup")
+    assert result.returncode == 0, result.stderr
+    pid = daemon_pid(app)
+    assert os.readlink(f"/proc/{pid}/root") == str(jail)
+    assert os.readlink(f"/proc/{pid}/cwd") == str(jail)
+    assert status_field(pid, "Gid").split()[0] == str(grp.getgrnam("nogroup").gr_gid)
+    terminate(pid)

@@ -643,7 +643,10 @@ class _Waiter:
                 pass
         else:
             self.go()
-        _, status = os.waitpid(self.c1, 0)
+        try:
+            _, status = os.waitpid(self.c1, 0)
+        except ChildProcessError:
+            status = 0  # a caller's SIGCHLD handler reaped it first: C1 said all in words
         os.close(self.status_r)
         if self.pidfd is not None:
             os.close(self.pidfd)
