@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,24 +97,58 @@ print("left", flush=True)
 """
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _end_what_a_failed_test_started() -> Iterator[None]:
+    yield
+    _unread.clear()
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 def start(args: list[str], *, ns: bool = False, stderr: object = subprocess.PIPE,
           stdin: object = subprocess.DEVNULL) -> subprocess.Popen[str]:
     cmd = [*(NS if ns else []), *INIT, *args]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr, text=True  # type: ignore[arg-type]
     )
+    _started.append(proc)
+    return proc
+
+
+_unread: dict[int, bytes] = {}
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    """The next line the command prints, waiting at most ``timeout`` seconds."""
+    """The next line the command prints, waiting at most ``timeout`` seconds.
+
+    Reads the fd itself: a buffered readline() could swallow a second line
+    that select() would then never report.
+    """
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        raise AssertionError(f"no output within {timeout}s")
-    line = proc.stdout.readline()
-    if not line:
-        raise AssertionError("the command closed stdout without printing")
-    return line
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    data = _unread.pop(fd, b"")
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise AssertionError(f"no output within {timeout}s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise AssertionError(f"the command closed stdout after {data!r}")
+        data += chunk
+    line, rest = data.split(b"\n", 1)
+    if rest:
+        _unread[fd] = rest
+    return line.decode() + "\n"
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 20.0) -> tuple[int, str]:
@@ -220,6 +255,26 @@ def test_command_not_executable_is_126(tmp_path: Path) -> None:
     assert proc.returncode == 126
     assert proc.stderr.startswith("forkwell init: command not executable:")
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.timeout(30)
+def test_inherited_fds_reach_the_command(tmp_path: Path) -> None:
+    # Socket activation and fd-passing conventions must work through init.
+    r, w = os.pipe()
+    try:
+        proc = subprocess.run(
+            [*INIT, PY, "-c", f"import os; os.write({w}, b'through')"], pass_fds=(w,),
+            timeout=20,
+            capture_output=True,
+        )
+        os.close(w)
+        w = -1
+        assert proc.returncode == 0, proc.stderr
+        assert os.read(r, 100) == b"through"
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
 
 
 # -- exit statuses ------------------------------------------------------------
@@ -333,11 +388,13 @@ def test_forwarded_signal_as_pid_1(name: str) -> None:
 GROUP = """
 import os, signal, sys
 signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+# One write per line: the two processes share stdout (PYTHONUNBUFFERED would
+# split a print() into two writes that could interleave).
 if os.fork() == 0:
-    print("member", os.getpid(), flush=True)
+    os.write(1, b"member %d\\n" % os.getpid())
     while True:
         signal.pause()
-print("ready", flush=True)
+os.write(1, b"ready\\n")
 while True:
     signal.pause()
 """

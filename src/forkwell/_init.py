@@ -17,6 +17,8 @@ Why it is built this way:
   every remaining descendant gets SIGTERM, then SIGKILL after ``grace``, and
   init exits only when it has no child left (as PID 1 or a subreaper, "no
   child left" means "no descendant left": orphans come back to us).
+* **Transparent.**  The command inherits init's environment and every fd
+  init inherited (socket activation keeps working through it).
 * **Job control as a shell does it.**  The command runs in its own process
   group; if init owns the terminal, the command gets it.  When the command
   stops (Ctrl-Z, or a forwarded TSTP/TTIN/TTOU), init stops itself so the
@@ -188,6 +190,7 @@ class Init:
 
         return spawn(
             self.args,
+            pass_fds=_inherited_fds(),
             new_process_group=True,
             track_tree=False,  # init finds descendants by parentage, no cookie needed
             pdeathsig=self.pdeathsig,
@@ -376,6 +379,30 @@ def _set_foreground(tty: int, pgrp: int) -> None:
             raise
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTTOU})
+
+
+def _inherited_fds() -> list[int]:
+    """The fds (>= 3) init inherited: an init passes them on, as tini does.
+
+    Socket activation (``LISTEN_FDS``) and fd-passing conventions must work
+    through init.  Python opens its own fds non-inheritable (PEP 446), so the
+    inheritable ones are exactly those we were given.
+    """
+    try:
+        names = os.listdir("/proc/self/fd" if _sys.HAVE_PROC else "/dev/fd")
+    except OSError:
+        return []
+    fds: list[int] = []
+    for name in names:
+        fd = int(name)
+        if fd < 3:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                fds.append(fd)
+        except OSError:
+            continue  # the directory's own fd, closed by now
+    return sorted(fds)
 
 
 def _descendants() -> dict[int, _tree.ProcInfo]:
