@@ -84,8 +84,9 @@ import os, signal, sys
 mode = sys.argv[1]
 r, w = os.pipe()
 if os.fork() == 0:
-    os.setsid()
-    if mode == "ignore":
+    if "group" not in mode:
+        os.setsid()
+    if mode.startswith("ignore"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -627,6 +628,31 @@ def test_pdeathsig_kills_the_command_when_init_dies() -> None:
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
     proc.stderr.close()
+
+
+FALLBACK = """
+import sys
+from forkwell import _sys
+setattr(_sys, sys.argv[1], False)
+from forkwell._init import Init
+print(Init(sys.argv[3:], grace=0.2, verbose=True, log=print).run(), flush=True)
+"""
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("missing", "leaver"), [("HAVE_PIDFD", "ignore"), ("HAVE_PROC", "ignore-group")]
+)
+def test_leftovers_are_killed_without_pidfds_or_proc(missing: str, leaver: str) -> None:
+    # Forced: the fallbacks serve kernels without pidfds (< 5.3) or without a
+    # mounted /proc, which this machine cannot be turned into.
+    out = subprocess.run([PY, "-c", FALLBACK, missing, "--", PY, "-c", LEAVER, leaver],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "0"
+    assert any("grace of 0.2s over" in line for line in lines), out.stdout
+    assert any(line.endswith("killed by SIGKILL") for line in lines if "orphan" in line), lines
 
 
 # -- idleness -----------------------------------------------------------------

@@ -330,21 +330,28 @@ class Init:
 
     def _term_new(self) -> None:
         """SIGTERM each descendant not yet sent one (a second TERM can mean "abort")."""
+        if not _sys.HAVE_PROC:
+            # Nothing to find descendants with: the command's group, once.
+            if not self._termed:
+                self._termed[0] = (-1, 0)
+                self._signal_group(signal.SIGTERM)
+                self._signal_group(signal.SIGCONT)
+            return
         for info in _descendants().values():
             held = self._termed.get(info.pid)
             if held is not None and held[1] == info.starttime:
                 continue
-            fd = _pin(info)
-            if fd is None:
-                continue
-            if held is not None:
+            if held is not None and held[0] >= 0:
                 os.close(held[0])
-            self._termed[info.pid] = (fd, info.starttime)
+            fd = _pin(info)
+            if fd is None and _sys.HAVE_PIDFD:
+                continue  # gone meanwhile
+            self._termed[info.pid] = (-1 if fd is None else fd, info.starttime)
             if self.verbose:
                 self.log(f"sending SIGTERM to remaining descendant {info.pid}")
-            if _sys.pidfd_signal(fd, signal.SIGTERM):
+            if _signal(info.pid, fd, signal.SIGTERM):
                 # A stopped process would keep SIGTERM pending forever.
-                _sys.pidfd_signal(fd, signal.SIGCONT)
+                _signal(info.pid, fd, signal.SIGCONT)
 
     def _kill_all(self) -> None:
         if self.pid1:
@@ -354,15 +361,27 @@ class Init:
             except ProcessLookupError:
                 pass
             return
+        if not _sys.HAVE_PROC:
+            self._signal_group(signal.SIGKILL)
+            return
         for info in _descendants().values():
             fd = _pin(info)
+            if fd is not None or not _sys.HAVE_PIDFD:
+                _signal(info.pid, fd, signal.SIGKILL)
             if fd is not None:
-                _sys.pidfd_signal(fd, signal.SIGKILL)
                 os.close(fd)
+
+    def _signal_group(self, sig: int) -> None:
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def _close_pins(self) -> None:
         for fd, _ in self._termed.values():
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._termed.clear()
 
 
@@ -425,6 +444,17 @@ def _descendants() -> dict[int, _tree.ProcInfo]:
             found[pid] = infos[pid]
         frontier = nxt
     return found
+
+
+def _signal(pid: int, pidfd: int | None, sig: int) -> bool:
+    """Signal through the pidfd; by pid only where pidfds are missing (Linux < 5.3)."""
+    if pidfd is not None:
+        return _sys.pidfd_signal(pidfd, sig)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _pin(info: _tree.ProcInfo) -> int | None:
