@@ -434,6 +434,54 @@ def test_job_control_stops_and_continues_like_a_shell(name: str) -> None:
     assert finish(proc)[0] == 128 + signal.SIGTERM
 
 
+TTY_COMMAND = """
+import os, sys
+print("fg", os.tcgetpgrp(0) == os.getpgrp(), flush=True)
+print("got", sys.stdin.readline().strip(), flush=True)
+"""
+
+
+def read_pty_until(fd: int, needle: bytes, timeout: float = 20.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while needle not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise AssertionError(f"no {needle!r} on the terminal; got {data!r}")
+        try:
+            data += os.read(fd, 4096)
+        except OSError:  # EIO: the terminal's other side closed
+            raise AssertionError(f"terminal closed before {needle!r}; got {data!r}") from None
+    return data
+
+
+@pytest.mark.timeout(30)
+def test_on_a_terminal_ctrl_z_stops_init_and_fg_gives_the_terminal_back() -> None:
+    import pty
+
+    pid, master = pty.fork()  # the child leads a session on a new terminal
+    if pid == 0:
+        os.execv(PY, [*INIT, PY, "-c", TTY_COMMAND])
+    try:
+        # The command, in its own process group, was given the terminal.
+        read_pty_until(master, b"fg True")
+        command = children(pid)[0]
+        os.write(master, b"\x1a")  # Ctrl-Z: SIGTSTP to the foreground group
+        wait_until(lambda: proc_state(command) == "T", 10, "the command to stop")
+        wait_until(lambda: proc_state(pid) == "T", 10, "init to stop itself")
+        os.kill(pid, signal.SIGCONT)  # what a shell's `fg` does
+        wait_until(lambda: proc_state(command) in ("S", "R"), 10, "the command to continue")
+        os.write(master, b"hello\n")  # it may read the terminal again: no SIGTTIN
+        read_pty_until(master, b"got hello")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(master)
+        if proc_state(pid) is not None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
 @pytest.mark.timeout(30)
 def test_job_control_signal_the_command_ignores_does_not_stop_init() -> None:
     proc = start([PY, "-c", SIGNALLED, str(int(signal.SIGTSTP)), "trap"])
