@@ -599,7 +599,10 @@ try:
 except OSError as exc:
     print("connect-error", exc.errno)
     raise SystemExit(0)
-s.sendall(b'{"v": 1, "cmd": "down"}\n')
+try:
+    s.sendall(b'{"v": 1, "cmd": "down"}\n')
+except OSError:
+    pass  # refused peers may be answered and hung up on before they send
 print("reply", s.makefile().readline().strip())
 """
 
