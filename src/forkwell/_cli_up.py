@@ -119,6 +119,10 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace, prog: str, exit_after: float | None) -> int:
+    if "ssl" not in sys.modules:
+        # asyncio imports ssl eagerly (~5 MiB of RSS, a fifth of the supervisor);
+        # the supervisor never speaks TLS, and asyncio copes with ssl missing.
+        sys.modules["ssl"] = None  # type: ignore[assignment]
     import asyncio
     from pathlib import Path
 

@@ -131,6 +131,10 @@ class Supervisor:
         self._shutdown_task: asyncio.Task[None] | None = None
         self._closed = False
         self.startup_failures: list[OpResult] = []
+        # True while we are the subreaper (run()): every descendant of every
+        # program then stays in our own process subtree, so scans walk it
+        # instead of reading all of /proc.
+        self._own_subtree = False
         # --detach: an autostart failure ends the run (the caller is told why).
         self.fail_fast = False
         # Set by run() once autostart has settled (every instance up or failed).
@@ -296,7 +300,7 @@ class Supervisor:
         queue, self._scan_queue = self._scan_queue, []
         wanted = {token: roots for token, roots, _ in queue}
         try:
-            found = scan_trees(wanted)
+            found = scan_subtree(wanted) if self._own_subtree else scan_trees(wanted)
         except Exception as exc:  # answer the waiters rather than hang them
             for _, _, fut in queue:
                 if not fut.done():
@@ -758,6 +762,7 @@ class Supervisor:
             self._event_log = None
             raise
         made_subreaper = not _sys.is_subreaper() and _sys.set_subreaper()
+        self._own_subtree = _HAVE_CHILDREN_FILE and _sys.is_subreaper()
         handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD]
         loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
         loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
@@ -798,6 +803,7 @@ class Supervisor:
             for sig in handled:
                 loop.remove_signal_handler(sig)
             self._on_sigchld()
+            self._own_subtree = False
             if made_subreaper:
                 _sys.set_subreaper(False)
             with contextlib.suppress(OSError):
@@ -875,6 +881,98 @@ class Supervisor:
         os.replace(tmp, path)
 
 
+_HAVE_CHILDREN_FILE = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _stat_threads(pid: int) -> tuple[_tree.ProcInfo, int] | None:
+    """/proc/PID/stat as a ProcInfo, plus the number of threads; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rfind(b")") + 2 :].split()
+    try:
+        info = _tree.ProcInfo(
+            pid=pid, state=rest[0].decode(), ppid=int(rest[1]), pgid=int(rest[2]),
+            sid=int(rest[3]), starttime=int(rest[19]),
+        )  # fmt: skip
+        return info, int(rest[17])
+    except (IndexError, ValueError):
+        return None
+
+
+def _children(pid: int, threads: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/PID/task/TID/children)."""
+    tids = [str(pid)] if threads <= 1 else os.listdir(f"/proc/{pid}/task")
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def scan_subtree(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, _tree.ProcInfo]]:
+    """:func:`scan_trees` for a subreaper: walk our own process subtree only.
+
+    A subreaper adopts every orphan below it, so each descendant of each
+    program is still somewhere under us; the cost grows with the size of
+    the fleet, not with the number of processes on the machine.
+    """
+    needles = {token.encode(): token for token in wanted}
+    members: dict[str, set[int]] = {token: set(roots) for token, roots in wanted.items()}
+    infos: dict[int, _tree.ProcInfo] = {}
+    children: dict[int, list[int]] = {}
+    me = os.getpid()
+    todo = [me]
+    threads = {me: 2}  # our own threads: always list them all
+    while todo:
+        pid = todo.pop()
+        kids = _children(pid, threads.get(pid, 1))
+        children[pid] = kids
+        for kid in kids:
+            got = _stat_threads(kid)
+            if got is None:
+                continue
+            info, count = got
+            threads[kid] = count
+            todo.append(kid)
+            if info.state in ("Z", "X"):
+                continue
+            infos[kid] = info
+            try:
+                with open(f"/proc/{kid}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:
+                continue
+            for tok in _tree.tokens_in_environ(env):
+                token = needles.get(tok)
+                if token is not None:
+                    members[token].add(kid)
+    return _close_over_children(members, infos, children)
+
+
+def _close_over_children(
+    members: dict[str, set[int]],
+    infos: dict[int, _tree.ProcInfo],
+    children: dict[int, list[int]],
+) -> dict[str, dict[int, _tree.ProcInfo]]:
+    out: dict[str, dict[int, _tree.ProcInfo]] = {}
+    for token, seeds in members.items():
+        found = seeds & infos.keys()
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child in infos and child not in found:
+                    found.add(child)
+                    todo.append(child)
+        out[token] = {pid: infos[pid] for pid in found}
+    return out
+
+
 def scan_trees(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, _tree.ProcInfo]]:
     """:func:`forkwell._tree.find_tree` for many tokens in one pass over ``/proc``."""
     if not wanted or not _sys.HAVE_PROC:
@@ -902,14 +1000,4 @@ def scan_trees(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, _tree.
     children: dict[int, list[int]] = {}
     for pid, info in infos.items():
         children.setdefault(info.ppid, []).append(pid)
-    out: dict[str, dict[int, _tree.ProcInfo]] = {}
-    for token, seeds in members.items():
-        found = seeds & infos.keys()
-        todo = list(found)
-        while todo:
-            for child in children.get(todo.pop(), ()):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-        out[token] = {pid: infos[pid] for pid in found}
-    return out
+    return _close_over_children(members, infos, children)
