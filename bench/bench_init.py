@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--burst-repeat", type=int, default=5, help="burst repeats (5)")
     parser.add_argument("--orphans", type=int, default=10_000, help="burst size (10000)")
     parser.add_argument("--quick", action="store_true", help="few repeats, 1,000 orphans")
+    parser.add_argument("--only", choices=["startup", "burst", "idle"], help="one part only")
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.burst_repeat, args.orphans = 5, 1, 1000
@@ -208,12 +209,15 @@ def main() -> None:
     import forkwell
 
     compileall.compile_dir(os.path.dirname(forkwell.__file__), quiet=1)
-    bench_startup(args.repeat)
-    if os.geteuid() != 0:
-        print("\n(burst skipped: PID namespaces need root)")
-    else:
-        bench_burst(args.burst_repeat, args.orphans)
-    bench_idle(1.0)
+    if args.only in (None, "startup"):
+        bench_startup(args.repeat)
+    if args.only in (None, "burst"):
+        if os.geteuid() != 0:
+            print("\n(burst skipped: PID namespaces need root)")
+        else:
+            bench_burst(args.burst_repeat, args.orphans)
+    if args.only in (None, "idle"):
+        bench_idle(1.0)
 
 
 if __name__ == "__main__":

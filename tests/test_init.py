@@ -748,8 +748,9 @@ def test_warns_when_it_can_be_neither_pid_1_nor_subreaper(
     assert code == 5
     assert len(logged) == 1
     assert logged[0].startswith("warning: not PID 1 and cannot become a child subreaper")
-    # Its handlers are gone again: SIGTERM is back to the default.
+    # Its handlers and its signal mask are gone again.
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
 
 
 def test_illegal_state_transition_raises() -> None:

@@ -6,12 +6,14 @@ Why it is built this way:
   is re-parented to us; otherwise ``PR_SET_CHILD_SUBREAPER`` makes the orphans
   of our descendants ours.  This process runs nothing but the command, so it
   may (and must) ``waitpid(-1)``: unlike a library, it steals nobody's status.
-* **No work in signal context, no wake-up when idle.**  Each handled signal
-  has a no-op Python handler and ``signal.set_wakeup_fd`` writes its number to
-  a pipe; the loop blocks in ``select`` on that pipe with no timeout, so an
-  idle init never runs.  Blocking the signals and ``sigwaitinfo`` would work
-  too, but ``subprocess``'s fast vfork path would hand the blocked mask to the
-  command, so we would pay for a slow ``preexec_fn`` on every start.
+* **No work in signal context, no wake-up when idle.**  The loop keeps its
+  signals blocked and takes them with ``sigwaitinfo`` (no timeout: an idle
+  init never runs), as tini does; blocked signals coalesce, so a burst of
+  exits costs a few wake-ups, not one handler run per SIGCHLD.  They are
+  blocked only *after* the command is started, because ``subprocess``'s fast
+  vfork path hands the parent's mask to the child (unblocking it would need a
+  slow ``preexec_fn``).  A signal that comes before that is caught by a no-op
+  handler whose ``signal.set_wakeup_fd`` pipe the loop reads once, at start.
 * **Nothing is left behind.**  tini exits as soon as its child exits and
   dumb-init does not wait after its SIGTERM.  Here, when the command exits,
   every remaining descendant gets SIGTERM, then SIGKILL after ``grace``, and
@@ -30,7 +32,6 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import select
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -119,6 +120,8 @@ class Init:
         self._wake_r = self._wake_w = -1
         self._old_wakeup_fd = -1
         self._old_handlers: dict[int, object] = {}
+        self._sigset: set[int] = set()
+        self._old_mask: set[int | signal.Signals] | None = None
         # pid -> (pidfd, starttime) of descendants already sent SIGTERM.
         self._termed: dict[int, tuple[int, int]] = {}
 
@@ -149,8 +152,36 @@ class Init:
                 self._old_handlers[sig] = signal.signal(sig, _wake_only)
             except (OSError, ValueError):
                 continue  # a signal this platform will not let us catch
+        self._sigset = set(self._old_handlers)
+
+    def _block_signals(self) -> list[int]:
+        """Block our signals (the command is started); return those caught before."""
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._sigset)
+        return self._pending_signals()
+
+    def _wait_signals(self, timeout: float | None) -> list[int]:
+        """Block until one of our signals is pending (or ``timeout``); take them all.
+
+        Blocked signals coalesce: a burst of 10,000 exits is a few SIGCHLDs to
+        take here, not 10,000 handler runs interrupting the reaping.
+        """
+        if timeout is None:
+            first: int | None = signal.sigwaitinfo(self._sigset).si_signo
+        else:
+            info = signal.sigtimedwait(self._sigset, max(timeout, 0.0))
+            first = None if info is None else info.si_signo
+        if first is None:
+            return []
+        got = [first]
+        while (info := signal.sigtimedwait(self._sigset, 0)) is not None:
+            got.append(info.si_signo)
+        return got
 
     def _restore_signals(self) -> None:
+        if self._old_mask is not None:
+            # Pending signals now run the no-op handlers: harmless.
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+            self._old_mask = None
         for sig, old in self._old_handlers.items():
             try:
                 signal.signal(sig, old)  # type: ignore[arg-type]
@@ -219,15 +250,16 @@ class Init:
         return 0 if status in self.remap_exit else status
 
     def _serve(self) -> None:
+        signals = self._block_signals()
         while True:
+            for sig in signals:
+                if sig != signal.SIGCHLD:
+                    self._forward(sig)
             self._reap()
             if self.main_exit is not None:
                 return
             # No timeout: an idle init sleeps until a signal (SIGCHLD included).
-            select.select([self._wake_r], [], [])
-            for sig in self._pending_signals():
-                if sig != signal.SIGCHLD:
-                    self._forward(sig)
+            signals = self._wait_signals(None)
 
     def _pending_signals(self) -> list[int]:
         got = bytearray()
@@ -258,28 +290,35 @@ class Init:
         # WUNTRACED tells us when the command stops (job control); PID 1 cannot
         # stop itself, so it does not ask.
         flags = os.WNOHANG | (0 if self.pid1 else os.WUNTRACED)
+        main = -1 if self._proc is None or self.main_exit is not None else self._proc.pid
+        waitpid = os.waitpid
+        stopped = os.WIFSTOPPED
+        # The hot loop of a burst: an orphan costs one waitpid and two tests
+        # unless -v asks for its status.
         while True:
             try:
-                pid, status = os.waitpid(-1, flags)
+                pid, status = waitpid(-1, flags)
             except ChildProcessError:
                 return False
             if pid == 0:
                 return True
-            if os.WIFSTOPPED(status):
-                if self._proc is not None and pid == self._proc.pid:
-                    self._command_stopped()
-                continue
-            exit_ = ChildExit(pid, os.waitstatus_to_exitcode(status))
-            if self._proc is not None and pid == self._proc.pid and self.main_exit is None:
-                self.main_exit = exit_
-                # We reaped it with waitpid(-1): tell its Process object.
-                self._proc._set_reaped(exit_.returncode)
-                if self.verbose:
-                    self.log(f"command: {exit_}")
-            else:
+            if pid != main:
+                if stopped(status):
+                    continue
                 self.orphans_reaped += 1
                 if self.verbose:
-                    self.log(f"reaped orphan: {exit_}")
+                    self.log(f"reaped orphan: {ChildExit(pid, os.waitstatus_to_exitcode(status))}")
+                continue
+            if stopped(status):
+                self._command_stopped()
+                continue
+            assert self._proc is not None
+            self.main_exit = ChildExit(pid, os.waitstatus_to_exitcode(status))
+            main = -1
+            # We reaped it with waitpid(-1): tell its Process object.
+            self._proc._set_reaped(self.main_exit.returncode)
+            if self.verbose:
+                self.log(f"command: {self.main_exit}")
 
     def _command_stopped(self) -> None:
         proc = self._proc
@@ -314,8 +353,7 @@ class Init:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            ready, _, _ = select.select([self._wake_r], [], [], remaining)
-            if ready and any(sig in _HURRY for sig in self._pending_signals()):
+            if any(sig in _HURRY for sig in self._wait_signals(remaining)):
                 break
             self._term_new()
         else:
@@ -325,8 +363,7 @@ class Init:
             self.log(f"grace of {self.grace:g}s over: killing what is left")
         while self._reap():
             self._kill_all()
-            select.select([self._wake_r], [], [], _KILL_RESCAN)
-            self._pending_signals()
+            self._wait_signals(_KILL_RESCAN)
 
     def _term_new(self) -> None:
         """SIGTERM each descendant not yet sent one (a second TERM can mean "abort")."""
