@@ -761,6 +761,7 @@ class Supervisor:
             self._event_log.close()
             self._event_log = None
             raise
+        _raise_fd_limit()
         made_subreaper = not _sys.is_subreaper() and _sys.set_subreaper()
         self._own_subtree = _HAVE_CHILDREN_FILE and _sys.is_subreaper()
         handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD]
@@ -879,6 +880,20 @@ class Supervisor:
         with os.fdopen(fd, "w") as f:
             json.dump(state, f)
         os.replace(tmp, path)
+
+
+def _raise_fd_limit() -> None:
+    """Each instance holds ~7 fds (pidfd, 2 pipes, 2 log files): use the hard limit.
+
+    supervisord's "Too many open files" around 200 programs (its issue 489)
+    came from a soft limit of 1024.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 _HAVE_CHILDREN_FILE = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
