@@ -96,6 +96,7 @@ class FakeSupervisor:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     states: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    exits: dict[str, int] = field(default_factory=dict)
     shut_down: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -110,7 +111,7 @@ class FakeSupervisor:
             pid = self.pids.get(name)
             out.append(
                 Info(name, prog, int(idx), state, pid, time.time() - 5 if pid else None,
-                     None, 0, None, self.autostart.get(prog, True))
+                     None, 0, self.exits.get(name), self.autostart.get(prog, True))
             )  # fmt: skip
         return out
 
@@ -341,6 +342,29 @@ def test_ps_is_healthy_when_every_autostart_instance_runs(served: Served) -> Non
         assert c.request("ps", {"names": ["worker"]})["healthy"] is True  # not autostart
         c.request("stop", {"names": ["web:1"]})
         assert c.request("ps")["healthy"] is False
+
+
+@pytest.mark.parametrize(
+    ("state", "last_exit", "healthy"),
+    [
+        ("EXITED", 0, True),  # a one-shot job that is done
+        ("EXITED", 1, False),
+        ("EXITED", -9, False),
+        ("FATAL", 3, False),
+        ("STARTING", None, False),  # not up until ready (supervisorctl issue 1488)
+        ("BACKOFF", 1, False),
+        ("STOPPING", None, False),
+    ],
+)
+def test_health_of_resting_states(
+    served: Served, state: str, last_exit: int | None, healthy: bool
+) -> None:
+    with served.client() as c:
+        c.request("start", {"names": ["all"]})
+        served.sup.states["worker:0"] = state
+        if last_exit is not None:
+            served.sup.exits["worker:0"] = last_exit
+        assert c.request("ps")["healthy"] is healthy
 
 
 def test_names_are_resolved_before_acting(served: Served) -> None:
@@ -761,6 +785,43 @@ def test_cli_ps_table_json_and_exit_codes(served: Served) -> None:
         "name", "program", "index", "state", "pid", "started_at", "ready_at", "uptime",
         "restarts", "last_exit", "autostart", "cpu_percent", "rss_bytes",
     }  # fmt: skip
+
+
+def test_cli_progress_line_on_a_terminal(served: Served) -> None:
+    import pty
+
+    served.sup.start_delay = 0.8
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [PY, "-m", "forkwell", "start", "web", "--socket", str(served.path)],
+            stdout=subprocess.PIPE, stderr=slave,
+        )  # fmt: skip
+        os.close(slave)
+        slave = -1
+        terminal = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                terminal += chunk
+            elif proc.poll() is not None:
+                break
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"\r\x1b[Kforkwell start: web:0 STARTING, web:1 STARTING" in terminal, terminal
+    assert terminal.endswith(b"\r\x1b[K")  # the line is gone when done
+    assert out == b"web:0: started (RUNNING)\nweb:1: started (RUNNING)\n"  # no progress in pipes
 
 
 def test_cli_start_failure_names_instance_status_and_log(served: Served) -> None:

@@ -174,6 +174,23 @@ def test_stop_and_start_all_wait_for_the_states(make_fleet: Any) -> None:
     assert all(running(pid) for pid in fleet.pids().values())  # type: ignore[arg-type]
 
 
+def test_start_of_several_names_respects_dependencies(make_fleet: Any) -> None:
+    fleet = make_fleet(
+        f"[programs.web]\n{IDLE}\nnumprocs = 2\ndepends_on = [\"db\"]\n\n"
+        f"[programs.db]\n{IDLE}\nready = \"delay:0.5\"\n"
+    )
+    fleet.wait_healthy()
+    assert fleet.ctl("stop", "all").returncode == 0
+    r = fleet.ctl("start", "web", "db")  # named in the "wrong" order
+    assert r.returncode == 0, r.stderr
+    rows = fleet.ps()
+    assert {row["state"] for row in rows.values()} == {"RUNNING"}
+    db_ready = rows["db:0"]["ready_at"]
+    assert db_ready is not None
+    for name in ("web:0", "web:1"):
+        assert rows[name]["started_at"] >= db_ready, rows
+
+
 def test_no_wait_returns_before_the_instance_is_ready(make_fleet: Any) -> None:
     fleet = make_fleet(
         f"[programs.slow]\n{IDLE}\nautostart = false\nready = \"delay:30\"\nready_timeout = \"60s\"\n"

@@ -6,7 +6,7 @@ ps`` is run by health checks and people in a hurry; only ``check`` loads the
 config module.
 
 Exit codes (also in ``docs/control.md``):
-    0  done; ``ps``: every autostart instance is RUNNING
+    0  done; ``ps``: every autostart instance is RUNNING (or a job that exited 0)
     1  the supervisor cannot be reached, or failed to answer
     2  bad usage, unknown program name, invalid config (``check``, ``reload``)
     3  an instance failed (FATAL, did not stop, could not be signalled);
@@ -35,7 +35,8 @@ _USAGE_CODES = frozenset({"unknown_name", "bad_request", "config"})
 
 _DESCRIPTIONS = {
     "ps": "Show every supervised instance: state, pid, uptime, restarts, last exit, CPU %, RSS.\n"
-    "Exit 0 when every autostart instance is RUNNING, 3 otherwise (a health check).",
+    "Exit 0 when every autostart instance is RUNNING (or a job that exited 0), 3 otherwise:\n"
+    "a health check.  STARTING does not count as up.",
     "start": "Start instances and wait until each is RUNNING (ready) or has failed.",
     "stop": "Stop instances (their whole process trees) and wait until each is STOPPED.",
     "restart": "Restart instances; each is stopped and started on its own, others are untouched.",
@@ -240,7 +241,8 @@ class _Progress:
         try:
             width = os.get_terminal_size(sys.stderr.fileno()).columns
         except OSError:
-            width = 80
+            width = 0
+        width = width or 80  # a terminal that does not know its size says 0
         sys.stderr.write("\r\x1b[K" + line[: max(10, width - 1)])
         sys.stderr.flush()
         self.shown = True

@@ -590,7 +590,7 @@ class ControlServer:
             )
         if not names:
             self._cpu.forget_except({i.pid for i in infos if i.pid is not None})
-        healthy = all(r["state"] == "RUNNING" for r in rows if r["autostart"])
+        healthy = all(_healthy(r) for r in rows if r["autostart"])
         return {"supervisor": self._identity(), "time": now, "healthy": healthy, "instances": rows}
 
     async def _run_op(
@@ -679,6 +679,17 @@ class ControlServer:
         stopped = [i.name for i in self.supervisor.instances() if i.pid is not None]
         await self.supervisor.shutdown()
         return {"pid": os.getpid(), "stopped": stopped}
+
+
+def _healthy(row: dict[str, Any]) -> bool:
+    """RUNNING, or a one-shot job that finished with status 0 and stays finished.
+
+    EXITED is only ever a resting state when the restart policy says "do not
+    restart", so EXITED with 0 is a job done, not an outage.  Anything else
+    (STARTING, BACKOFF, FATAL, STOPPED, a failed exit) is not healthy: unlike
+    supervisorctl (issue 1488), "still starting" does not count as up.
+    """
+    return row["state"] == "RUNNING" or (row["state"] == "EXITED" and row["last_exit"] == 0)
 
 
 def _one_line(exc: BaseException) -> str:
