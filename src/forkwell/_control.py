@@ -689,7 +689,8 @@ def _healthy(row: dict[str, Any]) -> bool:
     (STARTING, BACKOFF, FATAL, STOPPED, a failed exit) is not healthy: unlike
     supervisorctl (issue 1488), "still starting" does not count as up.
     """
-    return row["state"] == "RUNNING" or (row["state"] == "EXITED" and row["last_exit"] == 0)
+    state, last_exit = row["state"], row["last_exit"]
+    return bool(state == "RUNNING" or (state == "EXITED" and last_exit == 0))
 
 
 def _one_line(exc: BaseException) -> str:
