@@ -966,6 +966,27 @@ def test_cli_logs_follow_across_rotation_and_truncation(served: Served) -> None:
     assert stderr == b""  # Ctrl-C is not an error worth a traceback
 
 
+def test_cli_logs_follow_waits_for_a_log_that_does_not_exist_yet(served: Served) -> None:
+    log = served.sup.log_path("worker:0", "stderr")
+    proc = subprocess.Popen(
+        [PY, "-m", "forkwell", "logs", "worker", "-f", "--stderr", "--socket", str(served.path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        # It must be following (not failed) before the file appears.
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        assert not ready and proc.poll() is None
+        log.write_bytes(b"born\n")
+        read_until(proc.stdout, b"born\n")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert rc == 130
+
+
 # -- small pure helpers --------------------------------------------------------------------
 
 
