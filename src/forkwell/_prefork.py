@@ -71,6 +71,7 @@ from ._server import (
     reseed_after_fork,
     reset_child_signals,
     unblock_signals,
+    warm_up,
 )
 
 log = logging.getLogger("forkwell.server")
@@ -328,6 +329,7 @@ class PreforkServer:
         self._pdeathsig = _sys.make_pdeathsig_preexec(signal.SIGTERM)
         if self.log_file is not None:
             reopen_logs(self.log_file)
+        warm_up(self.handler)
         reaper = self._reaper = Reaper()
         sel = self._sel = selectors.DefaultSelector()
         installed = self._signals.install(SERVER_SIGNALS)

@@ -298,6 +298,25 @@ def call_handler(handler: Handler, conn: socket.socket, address: Any, server: ob
         conn.close()
 
 
+def warm_up(handler: Handler) -> None:
+    """Do once in the parent what every forked child would otherwise redo.
+
+    ``SimpleHTTPRequestHandler`` parses ``/etc/mime.types`` (about 70 KB) on
+    its first request: in a fork-per-connection server that is every request,
+    and it costs more than the fork itself.  Parsed once before forking, the
+    table is inherited by every child.
+    """
+    http_server = sys.modules.get("http.server")
+    if (
+        http_server is not None
+        and isinstance(handler, type)
+        and issubclass(handler, http_server.SimpleHTTPRequestHandler)
+    ):
+        import mimetypes
+
+        mimetypes.init()
+
+
 # ---------------------------------------------------------------- fork hygiene
 
 
@@ -499,6 +518,7 @@ class ForkingServer:
     def serve_forever(self) -> None:
         """Accept and fork until stopped; returns once every child is reaped."""
         self._set_state(ServerState.SERVING)
+        warm_up(self.handler)
         reaper = self._reaper = Reaper()
         sel = self._sel = selectors.DefaultSelector()
         installed = self._signals.install((signal.SIGTERM, signal.SIGINT, signal.SIGQUIT))
