@@ -285,10 +285,31 @@ def test_refuses_a_directory_others_can_write(tmp_path: Path) -> None:
 
 def test_a_second_server_on_a_live_socket_is_refused_and_keeps_the_first(served: Served) -> None:
     second = _control.ControlServer(served.sup, served.path)  # type: ignore[arg-type]
+
+    async def start_then_close() -> None:
+        # What Supervisor.run() does: close() in its finally, also after a failed start().
+        try:
+            await second.start()
+        finally:
+            await second.close()
+
     with pytest.raises(forkwell.ControlSocketError, match="already listening"):
-        asyncio.run(second.start())
+        asyncio.run(start_then_close())
+    assert served.path.exists()
     with served.client() as c:
         assert c.request("hello")["pid"] == os.getpid()
+
+
+def test_closing_does_not_remove_a_socket_that_replaced_ours(tmp_path: Path) -> None:
+    s = Served(FakeSupervisor(tmp_path), tmp_path / "ctl.sock")
+    try:
+        s.path.unlink()  # someone removed ours and another took the path
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        other.bind(str(s.path))
+        other.close()
+    finally:
+        s.close()
+    assert s.path.exists()
 
 
 def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:

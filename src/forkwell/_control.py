@@ -390,14 +390,17 @@ class ControlServer:
             self._server = None
 
     def _unlink(self) -> None:
-        # Only remove the socket if it is still ours: a second supervisor that
-        # took over a stale path must not lose its socket when we exit.
+        # Only remove the socket if it is ours: neither a supervisor whose
+        # start() failed (another one is listening there) nor one whose path
+        # was taken over since may delete another supervisor's socket.
+        if self._inode is None:
+            return
         path = os.fspath(self.path)
         try:
             st = os.lstat(path)
         except OSError:
             return
-        if self._inode is None or (st.st_dev, st.st_ino) == self._inode:
+        if (st.st_dev, st.st_ino) == self._inode:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self._inode = None
