@@ -424,6 +424,26 @@ def test_down_returns_once_the_supervisor_has_exited(make_fleet: Any) -> None:
     assert "forkwell up" in r.stderr and str(fleet.sock) in r.stderr
 
 
+def test_a_second_supervisor_on_the_same_socket_is_refused_and_harmless(
+    make_fleet: Any, tmp_path: Path
+) -> None:
+    fleet = make_fleet(TWO)
+    fleet.wait_healthy()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "forkwell.toml").write_text(
+        f'[supervisor]\nsocket = "{fleet.sock}"\n\n[programs.x]\n{IDLE}\n'
+    )
+    cmd = [PY, "-m", "forkwell", "up", "-c", str(other / "forkwell.toml"), "--quiet"]
+    if not HAVE_CLI_UP:
+        cmd = [PY, "-c", RUN_SUPERVISOR, str(other / "forkwell.toml")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "already listening" in r.stdout + r.stderr
+    assert fleet.sock.exists()
+    assert fleet.ctl("ps").returncode == 0  # the first one is still reachable
+
+
 def test_hostile_clients_leave_the_supervisor_serving(make_fleet: Any) -> None:
     fleet = make_fleet(TWO)
     fleet.wait_healthy()
