@@ -524,9 +524,9 @@ class PreforkServer:
         served = self._slots.requests(w.slot)
         self._forget(ex.pid)
         how = f"exit status {ex.exit_code}" if ex.signal is None else f"signal {ex.signal}"
-        if self._state != ServerState.SERVING or w.state in (
-            WorkerState.RETIRING,
-            WorkerState.KILLING,
+        hung_in_boot = w.state == WorkerState.KILLING and slot_state == _SLOT_BOOTING
+        if self._state != ServerState.SERVING or (
+            w.state in (WorkerState.RETIRING, WorkerState.KILLING) and not hung_in_boot
         ):
             log.info("worker %d exited (%s)", ex.pid, how)
             return
@@ -535,7 +535,11 @@ class PreforkServer:
             return
         now = time.monotonic()
         if slot_state == _SLOT_BOOTING:
+            # A worker killed for hanging in worker_init failed to boot too:
+            # otherwise a stuck boot would be replaced forever.
             self._boot_failures += 1
+            if hung_in_boot:
+                reason = f"not ready within the {self.timeout:g}s timeout"
             self._last_boot_failure = reason or f"exited before it was ready ({how})"
             log.error(
                 "worker %d failed to boot (%d in a row): %s",
