@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import resource
+import signal
 import socket
 import subprocess
 import time
@@ -494,3 +495,23 @@ def test_user_nobody_with_notify_readiness(pidfile: Path, tmp_path: Path) -> Non
            "--ready-timeout", "20", "--", "/usr/bin/python3", "-c", code)
     )  # fmt: skip
     assert status_field(pid, "Uid").split()[0] == str(pwd.getpwnam("nobody").pw_uid)
+
+
+@pytest.mark.timeout(30)
+def test_interrupted_start_leaves_nothing_behind(pidfile: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "socket"
+    with subprocess.Popen(
+        [PY, "-m", "forkwell", "daemon", "start", "--pidfile", str(pidfile), "--ready", "notify",
+         "--ready-timeout", "25", "--", PY, "-c", NOTIFY_DAEMON, str(marker), "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as starter:  # fmt: skip
+        wait_until(lambda: Pidfile.holder(pidfile) is not None, 15, "daemon holding the pidfile")
+        daemon = Pidfile.holder(pidfile)
+        assert daemon is not None
+        starter.send_signal(signal.SIGINT)
+        _, err = starter.communicate(timeout=15)
+    assert starter.returncode == 130
+    assert err == "forkwell daemon start: interrupted\n"
+    wait_until(lambda: not running(daemon), 10, "daemon stopped after the starter was interrupted")
+    wait_until(lambda: not pidfile.exists(), 5, "pidfile removed")
+    assert cookie_processes(str(marker)) == []

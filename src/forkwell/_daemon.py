@@ -165,6 +165,15 @@ def _abs(path: StrPath | None, what: str) -> str | None:
     return os.path.abspath(text)
 
 
+def _workdir(workdir: StrPath, chroot: StrPath | None) -> str:
+    """Absolute, so the daemon's chdir does not depend on when it runs."""
+    text = os.fspath(workdir)
+    if not text:
+        raise ValueError("workdir must not be empty")
+    # Inside a chroot a relative directory is taken from its root.
+    return os.path.join("/", text) if chroot is not None else os.path.abspath(text)
+
+
 def _fd_of(obj: int | Any) -> int:
     if isinstance(obj, int):
         return obj
@@ -388,7 +397,7 @@ def describe_exit(returncode: int) -> str:
 # The intermediate process (C1)
 
 
-def _intermediate(status_w: int, go_r: int) -> int:
+def _intermediate(status_w: int, go_r: int, pidfile: str | None) -> int:
     """Run in C1: setsid, fork the daemon.  Returns in the daemon (its events fd)."""
     try:
         os.setsid()
@@ -408,12 +417,12 @@ def _intermediate(status_w: int, go_r: int) -> int:
         return events_w
     os.close(events_w)
     try:
-        _relay(c2, events_r, status_w, go_r)
+        _relay(c2, events_r, status_w, go_r, pidfile)
     finally:
         os._exit(0)
 
 
-def _relay(c2: int, events_r: int, status_w: int, go_r: int) -> None:
+def _relay(c2: int, events_r: int, status_w: int, go_r: int, pidfile: str | None) -> None:
     pidfd = _sys.pidfd_open(c2)
     _send(status_w, f"PID {c2}")
     os.set_blocking(events_r, False)
@@ -438,8 +447,12 @@ def _relay(c2: int, events_r: int, status_w: int, go_r: int) -> None:
     def finish(code: int) -> NoReturn:
         if events_open:
             drain()
-        _send(status_w, f"EXIT {code}")
         _end_session(os.getpid(), signal.SIGKILL)
+        if pidfile is not None:
+            # Also when the original is gone (Ctrl-C): a failed start leaves
+            # no pidfile.  Only the daemon's own, and only if nobody holds it.
+            Pidfile.remove_stale(pidfile, expect_pid=c2)
+        _send(status_w, f"EXIT {code}")
         os._exit(0)
 
     while True:
@@ -682,7 +695,7 @@ def _start(
     if c1 == 0:
         os.close(status_r)
         os.close(go_w)
-        return None, _intermediate(status_w, go_r)
+        return None, _intermediate(status_w, go_r, config.pidfile)
     os.close(status_w)
     os.close(go_r)
     waiter = _Waiter(c1, status_r, go_w, wake_fds)
@@ -751,7 +764,7 @@ def daemonize(
     null = os.devnull
     config = _Config(
         pidfile=_abs(pidfile, "pidfile"),
-        workdir=os.fspath(workdir),
+        workdir=_workdir(workdir, chroot),
         umask=umask,
         stdin=_abs(stdin, "stdin") or null,
         stdout=_abs(stdout, "stdout") or null,
@@ -941,7 +954,7 @@ def start_daemon(
         environ.pop("NOTIFY_SOCKET", None)
     config = _Config(
         pidfile=path,
-        workdir=os.fspath(workdir),
+        workdir=_workdir(workdir, chroot),
         umask=umask,
         stdin=os.devnull,
         stdout=log_path or os.devnull,
