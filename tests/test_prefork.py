@@ -366,10 +366,15 @@ def test_no_thundering_herd_idle_workers_stay_asleep() -> None:
         workers = running_workers(srv, 4)
         before = {p: _switches(p) for p in workers}
         t0 = time.monotonic()
-        served = {ask(srv.address, b"s")[0] for _ in range(50)}
+        served = set()
+        for _ in range(50):
+            # Every worker idle in epoll_wait: each could be woken by a herd.
+            wait_until(lambda: all(_wchan(p) == "do_epoll_wait" for p in workers), 5, "idle")
+            served.add(ask(srv.address, b"s")[0])
         elapsed = time.monotonic() - t0
         idle = [p for p in workers if p not in served]
-        assert idle, "every worker served: cannot tell"
+        # With a herd all four race for each connection and all end up serving.
+        assert idle, "every worker served: they were all woken (thundering herd)"
         woken = {p: _switches(p) - before[p] for p in idle}
         # Heartbeat wake-ups (one a second while idle) are all they may have;
         # a herd would add one per connection, 50.
@@ -377,6 +382,10 @@ def test_no_thundering_herd_idle_workers_stay_asleep() -> None:
         assert allowed < 40, f"too slow to tell ({elapsed:.1f}s for 50 requests)"
         assert all(n <= allowed for n in woken.values()), (woken, elapsed)
         assert srv.stop() == 0
+
+
+def _wchan(pid: int) -> str:
+    return Path(f"/proc/{pid}/wchan").read_text()
 
 
 def _switches(pid: int) -> int:
