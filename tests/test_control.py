@@ -441,16 +441,21 @@ def test_signal_names_and_numbers_and_tree(served: Served) -> None:
     ]
 
 
-def test_logs_gives_one_instance_path(served: Served) -> None:
+def test_logs_gives_the_log_paths(served: Served) -> None:
+    logs = served.sup.log_dir
     with served.client() as c:
-        r = c.request("logs", {"name": "worker", "stream": "stderr"})
+        r = c.request("logs", {"names": ["worker"], "stream": "stderr"})
         assert r == {
-            "instance": "worker:0",
             "stream": "stderr",
-            "path": str(served.sup.log_dir / "worker.0.stderr.log"),
+            "logs": [{"instance": "worker:0", "path": str(logs / "worker.0.stderr.log")}],
         }
-        with pytest.raises(forkwell.ControlRequestError, match="has 2 instances"):
-            c.request("logs", {"name": "web"})
+        r = c.request("logs", {"names": ["web"]})
+        assert [x["path"] for x in r["logs"]] == [
+            str(logs / "web.0.stdout.log"), str(logs / "web.1.stdout.log")
+        ]  # fmt: skip
+        assert len(c.request("logs", {"names": ["all"]})["logs"]) == 3
+        with pytest.raises(forkwell.ControlRequestError, match="'stream' must be"):
+            c.request("logs", {"names": ["web"], "stream": "stdin"})
 
 
 def test_reload_errors_list_every_problem(served: Served) -> None:
@@ -949,7 +954,43 @@ def test_cli_logs_tail(served: Served) -> None:
     assert r.returncode == 0
     assert r.stdout == "line 998\nline 999\npartial"
     r = ctl(served, "logs", "worker:0", "--stderr")
-    assert r.returncode == 0 and "no stderr log yet" in r.stderr
+    assert r.returncode == 0 and "no stderr log yet for worker:0" in r.stderr
+
+
+def test_cli_logs_of_several_instances_are_prefixed(served: Served) -> None:
+    served.sup.log_path("web:0", "stdout").write_bytes(b"a1\na2\na3\n")
+    served.sup.log_path("web:1", "stdout").write_bytes(b"b1\nb2\npartial")
+    r = ctl(served, "logs", "web", "-n", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "web:0 | a2\nweb:0 | a3\nweb:1 | b2\nweb:1 | partial\n"
+    r = ctl(served, "logs", "all", "-n", "1")
+    assert r.returncode == 0
+    assert r.stdout == "web:0    | a3\nweb:1    | partial\n"
+    assert r.stderr == "forkwell logs: no stdout log yet for worker:0\n"
+
+
+def test_cli_logs_follow_several_instances(served: Served) -> None:
+    a, b = (served.sup.log_path(f"web:{i}", "stdout") for i in (0, 1))
+    a.write_bytes(b"old a\n")
+    proc = subprocess.Popen(
+        [PY, "-m", "forkwell", "logs", "web", "-f", "-n", "1", "--socket", str(served.path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        read_until(proc.stdout, b"web:0 | old a\n")
+        b.write_bytes(b"half ")  # web:1's log appears, with half a line at first
+        with a.open("ab") as f:
+            f.write(b"new a\n")
+        read_until(proc.stdout, b"web:0 | new a\n")
+        with b.open("ab") as f:
+            f.write(b"line\n")
+        read_until(proc.stdout, b"web:1 | half line\n")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert rc == 130
 
 
 def test_cli_logs_follow_across_rotation_and_truncation(served: Served) -> None:

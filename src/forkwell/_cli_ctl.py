@@ -90,7 +90,7 @@ def _parser(prog: str, command: str) -> _Parser:
         p.add_argument("names", nargs="+", metavar="NAME", help=_NAMES_HELP)
         p.add_argument("--tree", action="store_true", help="signal each instance's whole tree")
     elif command == "logs":
-        p.add_argument("name", metavar="NAME", help="program (if it has one instance) or program:N")
+        p.add_argument("names", nargs="+", metavar="NAME", help=_NAMES_HELP)
         p.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="default 10")
         p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
         p.add_argument("--stderr", action="store_true", help="the stderr log instead of stdout")
@@ -382,24 +382,32 @@ def _logs(prog: str, ns: argparse.Namespace) -> int:
         raise _Usage(f"-n must be >= 0, got {ns.lines}")
     stream = "stderr" if ns.stderr else "stdout"
     with _connect(ns) as client:
-        result = client.request("logs", {"name": ns.name, "stream": stream})
-    path = result["path"]
+        result = client.request("logs", {"names": ns.names, "stream": stream})
+    logs: list[dict[str, str]] = result.get("logs", [])
+    # One instance: its bytes as they are.  Several: each line prefixed with
+    # its instance, like the console of `forkwell up`.
+    prefixed = len(logs) > 1
+    width = max((len(entry["instance"]) for entry in logs), default=0)
+    followers = []
+    missing = []
     out = sys.stdout.buffer
-    try:
-        f = open(path, "rb")  # noqa: SIM115 (kept open while following)
-    except FileNotFoundError:
-        if not ns.follow:
-            _err(prog, f"{result['instance']} has no {stream} log yet ({path})")
-            return EXIT_OK
-        f = None
-    if f is not None:
-        out.write(tail_lines(f, ns.lines))
-        out.flush()
+    for entry in logs:
+        prefix = f"{entry['instance']:<{width}} | ".encode() if prefixed else b""
+        follower = LogFollower(entry["path"], prefix)
+        if follower.file is None:
+            missing.append(entry["instance"])
+        else:
+            tail = tail_lines(follower.file, ns.lines)
+            out.write(follower.add_prefix(tail, final=not ns.follow))
+        followers.append(follower)
+    out.flush()
+    if missing and not ns.follow:
+        _err(prog, f"no {stream} log yet for {', '.join(missing)}")
     if not ns.follow:
-        if f is not None:
-            f.close()
+        for follower in followers:
+            follower.close()
         return EXIT_OK
-    follow(path, f, out)
+    follow(followers, out)
     return EXIT_OK  # pragma: no cover (follow returns only by an exception)
 
 
@@ -421,47 +429,90 @@ def tail_lines(f: Any, n: int, block: int = 65536) -> bytes:
     return b"".join(lines[-n:])
 
 
-def follow(path: str, f: Any, out: Any, *, interval: float = 0.1) -> None:
-    """Print what is appended to ``path``, across rotation and truncation, forever.
+class LogFollower:
+    """New bytes of one log file, across rotation and truncation.
 
     Rotation (rename + new file) shows as a new inode at ``path``: finish the
     old file, then read the new one from its start.  Truncation
     (copytruncate) shows as a size below our offset: start over at 0.
+    """
+
+    def __init__(self, path: str, prefix: bytes = b"") -> None:
+        self.path = path
+        self.prefix = prefix
+        self._partial = b""
+        self.file: Any = None
+        self._ident: tuple[int, int] | None = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.file = open(self.path, "rb")  # noqa: SIM115 (kept open while following)
+        except FileNotFoundError:
+            self.file, self._ident = None, None
+        else:
+            self._ident = _ident(os.fstat(self.file.fileno()))
+
+    def read(self) -> bytes:
+        """Whatever was appended since the last call (b"" if nothing); never blocks."""
+        chunks = []
+        while True:
+            data = self.file.read(65536) if self.file is not None else b""
+            if data:
+                chunks.append(data)
+                continue
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                break  # rotated away, the new file is not there yet
+            if _ident(st) != self._ident:
+                if self.file is not None:
+                    chunks.append(self.file.read())  # written just before the rotation
+                    self.file.close()
+                self._open()
+                if self.file is None:
+                    break
+                continue
+            if self.file is not None and st.st_size < self.file.tell():
+                self.file.seek(0)
+                continue
+            break
+        return self.add_prefix(b"".join(chunks))
+
+    def add_prefix(self, data: bytes, *, final: bool = False) -> bytes:
+        """Prefix each complete line; keep a partial last line for later (unless ``final``)."""
+        if not self.prefix:
+            return data
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = b"" if final else lines.pop()
+        if final and lines and lines[-1] == b"":
+            lines.pop()
+        return b"".join(self.prefix + line + b"\n" for line in lines)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def follow(followers: list[LogFollower], out: Any, *, interval: float = 0.1) -> None:
+    """Print what is appended to the followed logs, forever (until Ctrl-C).
+
     Polling keeps this portable and costs nothing measurable at 10 Hz.
     """
     import select
 
-    ident = None if f is None else _ident(os.fstat(f.fileno()))
     while True:
-        if f is not None:
-            data = f.read(65536)
+        wrote = False
+        for follower in followers:
+            data = follower.read()
             if data:
                 out.write(data)
-                out.flush()
-                continue
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and _ident(st) != ident:
-            if f is not None:
-                rest = f.read()  # written to the old file just before the rotation
-                if rest:
-                    out.write(rest)
-                    out.flush()
-                f.close()
-            try:
-                f = open(path, "rb")  # noqa: SIM115
-            except FileNotFoundError:
-                f = None
-                ident = None
-            else:
-                ident = _ident(os.fstat(f.fileno()))
-            continue
-        if f is not None and st is not None and st.st_size < f.tell():
-            f.seek(0)
-            continue
-        select.select([], [], [], interval)
+                wrote = True
+        if wrote:
+            out.flush()
+        else:
+            select.select([], [], [], interval)
 
 
 def _ident(st: os.stat_result) -> tuple[int, int]:

@@ -643,20 +643,21 @@ class ControlServer:
         return {"signal": sig.name, "results": [_op_dict(r) for r in results]}
 
     async def _cmd_logs(self, args: dict[str, Any], w: Any) -> dict[str, Any]:
-        name = args.get("name")
-        if not isinstance(name, str) or not name:
-            raise _BadRequest("'name' must be a program or instance name")
+        names = _names(args) if "names" in args else None
+        if names is None:
+            # The single-name form of the first drafts of this protocol.
+            name = args.get("name")
+            if not isinstance(name, str) or not name:
+                raise _BadRequest("'names' must be a list of program or instance names")
+            names = [name]
         stream = args.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
             raise _BadRequest("'stream' must be 'stdout' or 'stderr'")
-        instances = self.supervisor.resolve([name])
-        if len(instances) != 1:
-            raise _BadRequest(
-                f"{name!r} has {len(instances)} instances; name one of them:"
-                f" {', '.join(instances[:5])}{', ...' if len(instances) > 5 else ''}"
-            )
-        path = self.supervisor.log_path(instances[0], stream)
-        return {"instance": instances[0], "stream": stream, "path": os.fspath(path)}
+        logs = [
+            {"instance": i, "path": os.fspath(self.supervisor.log_path(i, stream))}
+            for i in self.supervisor.resolve(names)
+        ]
+        return {"stream": stream, "logs": logs}
 
     async def _cmd_reload(self, args: dict[str, Any], w: Any) -> dict[str, Any]:
         report = await self.supervisor.reload()
