@@ -41,7 +41,8 @@ _DESCRIPTIONS = {
     "stop": "Stop instances (their whole process trees) and wait until each is STOPPED.",
     "restart": "Restart instances; each is stopped and started on its own, others are untouched.",
     "signal": "Send a signal to instances' main processes (their whole trees with --tree).",
-    "logs": "Print the last lines of an instance's log; -f follows it across rotations.",
+    "logs": "Print the last lines of instances' logs (several: each line prefixed with its\n"
+    "instance); -f keeps following them across rotations and truncation.",
     "reload": "Re-read the config: start added programs, stop removed ones, restart changed\n"
     "ones; unchanged ones keep running (same pid).  An invalid config changes nothing.",
     "scale": "Change a program's number of instances; existing instances are not restarted.",
