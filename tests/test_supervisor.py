@@ -724,6 +724,26 @@ def test_second_supervisor_for_the_same_config_is_refused(tmp_path: Path) -> Non
     drive(cfg, body)
 
 
+def test_shutdown_timeout_kills_what_ignores_the_stop_signal(tmp_path: Path) -> None:
+    path = tmp_path / "forkwell.toml"
+    script = "trap '' TERM; while :; do read -t 1 x < /dev/zero; done"
+    path.write_text(
+        "[supervisor]\nshutdown_timeout = 0.5\n"
+        f"[programs.stubborn]\ncommand = {cmd('sh', '-c', script)}\nstop_timeout = 30\n"
+    )
+    cfg = forkwell.load_config(path)
+    seen: dict[str, float] = {}
+
+    async def body(sup: Supervisor) -> None:
+        seen["pid"] = float(info(sup, "stubborn:0").pid or 0)
+        seen["began"] = time.monotonic()
+
+    drive(cfg, body)
+    took = time.monotonic() - seen["began"]
+    assert 0.5 <= took < 4.0
+    assert not running(int(seen["pid"]))
+
+
 def test_invalid_transition_raises_state_error(tmp_path: Path) -> None:
     from forkwell._program import Instance
 

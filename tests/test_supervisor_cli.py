@@ -328,3 +328,29 @@ def test_works_as_pid_1_and_reaps_orphans(tmp_path: Path) -> None:
     log = (tmp_path / ".forkwell" / "logs" / "forkwell.log").read_text()
     assert "forkwell up: pid 1," in log
     assert "checker:0 STOPPING -> STOPPED" in log
+
+
+def test_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    stubborn = f"trap '' TERM; echo $$ >> {pids}; while :; do read -t 1 x < /dev/zero; done"
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [programs.stubborn]
+        command = {cmd("sh", "-c", stubborn)}
+        stop_timeout = 30
+        """,
+    )
+    proc = up(cfg, "--quiet")
+    [pid] = read_pids(pids, 1, timeout=20)
+    log = tmp_path / ".forkwell" / "logs" / "forkwell.log"
+    wait_until(lambda: "autostart done" in log.read_text(), 20, "autostart")
+    proc.send_signal(signal.SIGINT)
+    wait_until(lambda: "RUNNING -> STOPPING" in log.read_text(), 10, "the graceful stop")
+    began = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert time.monotonic() - began < 5.0  # not the 30 s stop_timeout
+    assert not running(pid)
+    assert "second stop request: SIGKILL to every tree now" in log.read_text()

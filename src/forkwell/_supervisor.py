@@ -129,6 +129,7 @@ class Supervisor:
         self._event_log: LogFile | None = None
         self._done: asyncio.Future[int] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
+        self._graceful: asyncio.Task[None] | None = None
         self._closed = False
         self.startup_failures: list[OpResult] = []
         # True while we are the subreaper (run()): every descendant of every
@@ -707,10 +708,15 @@ class Supervisor:
             inst.no_restart = True
         self._note("shutting down: stopping every program, dependents first")
         timeout = self.config.supervisor.shutdown_timeout
-        try:
-            await asyncio.wait_for(self._stop_ordered(insts), timeout)
-        except TimeoutError:
+        graceful = self.loop.create_task(self._stop_ordered(insts))
+        self._graceful = graceful
+        done, _ = await asyncio.wait({graceful}, timeout=timeout)
+        if not done:
             self._note(f"shutdown_timeout ({timeout:g}s) passed: SIGKILL to what is left")
+        if not graceful.done():
+            graceful.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await graceful
         await asyncio.gather(*(i.kill() for i in insts if i.state not in DOWN))
         self._closed = True
         for inst in insts:
@@ -724,11 +730,10 @@ class Supervisor:
     def _request_shutdown(self) -> None:
         if self._shutdown_task is None:
             self._shutdown_task = self.loop.create_task(self._shutdown())
-        else:
+        elif self._graceful is not None and not self._graceful.done():
             # A second Ctrl-C: do not wait for graceful stops any more.
             self._note("second stop request: SIGKILL to every tree now")
-            for inst in self._all():
-                self.background(inst.kill())
+            self._graceful.cancel()
 
     def _request_reload(self) -> None:
         async def reload() -> None:
@@ -850,7 +855,8 @@ class Supervisor:
         if isinstance(pid, int):
             # Our own pid too: another Supervisor of this process runs (a test).
             info = _tree.read_stat(pid)
-            if info is not None and info.starttime == old.get("starttime"):
+            alive = info is not None and info.state not in ("Z", "X")
+            if alive and info is not None and info.starttime == old.get("starttime"):
                 raise StateError(
                     f"another forkwell up is running for {self.config_path} (pid {pid}); "
                     f"stop it with 'forkwell down' first"
