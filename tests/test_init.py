@@ -483,6 +483,22 @@ def test_on_a_terminal_ctrl_z_stops_init_and_fg_gives_the_terminal_back() -> Non
 
 
 @pytest.mark.timeout(30)
+def test_command_stopped_by_someone_else_does_not_stop_init() -> None:
+    proc = start(["-v", PY, "-c", SIGNALLED, str(int(signal.SIGTERM)), "die"])
+    command = int(read_line(proc).split()[1])
+    wait_until(lambda: proc_state(proc.pid) == "S", 10, "init to block")
+    before = ctxt_switches(proc.pid)
+    os.kill(command, signal.SIGSTOP)  # not through init: e.g. a debugger
+    # init wakes for the SIGCHLD and then sleeps again (or stops: then "T").
+    wait_until(lambda: ctxt_switches(proc.pid) > before, 10, "init to handle the stop")
+    assert proc_state(command) == "T"
+    assert proc_state(proc.pid) == "S"  # still serving: reaping, forwarding
+    os.kill(command, signal.SIGCONT)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc)[0] == 128 + signal.SIGTERM
+
+
+@pytest.mark.timeout(30)
 def test_job_control_signal_the_command_ignores_does_not_stop_init() -> None:
     proc = start([PY, "-c", SIGNALLED, str(int(signal.SIGTSTP)), "trap"])
     command = int(read_line(proc).split()[1])

@@ -117,6 +117,7 @@ class Init:
         self.orphans_reaped = 0
         self._proc: Process | None = None
         self._tty: int | None = None
+        self._stop_asked = False  # a TSTP/TTIN/TTOU was forwarded to the command
         self._wake_r = self._wake_w = -1
         self._old_wakeup_fd = -1
         self._old_handlers: dict[int, object] = {}
@@ -277,6 +278,8 @@ class Init:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
+        if sig in _JOB_CONTROL_STOPS:
+            self._stop_asked = True
         if self.pgroup:
             try:
                 os.killpg(proc.pid, sig)
@@ -323,6 +326,13 @@ class Init:
     def _command_stopped(self) -> None:
         proc = self._proc
         assert proc is not None
+        # Like an interactive shell: a stopped job is reported up (by stopping
+        # ourselves) when we run a terminal's job, or when the stop came through
+        # us.  A command stopped by someone else directly is their business:
+        # init keeps reaping.
+        if self._tty is None and not self._stop_asked:
+            return
+        self._stop_asked = False
         # The stop was reported once; the command may have been continued since.
         info = _tree.read_stat(proc.pid)
         if info is None or info.state not in ("T", "t"):
