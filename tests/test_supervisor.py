@@ -744,6 +744,64 @@ def test_shutdown_timeout_kills_what_ignores_the_stop_signal(tmp_path: Path) -> 
     assert not running(int(seen["pid"]))
 
 
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_user_group_and_umask(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    cfg = config(
+        tmp_path,
+        """
+        [programs.who]
+        command = "sh -c 'echo $(id -u) $(id -g) $(umask) $USER; exec sleep 1000'"
+        user = "nobody"
+        umask = "027"
+        """,
+    )
+
+    async def body(sup: Supervisor) -> None:
+        await until(lambda: log_text(sup, "who:0"), what="its output")
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        assert log_text(sup, "who:0").split() == [
+            str(nobody.pw_uid), str(nobody.pw_gid), "0027", "nobody"
+        ]
+
+    drive(cfg, body)
+
+
+PDEATHSIG_PROBE = """
+    import ctypes, signal
+    value = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG
+    print(value.value, flush=True)
+    signal.pause()
+"""
+
+
+@pytest.mark.parametrize("helper", ["setpriv", "preexec_fn"])
+def test_programs_get_sigkill_as_parent_death_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper: str
+) -> None:
+    from forkwell import _program
+
+    if helper == "preexec_fn":
+        monkeypatch.setattr(_program, "_helper", [None])  # a system without util-linux setpriv
+    elif _program._pdeath_helper() is None:
+        pytest.skip("no setpriv with --pdeathsig here")
+    cfg = config(tmp_path, f"[programs.probe]\ncommand = {cmd(PYTHON, '-c', _dedent(PDEATHSIG_PROBE))}\n")
+
+    async def body(sup: Supervisor) -> None:
+        await until(lambda: log_text(sup, "probe:0"), what="the probe's answer")
+        assert log_text(sup, "probe:0") == f"{int(signal.SIGKILL)}\n"
+        inst = sup._by_name()["probe:0"]
+        assert inst.proc is not None
+        uses_setpriv = inst.proc.args[1:4] == ["--pdeathsig", "KILL", "--"]
+        assert uses_setpriv == (helper == "setpriv")
+
+    drive(cfg, body)
+
+
 def test_invalid_transition_raises_state_error(tmp_path: Path) -> None:
     from forkwell._program import Instance
 
