@@ -337,21 +337,24 @@ def test_workers_reseed_random() -> None:
     with Served("--workers", "4", "--bind", "127.0.0.1:0", ECHO) as srv:
         srv.started()
         running_workers(srv, 4)
-        held = []
-        firsts: dict[int, bytes] = {}
-        # Hold each worker busy so the next connection must go to another one.
-        for _ in range(4):
-            sock = connect(srv.address)
-            sock.sendall(b"wait\n")
-            held.append(sock)
-        for sock in held:
-            assert sock.recv(100).endswith(b"waiting\n")
-            sock.sendall(b"rand\n")
-            pid, _, rest = read_all(sock).strip().partition(b" ")
-            count, value = rest.split()
-            assert count == b"1"  # the worker's first connection
-            firsts[int(pid)] = value
-            sock.close()
+        held = [connect(srv.address) for _ in range(4)]
+        try:
+            for sock in held:
+                sock.sendall(b"wait\n")
+            # Four "waiting" replies: four distinct workers, each held busy by
+            # its first connection.
+            for sock in held:
+                assert sock.recv(100).endswith(b"waiting\n")
+            firsts: dict[int, bytes] = {}
+            for sock in held:
+                sock.sendall(b"rand\n")
+                pid, _, rest = read_all(sock).strip().partition(b" ")
+                count, value = rest.split()
+                assert count == b"1"  # the worker's first connection
+                firsts[int(pid)] = value
+        finally:
+            for sock in held:
+                sock.close()
         assert len(firsts) == 4
         assert len(set(firsts.values())) == 4
         assert srv.stop() == 0
