@@ -260,12 +260,6 @@ def test_signal_tree_reaches_the_children(make_fleet: Any, tmp_path: Path) -> No
     assert fleet.pids()["tree:0"] == pid  # the main process ignored it and still runs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/core bug: _tree.Tree.signal(only_new=True) skips members pinned by an "
-    "earlier `forkwell signal --tree`, so a later stop never sends them the stop signal and "
-    "they survive until the SIGKILL after stop_timeout",
-)
 def test_stop_after_signal_tree_still_stops_the_children_promptly(
     make_fleet: Any, tmp_path: Path
 ) -> None:

@@ -46,7 +46,13 @@ class Process:
     pid: int
     tree: _tree.Tree | None
 
-    def __init__(self, popen: subprocess.Popen[bytes], args: list[str], token: str | None):
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        args: list[str],
+        token: str | None,
+        not_before: int = 0,
+    ):
         self._popen = popen
         self.args = args
         self.pid = popen.pid
@@ -54,7 +60,7 @@ class Process:
         # Open the pidfd at once: the child cannot be reaped (and its pid
         # recycled) before we wait for it, so this refers to our child.
         self._pidfd = _sys.pidfd_open(self.pid)
-        self.tree = _tree.Tree(token, self.pid) if token is not None else None
+        self.tree = _tree.Tree(token, self.pid, not_before) if token is not None else None
         self.stdin = popen.stdin
         self.stdout = popen.stdout
         self.stderr = popen.stderr
@@ -258,6 +264,8 @@ def spawn(
         kwargs["group"] = group
     if extra_groups is not None:
         kwargs["extra_groups"] = extra_groups
+    # A tick of margin: starttime is rounded down to clock ticks.
+    not_before = _tree.boot_ticks() - 1 if track_tree else 0
     try:
         popen = subprocess.Popen(
             argv,
@@ -276,4 +284,4 @@ def spawn(
         )
     except OSError as exc:
         raise spawn_error(exc, argv[0], None if cwd is None else os.fsdecode(cwd)) from None
-    return Process(popen, argv, token)
+    return Process(popen, argv, token, not_before)
