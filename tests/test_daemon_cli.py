@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import IS_ROOT, PY, running, wait_until
 
+import forkwell
 from forkwell._pidfile import Pidfile
 
 REAPER = int(os.environ.get("FORKWELL_TEST_REAPER_PID", "1"))
@@ -524,3 +525,38 @@ def test_interrupted_start_leaves_nothing_behind(pidfile: Path, tmp_path: Path) 
     wait_until(lambda: not running(daemon), 10, "daemon stopped after the starter was interrupted")
     wait_until(lambda: not pidfile.exists(), 5, "pidfile removed")
     assert cookie_processes(str(marker)) == []
+
+
+@pytest.mark.root
+def test_unprivileged_status_and_stop_say_4(pidfile: Path, tmp_path: Path) -> None:
+    if not IS_ROOT:
+        pytest.skip("needs root to start a daemon another user cannot touch")
+    src = str(Path(forkwell.__file__).parent.parent)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 "env", f"PYTHONPATH={src}", "/usr/bin/python3", "-m", "forkwell", "daemon"]  # fmt: skip
+    probe = subprocess.run([*as_nobody, "--help"], capture_output=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot run forkwell from {src}")
+    pid = started_pid(fw("start", "--pidfile", str(pidfile), "--", "sleep", "1000"))
+    # tmp_path is root's 0700 directory: nobody cannot even stat the pidfile.
+    for action in ("status", "stop"):
+        result = subprocess.run(
+            [*as_nobody, action, "--pidfile", str(pidfile)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode == 4, result.stderr
+        assert "Permission denied" in result.stderr
+    assert running(pid)
+    # Readable pidfile, but the daemon is root's: stop is refused with 4 too.
+    public = Path("/tmp") / f"forkwell-test-{os.getpid()}-{pid}.pid"
+    try:
+        pid2 = started_pid(fw("start", "--pidfile", str(public), "--", "sleep", "1000"))
+        result = subprocess.run(
+            [*as_nobody, "stop", "--pidfile", str(public)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode == 4, result.stderr
+        assert "not permitted" in result.stderr
+        assert running(pid2)
+    finally:
+        fw("stop", "--pidfile", str(public))

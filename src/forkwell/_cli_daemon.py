@@ -217,6 +217,7 @@ def _stop(here: str, opts: dict[str, list[str]]) -> int:
     try:
         result = stop_daemon(path, stop_signal=sig, timeout=timeout)
     except PermissionError as exc:
+        # LSB: 4 = "user had insufficient privilege".
         print(f"{here}: not permitted: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_UNKNOWN
     except PidfileError as exc:

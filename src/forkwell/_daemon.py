@@ -1096,7 +1096,9 @@ def stop_daemon(
     path = os.fspath(pidfile)
     status = Pidfile.probe(path)
     if status.state is PidfileState.UNKNOWN:
-        raise PidfileError(errno.EACCES, f"cannot read pidfile: {status.reason}", path)
+        if status.errno in (errno.EACCES, errno.EPERM):
+            raise PermissionError(status.errno, f"cannot read pidfile: {status.reason}", path)
+        raise PidfileError(status.errno, f"cannot read pidfile: {status.reason}", path)
     if status.state is not PidfileState.RUNNING:
         removed = status.state is PidfileState.STALE and Pidfile.remove_stale(path)
         return StopResult(None, removed_stale=removed)

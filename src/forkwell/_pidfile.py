@@ -63,6 +63,8 @@ class PidfileStatus(NamedTuple):
     pid: int | None = None
     #: UNKNOWN: why the pidfile could not be read.
     reason: str = ""
+    #: UNKNOWN: the errno behind ``reason`` (EACCES: no permission).
+    errno: int = 0
 
 
 class Pidfile:
@@ -210,27 +212,43 @@ class Pidfile:
         except FileNotFoundError:
             return PidfileStatus(PidfileState.ABSENT)
         except OSError as exc:
-            return PidfileStatus(PidfileState.UNKNOWN, reason=f"cannot stat {path}: {exc.strerror}")
+            return PidfileStatus(
+                PidfileState.UNKNOWN,
+                reason=f"cannot stat {path}: {exc.strerror}",
+                errno=exc.errno or 0,
+            )
         mine = _held.get((st.st_dev, st.st_ino))
         if mine is not None and mine.locked:
             return PidfileStatus(PidfileState.RUNNING, os.getpid())
         if stat.S_ISLNK(st.st_mode):
-            return PidfileStatus(PidfileState.UNKNOWN, reason=f"{path} is a symlink")
+            return PidfileStatus(
+                PidfileState.UNKNOWN, reason=f"{path} is a symlink", errno=errno.ELOOP
+            )
         if not stat.S_ISREG(st.st_mode):
-            return PidfileStatus(PidfileState.UNKNOWN, reason=f"{path} is not a regular file")
+            return PidfileStatus(
+                PidfileState.UNKNOWN, reason=f"{path} is not a regular file", errno=errno.EINVAL
+            )
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
         except FileNotFoundError:
             return PidfileStatus(PidfileState.ABSENT)
         except OSError as exc:
-            return PidfileStatus(PidfileState.UNKNOWN, reason=f"cannot open {path}: {exc.strerror}")
+            return PidfileStatus(
+                PidfileState.UNKNOWN,
+                reason=f"cannot open {path}: {exc.strerror}",
+                errno=exc.errno or 0,
+            )
         try:
             held, holder = _lock_holder(fd)
             if held:
                 return PidfileStatus(PidfileState.RUNNING, holder)
             content = os.pread(fd, 64, 0)
         except OSError as exc:
-            return PidfileStatus(PidfileState.UNKNOWN, reason=f"cannot read {path}: {exc.strerror}")
+            return PidfileStatus(
+                PidfileState.UNKNOWN,
+                reason=f"cannot read {path}: {exc.strerror}",
+                errno=exc.errno or 0,
+            )
         finally:
             os.close(fd)
         if not content.strip():
