@@ -560,3 +560,21 @@ def test_unprivileged_status_and_stop_say_4(pidfile: Path, tmp_path: Path) -> No
         assert running(pid2)
     finally:
         fw("stop", "--pidfile", str(public))
+
+
+def test_cli_imports_stay_lean(tmp_path: Path) -> None:
+    """status and a plain start import neither socket, dataclasses nor tempfile (start-up time)."""
+    code = """
+import sys
+from forkwell._cli import main
+before = set(sys.modules)
+main(["daemon", "status", "--pidfile", sys.argv[1]])
+main(["daemon", "start", "--pidfile", sys.argv[1], "--", "no-such-command-xyz"])
+print(sorted(set(sys.modules) - before))
+"""
+    out = subprocess.run(
+        [PY, "-c", code, str(tmp_path / "x.pid")], capture_output=True, text=True, timeout=30,
+        check=True,
+    ).stdout.splitlines()[-1]  # fmt: skip
+    for heavy in ("socket", "dataclasses", "tempfile", "asyncio", "argparse"):
+        assert f"'{heavy}'" not in out, out

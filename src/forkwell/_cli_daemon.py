@@ -238,7 +238,7 @@ def _stop(here: str, opts: dict[str, list[str]]) -> int:
 def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
     import os
 
-    from ._daemon import describe_exit, log_tail, start_daemon
+    from ._daemon import log_tail, start_daemon
     from ._exceptions import DaemonStartError, PidfileError, SpawnError
 
     path = _one(opts, "--pidfile")
@@ -265,15 +265,15 @@ def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
         return _spawn_exit(exc)
     except (DaemonStartError, PidfileError) as exc:
         print(f"{here}: {name}: {exc}", file=sys.stderr)
-        status = getattr(exc, "exit_status", None)
-        if log and status is not None:
-            tail = log_tail(log)
-            if tail:
-                print(f"last lines of {log}:", file=sys.stderr)
-                for line in tail:
-                    print(f"  {line}", file=sys.stderr)
-        elif status is not None and not log:
-            print(f"(no --log given; the daemon {describe_exit(status)})", file=sys.stderr)
+        # The command ran and died (or never got ready): its own words help.
+        ran = getattr(exc, "step", "") == "ready"
+        tail = log_tail(log) if log and ran else []
+        if tail:
+            print(f"last lines of {log}:", file=sys.stderr)
+            for line in tail:
+                print(f"  {line}", file=sys.stderr)
+        elif ran and not log:
+            print("(no --log given: its output went to /dev/null)", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:
         print(f"{here}: {name}: {exc.strerror or exc}", file=sys.stderr)
