@@ -229,11 +229,16 @@ class NotifyListener:
         """Close the socket and remove it and its directory.  Idempotent."""
         self._sock.close()
         if self._dir is not None:
-            # Only our socket is in there (the directory is private).
+            # Normally only our socket is in there; with ``uid`` that user
+            # could have added files, so fall back to removing the tree.
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
-            with contextlib.suppress(OSError):
+            try:
                 os.rmdir(self._dir)
+            except OSError:
+                import shutil
+
+                shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
 
