@@ -289,6 +289,51 @@ def test_not_ready_in_time_is_a_failed_start_and_its_tree_is_ended(tmp_path: Pat
     drive(cfg, body)
 
 
+def test_stop_while_a_readiness_probe_runs_ends_the_probe_too(tmp_path: Path) -> None:
+    probes = tmp_path / "probes"
+    probe = f"echo $$ >> {probes}; exec sleep 1000"  # a probe that hangs
+    cfg = config(
+        tmp_path,
+        f"""
+        [programs.slowcheck]
+        command = {cmd("sleep", "1000")}
+        ready = "cmd:{probe}"
+        autostart = false
+        """,
+    )
+
+    async def body(sup: Supervisor) -> None:
+        await sup.start(["slowcheck"], wait=False)
+        await until(lambda: probes.exists() and probes.read_text().strip(), what="a probe")
+        probe_pid = int(probes.read_text().split()[0])
+        [result] = await sup.stop(["slowcheck"])
+        assert result.ok and result.state == "STOPPED"
+        assert states(sup, "slowcheck:0") == ["STARTING", "STOPPING", "STOPPED"]
+        await until(lambda: not running(probe_pid), what="the probe to end")
+
+    drive(cfg, body)
+
+
+def test_unusable_log_file_is_a_failed_start_not_a_crash(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        f"""
+        [programs.app]
+        command = {cmd("sleep", "1000")}
+        autostart = false
+        start_retries = 1
+        """,
+    )
+    (cfg.supervisor.log_dir / "app.0.stdout.log").mkdir(parents=True)  # a directory: EISDIR
+
+    async def body(sup: Supervisor) -> None:
+        [result] = await sup.start(["app"])
+        assert result.state == "FATAL"
+        assert "cannot open its log files: Is a directory" in result.message
+
+    drive(cfg, body)
+
+
 def test_exit_before_ready_is_a_failed_start(tmp_path: Path) -> None:
     cfg = config(
         tmp_path,

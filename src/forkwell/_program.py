@@ -274,7 +274,12 @@ class Instance:
         """Start the process now (state STARTING); on failure, a failed start."""
         assert self.state is S.STARTING
         cfg = self.config
-        self._open_io()
+        try:
+            self._open_io()
+        except OSError as exc:
+            # This runs from timers and exit callbacks too: report, never raise.
+            self._failed_start(f"cannot open its log files: {exc.strerror or exc}: {exc.filename}")
+            return
         env = self.host.child_env(self)
         if cfg.ready.kind == "notify":
             from ._notify import NotifyListener
