@@ -23,7 +23,7 @@ from test_server_apps import (
     read_all,
 )
 
-pytestmark = pytest.mark.timeout(40)
+pytestmark = pytest.mark.timeout(60)
 
 ECHO = "test_server_apps:echo"
 
@@ -39,7 +39,7 @@ def wait_until(pred, timeout: float, what: str):  # type: ignore[no-untyped-def]
         select.select([], [], [], 0.01)
 
 
-def running_workers(srv: Served, count: int, timeout: float = 10.0) -> list[int]:
+def running_workers(srv: Served, count: int, timeout: float = 20.0) -> list[int]:
     """Wait until the master has exactly ``count`` live workers, all booted."""
 
     def ready() -> list[int] | None:

@@ -28,7 +28,7 @@ from test_server_apps import (
 import forkwell
 from forkwell._server import parse_bind
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)
 
 ECHO = "test_server_apps:echo"
 
@@ -75,7 +75,7 @@ def test_no_zombie_after_2000_connections() -> None:
 def test_child_holds_only_stdio_and_its_connection() -> None:
     with Served("--per-connection", "--bind", "127.0.0.1:0", "-q", ECHO) as srv:
         srv.started()
-        pid, listing = ask(srv.address, b"fds")
+        _pid, listing = ask(srv.address, b"fds")
         fds = dict(item.split("=", 1) for item in listing.decode().split())
         extra = {n: target for n, target in fds.items() if n not in ("0", "1", "2")}
         assert len(extra) == 1, fds  # no listener, pidfd, epoll or pipe of the server

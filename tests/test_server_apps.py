@@ -224,7 +224,7 @@ class Served:
             self._done = True
             self._cond.notify_all()
 
-    def wait_line(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+    def wait_line(self, pattern: str, timeout: float = 20.0, start: int = 0) -> re.Match[str]:
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -241,7 +241,7 @@ class Served:
                     )
                 self._cond.wait(remaining)
 
-    def started(self, timeout: float = 10.0) -> Served:
+    def started(self, timeout: float = 30.0) -> Served:
         m = self.wait_line(r"listening on (\S+?)[,\s]", timeout)
         self.address = m.group(1)
         return self
