@@ -225,6 +225,57 @@ def big(workdir: Path, n: int) -> dict[str, float]:
             "rc": peer.proc.returncode}  # type: ignore[union-attr]  # fmt: skip
 
 
+FIREHOSE = """
+import sys
+out = sys.stdout.buffer
+for i in range({blocks}):
+    out.write(i.to_bytes(8, "big") * 8192)
+out.flush()
+"""
+
+
+def firehose(workdir: Path, megabytes: int) -> dict[str, float]:
+    """One program writes ``megabytes`` MiB as fast as it can through 10 MiB log files."""
+    import json
+
+    peer = Forkwell(workdir / "firehose", 1)
+    blocks = megabytes * 16  # 64 KiB each
+    cfg = peer.dir / "forkwell.toml"
+    command = json.dumps([sys.executable, "-c", FIREHOSE.format(blocks=blocks)])
+    cfg.write_text(
+        f"[programs.fire]\ncommand = {command}\n"
+        "restart = 'never'\nlog_max_bytes = '10MB'\nlog_backups = 100\n"
+    )
+    logs = peer.dir / ".forkwell" / "logs"
+    total = blocks * 65536
+
+    def logged() -> int:
+        try:
+            return sum(p.stat().st_size for p in logs.glob("fire.0.stdout.log*"))
+        except FileNotFoundError:  # renamed by a rotation meanwhile
+            return 0
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forkwell", "up", "-c", str(cfg), "--quiet"], cwd=peer.dir
+    )
+    t1 = wait_for(lambda: logged() >= total, 300, "the firehose", step=0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    parts = sorted(logs.glob("fire.0.stdout.log.*"), key=lambda p: int(p.suffix[1:]), reverse=True)
+    ok = True
+    i = 0
+    pending = b""
+    for part in [*parts, logs / "fire.0.stdout.log"]:
+        pending += part.read_bytes()
+        while len(pending) >= 65536:
+            ok = ok and pending[:65536] == i.to_bytes(8, "big") * 8192
+            pending = pending[65536:]
+            i += 1
+    ok = ok and i == blocks and not pending
+    return {"seconds": t1 - t0, "files": len(parts) + 1, "ok": float(ok)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--programs", type=int, default=100)
@@ -232,6 +283,7 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--restarts", type=int, default=20)
     ap.add_argument("--big", type=int, default=1000)
+    ap.add_argument("--firehose", type=int, default=100, help="MiB written through the logs")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-supervisor-"))
     try:
@@ -264,6 +316,13 @@ def main() -> None:
             print(f"\nforkwell, {args.big} programs: all running after {b['start']:.2f}s "
                   f"({b['alive']:.0f} alive 2s later), RSS {b['rss']:.1f} MiB, {b['fds']:.0f} fds; "
                   f"stop all {b['stop']:.2f}s, {b['left']:.0f} left, exit status {b['rc']:.0f}")  # fmt: skip
+        if args.firehose:
+            print(f"\nmeasuring a {args.firehose} MiB firehose ...", file=sys.stderr, flush=True)
+            h = firehose(work, args.firehose)
+            print(f"\nforkwell, one program writing {args.firehose} MiB as fast as it can: "
+                  f"logged in {h['seconds']:.2f}s ({args.firehose / h['seconds']:.0f} MiB/s) "
+                  f"across {h['files']:.0f} rotated files; reassembled byte for byte: "
+                  f"{'identical' if h['ok'] else 'DIFFERENT'}")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
