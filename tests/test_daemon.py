@@ -263,3 +263,32 @@ def test_chroot_and_group(app: tuple[Path, Path, Path], tmp_path: Path) -> None:
     assert os.readlink(f"/proc/{pid}/cwd") == str(jail)
     assert status_field(pid, "Gid").split()[0] == str(grp.getgrnam("nogroup").gr_gid)
     terminate(pid)
+
+
+@pytest.mark.root
+@pytest.mark.timeout(30)
+def test_auto_detach_as_pid1_in_a_container(app: tuple[Path, Path, Path]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a PID namespace (unshare --pid)")
+    script, pidfile, log = app
+    with subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", PY, str(script), str(pidfile), str(log),
+         "immediate", repr({})],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as container:  # fmt: skip
+        try:
+            wait_until(lambda: Pidfile.holder(pidfile) is not None, 20, "pidfile held")
+            pid = daemon_pid(app)
+            # No fork: the program is still the namespace's init, not a grandchild.
+            nspid = status_field(pid, "NSpid").split()
+            assert nspid[-1] == "1", nspid
+            assert container.poll() is None
+            wait_until(lambda: "daemon 1 started" in log.read_text(), 10, "log line")
+            os.kill(pid, signal.SIGTERM)
+            _, err = container.communicate(timeout=15)
+        finally:
+            if container.poll() is None:
+                container.kill()
+    assert container.returncode == 0, err
+    assert "clean exit 1" in log.read_text()
+    assert not pidfile.exists()
