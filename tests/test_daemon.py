@@ -8,6 +8,7 @@ import pwd
 import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,6 +230,23 @@ def test_argument_validation() -> None:
         forkwell.daemonize(detach="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="umask"):
         forkwell.daemonize(umask=0o1000)
+
+
+def test_refuses_a_non_main_thread() -> None:
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            forkwell.daemonize(detach=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(timeout=10)
+    assert len(errors) == 1
+    assert isinstance(errors[0], RuntimeError)
+    assert "main thread" in str(errors[0])
 
 
 @pytest.mark.root

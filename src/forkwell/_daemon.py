@@ -760,6 +760,11 @@ def daemonize(
         raise ValueError(f"detach must be True, False or 'auto', not {detach!r}")
     if not 0 <= umask <= 0o777:
         raise ValueError(f"umask must be between 0 and 0o777, not {umask:#o}")
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        # Signal handlers (reset, SIGTERM) can only be set from the main thread.
+        raise RuntimeError("daemonize() must be called from the main thread")
     do_detach = detach is True or (detach == "auto" and supervised_reason() is None)
     null = os.devnull
     config = _Config(
