@@ -160,14 +160,19 @@ def test_timeout_raises_after_about_the_timeout(tmp_path: Path) -> None:
 def test_lock_dies_with_its_holder(tmp_path: Path) -> None:
     path = tmp_path / "dead.lock"
     ready_r, ready_w = os.pipe()
+    block_r, block_w = os.pipe()
 
     def child() -> int:
+        os.close(ready_r)
+        os.close(block_w)
         forkwell.FileLock(path).acquire()
         os.write(ready_w, b"L")
-        os.read(ready_r, 1)  # held until killed (nobody writes back)
+        os.read(block_r, 1)  # held until killed: nobody writes to this pipe
         return 0
 
     pid = fork_child(child)
+    os.close(ready_w)
+    os.close(block_r)
     try:
         assert read_byte(ready_r) == b"L"
         with pytest.raises(forkwell.LockTimeoutError):
@@ -176,7 +181,7 @@ def test_lock_dies_with_its_holder(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
         assert wait_exit(pid) == -signal.SIGKILL
         os.close(ready_r)
-        os.close(ready_w)
+        os.close(block_w)
     with forkwell.FileLock(path, timeout=5):  # released by the kernel at the holder's death
         pass
 
