@@ -137,6 +137,24 @@ def test_crashed_worker_is_replaced() -> None:
         assert srv.stop() == 0
 
 
+def test_crash_loop_respawns_with_growing_backoff() -> None:
+    with Served("--workers", "1", "--bind", "127.0.0.1:0", ECHO) as srv:
+        srv.started()
+        running_workers(srv, 1)
+        t0 = time.monotonic()
+        for _ in range(5):
+            # Queued until the replacement is up, then it crashes it too.
+            with connect(srv.address, timeout=30) as sock:
+                sock.sendall(b"crash\n")
+                assert closed_by_peer(sock)
+        assert ask(srv.address, b"after", timeout=30)[1] == b"after"
+        elapsed = time.monotonic() - t0
+        # Respawn delays 0, 0.1, 0.2, 0.4, 0.8 s: a respawn loop would be far quicker.
+        assert elapsed >= 1.4, elapsed
+        assert srv.count(r"died unexpectedly \(exit status 1\); respawning") == 5
+        assert srv.stop() == 0
+
+
 def test_hung_worker_is_killed_and_replaced() -> None:
     with Served("--workers", "1", "--timeout", "1", "--bind", "127.0.0.1:0", ECHO) as srv:
         srv.started()

@@ -33,7 +33,11 @@ def _read_line(sock: socket.socket) -> bytes:
 
 
 def echo(sock: socket.socket, address: object) -> None:
-    """Reply ``PID PAYLOAD`` to one line; ``hang`` never replies, ``wait`` waits for a 2nd line."""
+    """Reply ``PID PAYLOAD`` to one line.
+
+    ``hang`` never replies, ``wait`` replies and waits for a 2nd line, ``crash``
+    kills the process, ``fds`` lists its descriptors, ``rand`` draws a number.
+    """
     global _served
     _served += 1
     line = _read_line(sock)
@@ -42,6 +46,8 @@ def echo(sock: socket.socket, address: object) -> None:
         # this pipe and we hold its write end.  Signals do not end the read.
         r, _w = os.pipe()
         os.read(r, 1)
+    if line == b"crash":
+        os._exit(1)  # a worker dying mid-request (a segfault, an os._exit in a library)
     if line == b"wait":
         sock.sendall(f"{os.getpid()} waiting\n".encode())
         line = _read_line(sock)

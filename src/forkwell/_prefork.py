@@ -387,7 +387,7 @@ class PreforkServer:
             wake_at = now + check_every
             if any(w.state == WorkerState.BOOTING for w in self._workers.values()):
                 wake_at = now + 0.05  # notice boots promptly: a reload waits on them
-            wake_at = min(wake_at, *(w.kill_at for w in self._workers.values()))
+            wake_at = min([wake_at, *(w.kill_at for w in self._workers.values())])
             if self._spawn_at > now:
                 wake_at = min(wake_at, self._spawn_at)
             for key, _ in sel.select(max(0.0, wake_at - time.monotonic())):
