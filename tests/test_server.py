@@ -255,6 +255,7 @@ def _serve_error(*args: str, cwd: Path | None = None) -> tuple[int, str]:
         (["--bind", "127.0.0.1:99999", ECHO], 2, "bad bind address '127.0.0.1:99999'"),
         (["--bind", "unix:", ECHO], 2, "unix: needs a path"),
         (["--workers", "0", ECHO], 2, "must be >= 1"),
+        (["--workers", "100000", ECHO], 2, "workers must be between 1 and 512"),
         (["--per-connection", "--max-requests", "5", ECHO], 2, "applies to pre-fork workers"),
         (["--timeout", "soon", ECHO], 2, "invalid time interval 'soon'"),
     ],

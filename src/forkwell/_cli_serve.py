@@ -211,7 +211,7 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
                 log_file=args.log_file,
             )
             what = f"pre-fork, {workers} worker{'s' if workers != 1 else ''}"
-    except HandlerImportError as exc:
+    except (HandlerImportError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except BindError as exc:
