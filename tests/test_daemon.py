@@ -48,8 +48,8 @@ try:
         signal.pause()
     if mode == "notify":
         forkwell.notify_status("almost")
+        logger.info("ready")  # before telling: the caller checks it once it returns
         assert forkwell.notify_ready() is True
-        logger.info("ready")
     while True:
         signal.pause()
 finally:

@@ -349,14 +349,22 @@ def test_env_and_restart(pidfile: Path, tmp_path: Path) -> None:
     marker = tmp_path / "env"
     code = "import os, sys, signal; open(sys.argv[1], 'a').write(os.environ['GREETING'] + '\\n'); signal.pause()"
     args = ["--pidfile", str(pidfile), "--env", "GREETING=hello", "--", PY, "-c", code, str(marker)]
+    def greetings() -> int:
+        try:
+            return marker.read_text().count("hello")
+        except FileNotFoundError:
+            return 0
+
     first = started_pid(fw("start", *args))
+    # `start` returns at exec; the interpreter greets a little later.
+    wait_until(lambda: greetings() == 1, 10, "first greeting")
     restart = fw("restart", *args)
     assert restart.returncode == 0, restart.stderr
     assert f"stopped pid {first}\n" in restart.stdout
     second = int(restart.stdout.rsplit("(pid ", 1)[1].rstrip(")\n"))
     assert second != first
     assert not running(first)
-    wait_until(lambda: marker.read_text().count("hello") == 2, 10, "two greetings")
+    wait_until(lambda: greetings() == 2, 10, "two greetings")
 
 
 @pytest.mark.timeout(30)
