@@ -201,6 +201,30 @@ def test_a_forked_child_gets_a_clean_reaper(reaper: forkwell.Reaper) -> None:
     assert [e.returncode for e in reaper.wait(10)] == [0]
 
 
+@pytest.mark.timeout(20)
+def test_works_with_fds_above_fd_setsize() -> None:
+    # A busy server holds thousands of fds: select() would refuse the reaper's.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    null = os.open(os.devnull, os.O_RDONLY)
+    filler = [os.dup(null) for _ in range(1100)]
+    try:
+        with forkwell.Reaper() as reaper:
+            assert reaper.fileno() > 1024
+            pid = reaper.fork()
+            if pid == 0:
+                child_exits(4)
+            assert reaper.wait(10) == [forkwell.ChildExit(pid, 4)]
+    finally:
+        for fd in [*filler, null]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_closed_reaper_refuses_to_watch() -> None:
     reaper = forkwell.Reaper()
     reaper.close()

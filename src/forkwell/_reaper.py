@@ -11,7 +11,7 @@ Two ways to use it:
 
 * :func:`fork` -- the one-liner.  ``forkwell.fork()`` is ``os.fork()`` whose
   child is reaped as soon as it exits by one process-wide background thread
-  (blocked in ``select``: no periodic wake-up) and by the next ``fork()``
+  (blocked in ``poll``: no periodic wake-up) and by the next ``fork()``
   call, whichever comes first; the optional ``on_exit`` callback always runs
   *in that thread*, never in signal context.
 * :class:`Reaper` -- explicit, for programs with their own loop: ``fork()`` or
@@ -262,7 +262,7 @@ class Reaper:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if remaining == 0.0:
                 return []
-            select.select([self.fileno()], [], [], remaining)
+            _wait_readable(self.fileno(), remaining)
 
     def exits(self, timeout: float | None = None) -> Iterator[ChildExit]:
         """Yield each exit as it happens, until no watched child is left.
@@ -322,6 +322,13 @@ class Reaper:
         self.close()
 
 
+def _wait_readable(fd: int, timeout: float | None) -> None:
+    # poll(), not select(): in a busy server this fd may be above FD_SETSIZE.
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll(None if timeout is None else timeout * 1000)
+
+
 def _waitid_returncode(result: os.waitid_result) -> int:
     if result.si_code == os.CLD_EXITED:
         return int(result.si_status)
@@ -343,7 +350,7 @@ def _install_sigchld_wakeup(fd: int) -> None:
 
 
 class _BackgroundReaper:
-    """One :class:`Reaper` drained by a daemon thread blocked in ``select``.
+    """One :class:`Reaper` drained by a daemon thread blocked in ``poll``.
 
     :func:`fork` also collects the children that have exited each time it is
     called, so a program forking in a tight loop (holding the GIL the thread
@@ -373,9 +380,11 @@ class _BackgroundReaper:
                 pass  # the thread has a wake-up pending already
 
     def _run(self) -> None:
-        reaper_fd = self.reaper.fileno()
+        poller = select.poll()  # not select(): a server's fds may pass FD_SETSIZE
+        for fd in (self.reaper.fileno(), self._stop_r, self._note_r):
+            poller.register(fd, select.POLLIN)
         while True:
-            ready, _, _ = select.select([reaper_fd, self._stop_r, self._note_r], [], [])
+            ready = {fd for fd, _ in poller.poll()}
             if self._stop_r in ready:
                 return
             if self._note_r in ready:
@@ -383,9 +392,11 @@ class _BackgroundReaper:
                     os.read(self._note_r, 4096)
                 except BlockingIOError:
                     pass
-            collected = self.reaper._collect()
+            # Those fork() collected first: they exited before the others.
+            collected = []
             while self._handoff:
                 collected.append(self._handoff.popleft())
+            collected += self.reaper._collect()
             try:
                 self.reaper._dispatch(collected)
             except Exception:
