@@ -6,6 +6,7 @@ writing lines or files, and the tests wait for that with deadlines.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -843,6 +844,31 @@ def test_programs_get_sigkill_as_parent_death_signal(
         assert inst.proc is not None
         uses_setpriv = inst.proc.args[1:4] == ["--pdeathsig", "KILL", "--"]
         assert uses_setpriv == (helper == "setpriv")
+
+    drive(cfg, body)
+
+
+def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:
+    script = "trap '' TERM; while :; do read -t 1 x < /dev/zero; done"
+    cfg = config(
+        tmp_path,
+        f"""
+        [programs.slow]
+        command = {cmd("sh", "-c", script)}
+        stop_timeout = 0.5
+        [programs.later]
+        command = {cmd("sleep", "1000")}
+        autostart = false
+        """,
+    )
+
+    async def body(sup: Supervisor) -> None:
+        shutdown = asyncio.ensure_future(sup.shutdown())
+        await until(lambda: info(sup, "slow:0").state == "STOPPING", what="STOPPING")
+        [result] = await sup.start(["later"])
+        assert not result.ok and result.message == "later:0: the supervisor is shutting down"
+        await shutdown
+        assert [i.state for i in sup.instances()] == ["STOPPED", "STOPPED"]
 
     drive(cfg, body)
 

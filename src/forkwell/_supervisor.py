@@ -493,6 +493,9 @@ class Supervisor:
     async def start(self, instances: list[str], *, wait: bool = True) -> list[OpResult]:
         """Start instances (their dependencies first); with ``wait``, until RUNNING or failed."""
         insts = self._lookup(instances)
+        if self._closed:
+            why = "the supervisor is shutting down"
+            return [self._result(i, False, f"{i.name}: {why}") for i in insts]
         for inst in insts:
             self._request_start(inst)
         if not wait:
@@ -704,6 +707,7 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         insts = self._all()
+        self._closed = True  # from now on nothing starts
         for inst in insts:
             inst.no_restart = True
         self._note("shutting down: stopping every program, dependents first")
@@ -715,10 +719,13 @@ class Supervisor:
             self._note(f"shutdown_timeout ({timeout:g}s) passed: SIGKILL to what is left")
         if not graceful.done():
             graceful.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await graceful
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # whatever it was, the SIGKILL pass below still runs
+            self._note(f"graceful stop failed: {type(exc).__name__}: {exc}")
         await asyncio.gather(*(i.kill() for i in insts if i.state not in DOWN))
-        self._closed = True
         for inst in insts:
             inst.close_io()
         if self._console is not None:
