@@ -378,7 +378,7 @@ def test_workers_reseed_random() -> None:
         assert srv.stop() == 0
 
 
-def test_no_thundering_herd_idle_workers_stay_asleep() -> None:
+def test_no_thundering_herd_idle_workers_are_not_woken() -> None:
     # With EPOLLEXCLUSIVE one idle worker is woken per connection.  Count the
     # voluntary context switches of the workers that served nothing: a herd
     # would wake each of them once per connection.
