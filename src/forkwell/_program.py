@@ -143,7 +143,7 @@ class Instance:
         self._probe_proc: Process | None = None
         self._notify: NotifyListener | None = None
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
-        self._stopping: asyncio.Task[None] | None = None
+        self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
         self._dep_task: asyncio.Task[None] | None = None
         self._exit_waiters: list[asyncio.Future[None]] = []
@@ -441,7 +441,7 @@ class Instance:
             if self.state is S.STARTING:
                 self._failed_start(why)
 
-        self._stopping = self.host.loop.create_task(end())
+        self._failing_task = self.host.loop.create_task(end())
 
     def _cancel_readiness(self) -> None:
         if self._timer is not None:
@@ -595,7 +595,7 @@ class Instance:
             S.STOPPING,
             f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s",
         )
-        pending = self._stopping
+        pending = self._failing_task
         if pending is not None and not pending.done():
             # A failed start is already ending this tree: let it finish.
             with contextlib.suppress(Exception):
@@ -611,6 +611,8 @@ class Instance:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._failing_task is not None and not self._failing_task.done():
+            self._failing_task.cancel()  # its graceful end of the tree gives way to SIGKILL
         if self._dep_task is not None:
             self._dep_task.cancel()
             self._dep_task = None
