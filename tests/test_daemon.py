@@ -260,6 +260,8 @@ def test_user_nobody_library_daemon(app: tuple[Path, Path, Path]) -> None:
     assert status_field(pid, "Uid").split() == [str(nobody.pw_uid)] * 4
     groups = sorted(int(g) for g in status_field(pid, "Groups").split())
     assert groups == sorted({nobody.pw_gid, *os.getgrouplist("nobody", nobody.pw_gid)})
+    # ready="immediate" returns before the program's first line runs: wait for it.
+    wait_until(lambda: f"daemon {pid} started" in app[2].read_text(), 10, "log line")
     terminate(pid)
     # The pidfile's directory is root's: the daemon, now nobody, cannot unlink
     # the file, so it empties it, which reads as "not running".
