@@ -520,3 +520,32 @@ def test_another_user_is_refused(make_fleet: Any) -> None:
         fleet.close()
     finally:
         subprocess.run(["rm", "-rf", str(public)], check=True)
+
+
+def test_up_and_the_client_both_honour_forkwell_socket(tmp_path: Path) -> None:
+    """$FORKWELL_SOCKET moves the socket for `forkwell up` as it does for the client."""
+    config = tmp_path / "forkwell.toml"
+    config.write_text(f"[programs.one]\n{IDLE}\n")
+    sock = tmp_path / "elsewhere" / "s.sock"
+    sock.parent.mkdir(mode=0o700)
+    env = dict(os.environ, FORKWELL_SOCKET=str(sock))
+    up = subprocess.Popen([PY, "-m", "forkwell", "up", "-c", str(config), "--quiet"], env=env,
+                          cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists, 20, "the socket at $FORKWELL_SOCKET")
+        assert not (tmp_path / ".forkwell" / "forkwell.sock").exists()
+
+        def healthy() -> bool:
+            r = subprocess.run([PY, "-m", "forkwell", "ps", "-c", str(config)], env=env,
+                               capture_output=True, text=True, timeout=30)
+            return r.returncode == 0
+
+        wait_until(healthy, 20, "ps through $FORKWELL_SOCKET to report healthy")
+        r = subprocess.run([PY, "-m", "forkwell", "down", "-c", str(config)], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert up.wait(30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()

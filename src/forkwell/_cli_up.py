@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--pidfile", metavar="PATH", help="with --detach: write and lock this pidfile"
     )
     p.add_argument(
-        "--socket", metavar="PATH", help="control socket (overrides [supervisor] socket)"
+        "--socket", metavar="PATH",
+        help="control socket (default: $FORKWELL_SOCKET, else [supervisor] socket)"
     )
     p.add_argument(
         "--exit-after", metavar="SECONDS",
@@ -130,8 +132,10 @@ def _serve(config: Config, args: argparse.Namespace, prog: str, exit_after: floa
     from ._supervisor import Supervisor
 
     supervisor = Supervisor(config, quiet=args.quiet or args.detach)
-    if args.socket:
-        supervisor.socket_path = Path(args.socket).absolute()
+    # The same precedence as the control commands: --socket, $FORKWELL_SOCKET, the config.
+    socket_path = args.socket or os.environ.get("FORKWELL_SOCKET")
+    if socket_path:
+        supervisor.socket_path = Path(socket_path).absolute()
 
     async def serve() -> int:
         loop = asyncio.get_running_loop()
