@@ -91,35 +91,37 @@ def test_started_daemon_follows_daemon7(pidfile: Path, tmp_path: Path) -> None:
     fields = stat_fields(pid)
     ppid, pgrp, session, tty_nr = (int(x) for x in fields[1:5])
     # Parent: init or the nearest subreaper (the test session's reaper).
-    assert ppid in (1, REAPER)
+    assert ppid in (1, REAPER), (ppid, REAPER, fields)
     assert session != pid, "daemon must not be a session leader"
-    assert session not in (os.getsid(0),)
+    assert session != os.getsid(0), (session, fields)
     assert tty_nr == 0, "daemon must have no controlling terminal"
-    assert pgrp != os.getpgid(0)
+    assert pgrp != os.getpgid(0), (pgrp, fields)
     assert os.readlink(f"/proc/{pid}/cwd") == str(work)
     assert status_field(pid, "Umask") == "0027"
     assert status_field(pid, "SigBlk") == "0000000000000000"
     assert status_field(pid, "SigIgn") == "0000000000000000"
     fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-    assert fds == {0: "/dev/null", 1: str(log), 2: str(log), 3: str(pidfile)}
+    assert fds == {0: "/dev/null", 1: str(log), 2: str(log), 3: str(pidfile)}, fds
     # The command itself (not an intermediate) is named in the pidfile and holds the lock.
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"
     assert pidfile.read_text() == f"{pid}\n"
     assert Pidfile.holder(pidfile) == pid
+    locks = Path("/proc/locks").read_text()
     assert any(
-        f"POSIX  ADVISORY  WRITE {pid} " in line for line in Path("/proc/locks").read_text().splitlines()
-    )
+        line.split()[1:5] == ["POSIX", "ADVISORY", "WRITE", str(pid)] for line in locks.splitlines()
+    ), locks
 
     status = fw("status", "--pidfile", str(pidfile))
-    assert status.returncode == 0
-    assert f"sleep is running (pid {pid}, up " in status.stdout
+    assert status.returncode == 0, (status.stdout, status.stderr)
+    assert f"sleep is running (pid {pid}, up " in status.stdout, status.stdout
 
     stop = fw("stop", "--pidfile", str(pidfile))
     assert stop.returncode == 0, stop.stderr
-    assert stop.stdout == f"stopped pid {pid}\n"
+    assert stop.stdout == f"stopped pid {pid}\n", (stop.stdout, stop.stderr)
     assert not running(pid)
     assert not pidfile.exists()
-    assert fw("status", "--pidfile", str(pidfile)).returncode == 3
+    final = fw("status", "--pidfile", str(pidfile))
+    assert final.returncode == 3, (final.stdout, final.stderr)
 
 
 def test_default_stdio_is_dev_null_and_cwd_root(pidfile: Path) -> None:
