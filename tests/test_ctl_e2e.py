@@ -549,3 +549,19 @@ def test_up_and_the_client_both_honour_forkwell_socket(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def test_a_program_that_daemonizes_stays_supervised(make_fleet: Any, tmp_path: Path) -> None:
+    """Under forkwell up, daemonize(detach="auto") does not fork: the pid stays the supervised one."""
+    pidfile = tmp_path / "d.pid"
+    code = (
+        "import os, signal, forkwell; "
+        f"forkwell.daemonize({str(pidfile)!r}); "
+        "signal.pause()"
+    )
+    env = f'environment = {{ PYTHONPATH = "{Path(forkwell.__file__).parent.parent}" }}'
+    fleet = make_fleet(f'[programs.d]\ncommand = ["{PY}", "-c", "{code}"]\n{env}\nmin_uptime = "0.2s"\n')
+    fleet.wait_healthy()
+    wait_until(pidfile.exists, 10, "the daemon's pidfile")
+    wait_until(lambda: pidfile.read_text().strip() != "", 10, "the pid in the pidfile")
+    assert int(pidfile.read_text()) == fleet.pids()["d:0"]

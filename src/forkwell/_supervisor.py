@@ -175,6 +175,9 @@ class Supervisor:
         env[_tree.COOKIE_VAR] = self._cookie
         env["FORKWELL_INSTANCE"] = inst.name
         env["FORKWELL_INDEX"] = str(inst.index)
+        # forkwell.daemonize(detach="auto") then stays in the foreground: a
+        # supervised program that daemonizes would otherwise look like a crash.
+        env["FORKWELL_SUPERVISED"] = "1"
         return env
 
     def log_dir(self) -> Path:
