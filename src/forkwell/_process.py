@@ -234,8 +234,11 @@ def spawn(
     if track_tree:
         token = _tree.new_token()
         if env is None:
-            # Bytes avoid decoding and re-encoding the whole environment on every spawn.
-            benv = dict(os.environb)
+            # Bytes avoid decoding and re-encoding the whole environment on every
+            # spawn; os.environ's own bytes dict copies in C (CPython keeps it
+            # in ``_data``; other implementations take the slower public path).
+            raw = getattr(os.environ, "_data", None)
+            benv: dict[bytes, bytes] = dict(raw) if isinstance(raw, dict) else dict(os.environb)
             key = _tree.COOKIE_VAR.encode()
             outer = benv.get(key)
             value = _tree.cookie_value(None if outer is None else outer.decode(), token)
