@@ -653,6 +653,27 @@ def test_descendant_ignoring_sigterm_is_killed_after_grace(ns: bool) -> None:
     assert any(line.endswith("killed by SIGKILL") for line in lines if "orphan" in line), err
 
 
+@needs_root
+@needs_ns
+@pytest.mark.root
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(("mode", "death"), [("obey", "SIGTERM"), ("ignore", "SIGKILL")])
+def test_pid_1_without_its_own_proc_ends_leftovers(mode: str, death: str) -> None:
+    # `unshare --pid --fork` without --mount-proc: /proc is the host's, so its
+    # pids are not ours; init must not scan it, and ends leftovers by kill(-1).
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", *INIT, "-v", "--grace", "0.5", PY, "-c", LEAVER, mode],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _started.append(proc)
+    assert read_line(proc).strip() == "left"
+    code, err = finish(proc)
+    assert code == 0, err
+    assert "sending SIGTERM to remaining descendant" not in err  # no /proc scan
+    assert any(line.endswith(f"killed by {death}") for line in err.splitlines()
+               if "orphan" in line), err
+
+
 @pytest.mark.timeout(40)
 def test_descendant_obeying_sigterm_ends_init_before_grace() -> None:
     started = time.monotonic()

@@ -113,6 +113,9 @@ class Init:
         self.log = log
         self.state = InitState.RUNNING
         self.pid1 = os.getpid() == 1
+        # /proc must show our PID namespace: `unshare --pid --fork` without
+        # --mount-proc leaves the host's, whose pids are not ours to signal.
+        self._proc_ours = _proc_is_ours()
         self.main_exit: ChildExit | None = None
         self.orphans_reaped = 0
         self._proc: Process | None = None
@@ -334,9 +337,10 @@ class Init:
             return
         self._stop_asked = False
         # The stop was reported once; the command may have been continued since.
-        info = _tree.read_stat(proc.pid)
-        if info is None or info.state not in ("T", "t"):
-            return
+        if self._proc_ours:
+            info = _tree.read_stat(proc.pid)
+            if info is None or info.state not in ("T", "t"):
+                return
         self._give_back_tty()
         os.kill(os.getpid(), signal.SIGSTOP)
         # Continued (the shell's `fg`/`bg` sent SIGCONT to our group).
@@ -377,12 +381,17 @@ class Init:
 
     def _term_new(self) -> None:
         """SIGTERM each descendant not yet sent one (a second TERM can mean "abort")."""
-        if not _sys.HAVE_PROC:
-            # Nothing to find descendants with: the command's group, once.
+        if not self._proc_ours:
+            # Nothing to find descendants with.  PID 1: everyone in the
+            # namespace is one (kill(-1) spares us); otherwise the command's
+            # group.  Once.
             if not self._termed:
                 self._termed[0] = (-1, 0)
-                self._signal_group(signal.SIGTERM)
-                self._signal_group(signal.SIGCONT)
+                for sig in (signal.SIGTERM, signal.SIGCONT):
+                    if self.pid1:
+                        _kill_everyone(sig)
+                    else:
+                        self._signal_group(sig)
             return
         for info in _descendants().values():
             held = self._termed.get(info.pid)
@@ -402,13 +411,9 @@ class Init:
 
     def _kill_all(self) -> None:
         if self.pid1:
-            # Everyone in our namespace is a descendant; kill(-1) spares PID 1.
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_everyone(signal.SIGKILL)
             return
-        if not _sys.HAVE_PROC:
+        if not self._proc_ours:
             self._signal_group(signal.SIGKILL)
             return
         for info in _descendants().values():
@@ -491,6 +496,24 @@ def _descendants() -> dict[int, _tree.ProcInfo]:
             found[pid] = infos[pid]
         frontier = nxt
     return found
+
+
+def _proc_is_ours() -> bool:
+    """True when /proc is mounted for our PID namespace (its ``self`` is us)."""
+    if not _sys.HAVE_PROC:
+        return False
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
+def _kill_everyone(sig: int) -> None:
+    """As PID 1: every process of our namespace is a descendant; kill(-1) spares us."""
+    try:
+        os.kill(-1, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _signal(pid: int, pidfd: int | None, sig: int) -> bool:
