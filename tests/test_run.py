@@ -171,7 +171,7 @@ if os.fork(): os._exit(0)
 os.setsid()
 if os.fork(): os._exit(0)
 open("{pids}", "a").write(f"{{os.getpid()}}\n"); os.close(1); os.close(2)
-import time; time.sleep(30)' &                                # a double-forked daemon
+import signal; signal.pause()' &                              # a double-forked daemon
 """
 
 
@@ -320,9 +320,8 @@ def test_cancelling_run_async_ends_the_tree_before_cancellation_propagates(tmp_p
                 ["sh", "-c", f"setsid sleep 30 & echo $! >> {pids}; sleep 30 & echo $! >> {pids}; wait"]
             )
         )
-        while not (pids.exists() and len(pids.read_text().split()) == 2):
-            await asyncio.sleep(0.005)
-        found = [int(x) for x in pids.read_text().split()]
+        # The handshake: both sleepers wrote their pid (polled with a deadline).
+        found = await asyncio.get_running_loop().run_in_executor(None, read_pids, pids, 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
