@@ -791,6 +791,10 @@ def daemonize(
 
 def _exit_original(outcome: _Outcome, timeout: float | None) -> NoReturn:
     if outcome.ok:
+        if outcome.status:
+            # The daemon chose to say how it came up (notify_status before
+            # notify_ready): the person who started it should read it.
+            print(outcome.status, flush=True)
         os._exit(0)
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "daemonize"
     print(f"{prog}: {describe_failure(outcome, timeout)}", file=sys.stderr, flush=True)

@@ -848,7 +848,8 @@ class Supervisor:
         status = (
             f"{len(failed)} instance(s) failed to start: {failed[0].message}"
             if failed
-            else f"{len(self._all())} instances up"
+            else f"forkwell up: supervisor running (pid {os.getpid()}), "
+            f"{len(self._all())} instances up"
         )
         try:
             notify(READY=1, STATUS=status, MAINPID=os.getpid())
