@@ -156,7 +156,7 @@ def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "tim
         print(f"{prog}: {exc}\nTry '{prog} --help' for more information.", file=sys.stderr)
         return EXIT_CANCELED
 
-    from . import _sys
+    from . import _sys, _tree
     from ._driver import _Driver
     from ._exceptions import CommandNotExecutableError, CommandNotFoundError, SpawnError
     from ._process import spawn
@@ -165,7 +165,7 @@ def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "tim
     kill_after = opts["kill_after"]
     verbose = bool(opts["verbose"])
     # Dedicated process: adopt orphans so they are reaped here, not left to init.
-    _sys.set_subreaper()
+    own_subtree = _sys.set_subreaper() and _tree.HAVE_CHILDREN_FILE
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -198,6 +198,9 @@ def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "tim
             print(f"{prog}: {exc}", file=sys.stderr)
             return EXIT_CANCELED
 
+        if own_subtree and proc.tree is not None:
+            # Every descendant stays below us: no need to read all of /proc.
+            proc.tree.own_subtree = True
         name = os.path.basename(cmd[0])
         driver: _Driver
 

@@ -49,6 +49,7 @@ class ProcInfo(NamedTuple):
     sid: int
     state: str
     starttime: int
+    threads: int = 1
 
 
 def read_stat(pid: int) -> ProcInfo | None:
@@ -68,6 +69,7 @@ def read_stat(pid: int) -> ProcInfo | None:
             pgid=int(rest[2]),
             sid=int(rest[3]),
             starttime=int(rest[19]),
+            threads=int(rest[17]),
         )
     except (IndexError, ValueError):
         return None
@@ -98,15 +100,6 @@ def tokens_in_environ(env: bytes) -> list[bytes]:
     return value.split(b":")
 
 
-def _has_cookie(pid: int, token: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
-    except OSError:
-        return False
-    return token in tokens_in_environ(env)
-
-
 def iter_pids() -> Iterable[int]:
     for entry in os.scandir("/proc"):
         name = entry.name
@@ -131,12 +124,19 @@ def find_tree(token: str, roots: Iterable[int] = (), not_before: int = 0) -> dic
     cannot be descendants: their environment is not even read, which halves
     the cost of a scan on a machine running thousands of processes.
     """
-    if not _sys.HAVE_PROC:
+    return find_trees({token: tuple(roots)}, not_before).get(token, {})
+
+
+def find_trees(
+    wanted: dict[str, tuple[int, ...]], not_before: int = 0
+) -> dict[str, dict[int, ProcInfo]]:
+    """:func:`find_tree` for many tokens (token -> roots) in one pass over ``/proc``."""
+    if not wanted or not _sys.HAVE_PROC:
         return {}
-    needle = token.encode()
+    needles = {token.encode(): token for token in wanted}
     me = os.getpid()
     infos: dict[int, ProcInfo] = {}
-    members: set[int] = set(roots)
+    members: dict[str, set[int]] = {token: set(roots) for token, roots in wanted.items()}
     for pid in iter_pids():
         if pid == me:
             continue
@@ -144,18 +144,90 @@ def find_tree(token: str, roots: Iterable[int] = (), not_before: int = 0) -> dic
         if info is None or info.state in ("Z", "X") or info.starttime < not_before:
             continue
         infos[pid] = info
-        if pid not in members and _has_cookie(pid, needle):
-            members.add(pid)
-    members &= infos.keys()
-    # Closure over parentage: children of members are members.
-    changed = True
-    while changed:
-        changed = False
-        for pid, info in infos.items():
-            if pid not in members and info.ppid in members:
-                members.add(pid)
-                changed = True
-    return {pid: infos[pid] for pid in members}
+        _match_cookies(pid, needles, members)
+    children: dict[int, list[int]] = {}
+    for pid, info in infos.items():
+        children.setdefault(info.ppid, []).append(pid)
+    return close_over_children(members, infos, children)
+
+
+def walk_subtree(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, ProcInfo]]:
+    """:func:`find_trees` for a subreaper or PID 1: walk our own process subtree only.
+
+    A subreaper adopts every orphan below it, so each descendant of each tree
+    is still somewhere under us; the cost grows with the size of our own
+    subtree, not with the number of processes on the machine.  Needs
+    ``/proc/PID/task/TID/children`` (CONFIG_PROC_CHILDREN).
+    """
+    needles = {token.encode(): token for token in wanted}
+    members: dict[str, set[int]] = {token: set(roots) for token, roots in wanted.items()}
+    infos: dict[int, ProcInfo] = {}
+    children: dict[int, list[int]] = {}
+    me = os.getpid()
+    todo = [me]
+    threads = {me: 2}  # our own threads: always list them all
+    while todo:
+        pid = todo.pop()
+        kids = _children(pid, threads.get(pid, 1))
+        children[pid] = kids
+        for kid in kids:
+            info = read_stat(kid)
+            if info is None:
+                continue
+            threads[kid] = info.threads
+            todo.append(kid)
+            if info.state in ("Z", "X"):
+                continue
+            infos[kid] = info
+            _match_cookies(kid, needles, members)
+    return close_over_children(members, infos, children)
+
+
+HAVE_CHILDREN_FILE = _sys.HAVE_PROC and os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _children(pid: int, threads: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/PID/task/TID/children)."""
+    tids = [str(pid)] if threads <= 1 else os.listdir(f"/proc/{pid}/task")
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _match_cookies(pid: int, needles: dict[bytes, str], members: dict[str, set[int]]) -> None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return
+    for tok in tokens_in_environ(env):
+        token = needles.get(tok)
+        if token is not None:
+            members[token].add(pid)
+
+
+def close_over_children(
+    members: dict[str, set[int]],
+    infos: dict[int, ProcInfo],
+    children: dict[int, list[int]],
+) -> dict[str, dict[int, ProcInfo]]:
+    """Each token's members plus, transitively, their live children."""
+    out: dict[str, dict[int, ProcInfo]] = {}
+    for token, seeds in members.items():
+        found = seeds & infos.keys()
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child in infos and child not in found:
+                    found.add(child)
+                    todo.append(child)
+        out[token] = {pid: infos[pid] for pid in found}
+    return out
 
 
 class Tree:
@@ -170,6 +242,9 @@ class Tree:
         self.token = token
         self.root = root
         self.not_before = not_before
+        # Set by a subreaper (or PID 1) that owns everything below it: then
+        # the tree is found by walking our own subtree instead of all of /proc.
+        self.own_subtree = False
         self.spawn_pid = root
         # pid -> (pidfd, starttime): processes already signalled and pinned.
         self._pinned: dict[int, tuple[int, int]] = {}
@@ -189,7 +264,10 @@ class Tree:
 
     def members(self, include_root: bool = True) -> dict[int, ProcInfo]:
         roots = (self.root,) if include_root else ()
-        found = find_tree(self.token, roots, self.not_before)
+        if self.own_subtree:
+            found = walk_subtree({self.token: tuple(roots)}).get(self.token, {})
+        else:
+            found = find_tree(self.token, roots, self.not_before)
         if not include_root:
             found.pop(self.root, None)
         return found
