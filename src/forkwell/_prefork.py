@@ -534,6 +534,11 @@ class PreforkServer:
             log.info("worker %d retired after %d connections", ex.pid, served)
             return
         now = time.monotonic()
+        if self._halt is not None:
+            # Already halting: workers that failed in the same batch of exits
+            # change nothing (and must not inflate the count in the message).
+            log.info("worker %d exited (%s) while halting", ex.pid, how)
+            return
         if slot_state == _SLOT_BOOTING:
             # A worker killed for hanging in worker_init failed to boot too:
             # otherwise a stuck boot would be replaced forever.
