@@ -271,7 +271,7 @@ def test_term_lets_the_in_flight_connection_finish() -> None:
             srv.wait_line(r"graceful stop: 1 workers finish within 30s")
             sock.sendall(b"finished\n")
             assert read_all(sock).endswith(b" finished\n")
-        assert srv.stop(timeout=10) == 0
+        assert srv.wait(timeout=10) == 0
         assert srv.proc.returncode == 0
 
 

@@ -151,7 +151,7 @@ def test_graceful_stop_finishes_in_flight_then_refuses() -> None:
             assert srv.proc.poll() is None  # still waiting for the in-flight child
             sock.sendall(b"bye\n")
             assert read_all(sock).endswith(b" bye\n")
-        assert srv.stop(timeout=10) == 0
+        assert srv.wait(timeout=10) == 0
 
 
 def test_graceful_timeout_kills_what_is_left() -> None:

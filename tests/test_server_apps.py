@@ -261,6 +261,13 @@ class Served:
         with self._cond:
             return "\n".join(self.lines)
 
+    def wait(self, timeout: float = 15.0) -> int:
+        """Wait for a server that is already stopping on its own (no second signal:
+        one arriving while it exits would kill it with that signal)."""
+        rc = self.proc.wait(timeout)
+        self._thread.join(timeout)
+        return rc
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             os.kill(self.pid, sig)
