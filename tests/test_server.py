@@ -21,6 +21,7 @@ from test_server_apps import (
     burst,
     child_states,
     children,
+    closed_by_peer,
     connect,
     read_all,
 )
@@ -107,7 +108,7 @@ def test_per_connection_time_limit_kills_and_reaps() -> None:
         with connect(srv.address, timeout=10) as sock:
             t0 = time.monotonic()
             sock.sendall(b"hang\n")
-            assert read_all(sock) == b""  # EOF: the child was killed
+            assert closed_by_peer(sock)  # the child was killed: FIN, or RST if data was unread
             elapsed = time.monotonic() - t0
         assert 0.4 <= elapsed < 5, elapsed
         srv.wait_line(r"exceeded its 0.5s limit: killed")
@@ -164,7 +165,7 @@ def test_graceful_timeout_kills_what_is_left() -> None:
             t0 = time.monotonic()
             assert srv.stop(signal.SIGTERM) == 0
             assert 0.4 <= time.monotonic() - t0 < 8
-            assert read_all(sock) == b""
+            assert closed_by_peer(sock)  # FIN, or RST if "hang" was still unread
 
 
 def test_fast_stop_kills_children_at_once() -> None:
@@ -176,7 +177,7 @@ def test_fast_stop_kills_children_at_once() -> None:
             t0 = time.monotonic()
             assert srv.stop(signal.SIGINT) == 0
             assert time.monotonic() - t0 < 5
-            assert read_all(sock) == b""
+            assert closed_by_peer(sock)  # FIN, or RST if "hang" was still unread
 
 
 @pytest.mark.parametrize("mode", [["--per-connection"], ["--workers", "2"]])
