@@ -215,12 +215,13 @@ def test_options_stop_at_the_command() -> None:
     ("args", "message"),
     [
         ([], "no command given"),
-        (["-e"], "option -e needs a value"),
+        (["-e"], "option requires an argument -- 'e'"),
         (["-e", "256", "true"], "not an exit status"),
         (["--grace", "soon", "true"], "--grace: invalid time interval"),
-        (["-x", "true"], "unknown option '-x'"),
-        (["--pgroup=1", "true"], "takes no value"),
+        (["-x", "true"], "invalid option -- 'x'"),
+        (["--pgroup=1", "true"], "option '--pgroup' doesn't allow an argument"),
         (["-p", "NOPE", "true"], "invalid signal"),
+        (["--p", "KILL", "true"], "ambiguous option '--p'"),  # --pgroup or --pdeathsig
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> None:

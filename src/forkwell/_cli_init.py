@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from ._getopt import UsageError, split_options
+
 HELP = """\
 usage: forkwell init [OPTIONS] [--] COMMAND [ARG]...
 
@@ -46,10 +48,6 @@ EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
 
-class _UsageError(Exception):
-    pass
-
-
 class _Options:
     def __init__(self) -> None:
         self.pgroup = False
@@ -61,10 +59,16 @@ class _Options:
         self.command: list[str] = []
 
 
-_TAKES_VALUE = {"-e": "--remap-exit", "-p": "--pdeathsig"}
-_FLAGS = {"-g": "--pgroup", "-v": "--verbose", "-h": "--help"}
-_LONG_VALUE = {"--remap-exit", "--pdeathsig", "--grace"}
-_LONG_FLAG = {"--pgroup", "--verbose", "--help"}
+_FLAGS = {
+    "-g": "--pgroup", "--pgroup": "--pgroup",
+    "-v": "--verbose", "--verbose": "--verbose",
+    "-h": "--help", "--help": "--help",
+}  # fmt: skip
+_VALUED = {
+    "-e": "--remap-exit", "--remap-exit": "--remap-exit",
+    "-p": "--pdeathsig", "--pdeathsig": "--pdeathsig",
+    "--grace": "--grace",
+}  # fmt: skip
 
 
 def _apply(opts: _Options, name: str, value: str | None) -> None:
@@ -81,69 +85,26 @@ def _apply(opts: _Options, name: str, value: str | None) -> None:
         try:
             opts.grace = parse_duration(value)
         except ValueError as exc:
-            raise _UsageError(f"--grace: {exc}") from None
+            raise UsageError(f"--grace: {exc}") from None
     elif name == "--remap-exit":
         assert value is not None
         if not value.isdigit() or int(value) > 255:
-            raise _UsageError(f"--remap-exit: {value!r} is not an exit status (0-255)")
+            raise UsageError(f"--remap-exit: {value!r} is not an exit status (0-255)")
         opts.remap_exit.add(int(value))
     elif name == "--pdeathsig":
         assert value is not None
         try:
             opts.pdeathsig = int(parse_signal(value))
         except ValueError as exc:
-            raise _UsageError(f"--pdeathsig: {exc}") from None
+            raise UsageError(f"--pdeathsig: {exc}") from None
 
 
 def parse(argv: list[str]) -> _Options:
     """Options up to the first non-option (or ``--``); the rest is the command."""
     opts = _Options()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            i += 1
-            break
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if name in _LONG_FLAG:
-                if eq:
-                    raise _UsageError(f"option {name} takes no value")
-                _apply(opts, name, None)
-            elif name in _LONG_VALUE:
-                if not eq:
-                    i += 1
-                    if i >= len(argv):
-                        raise _UsageError(f"option {name} needs a value")
-                    value = argv[i]
-                _apply(opts, name, value)
-            else:
-                raise _UsageError(f"unknown option {name!r}")
-            i += 1
-            continue
-        if arg.startswith("-") and arg != "-":
-            # Bundled short options: -gv, -e143, -ve 143.
-            j = 1
-            while j < len(arg):
-                short = "-" + arg[j]
-                if short in _FLAGS:
-                    _apply(opts, _FLAGS[short], None)
-                    j += 1
-                    continue
-                if short in _TAKES_VALUE:
-                    value = arg[j + 1 :]
-                    if not value:
-                        i += 1
-                        if i >= len(argv):
-                            raise _UsageError(f"option {short} needs a value")
-                        value = argv[i]
-                    _apply(opts, _TAKES_VALUE[short], value)
-                    break
-                raise _UsageError(f"unknown option {short!r}")
-            i += 1
-            continue
-        break
-    opts.command = argv[i:]
+    pairs, opts.command = split_options(argv, flags=_FLAGS, valued=_VALUED)
+    for name, value in pairs:
+        _apply(opts, name, value)
     return opts
 
 
@@ -153,7 +114,7 @@ def main(argv: list[str], *, prog: str = "forkwell init", command: str = "init")
 
     try:
         opts = parse(argv)
-    except _UsageError as exc:
+    except UsageError as exc:
         error(f"{exc} (see '{prog} --help')")
         return EXIT_USAGE
     if opts.help:

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from ._duration import parse_duration, parse_signal
+from ._getopt import UsageError, split_options
 
 USAGE = "usage: forkwell timeout [OPTION] DURATION COMMAND [ARG]..."
 
@@ -56,8 +57,13 @@ FORWARDED = (
 )
 
 
-class _Usage(Exception):
-    pass
+_FLAGS = {
+    "-p": "preserve", "--preserve-status": "preserve",
+    "-f": "foreground", "--foreground": "foreground",
+    "-v": "verbose", "--verbose": "verbose",
+    "-h": "help", "--help": "help",
+}  # fmt: skip
+_VALUED = {"-s": "signal", "--signal": "signal", "-k": "kill_after", "--kill-after": "kill_after"}
 
 
 def _parse(argv: list[str]) -> tuple[dict[str, object], float, list[str]]:
@@ -68,81 +74,27 @@ def _parse(argv: list[str]) -> tuple[dict[str, object], float, list[str]]:
         "preserve": False,
         "foreground": False,
         "verbose": False,
+        "help": False,
     }
-    long_flags = {"--preserve-status": "preserve", "--foreground": "foreground",
-                  "--verbose": "verbose"}
-    long_args = {"--signal": "signal", "--kill-after": "kill_after"}
-    short_flags = {"p": "preserve", "f": "foreground", "v": "verbose"}
-    short_args = {"s": "signal", "k": "kill_after"}
-    i = 0
-
-    def setarg(key: str, value: str) -> None:
+    pairs, rest = split_options(argv, flags=_FLAGS, valued=_VALUED)
+    for key, value in pairs:
+        if value is None:
+            opts[key] = True
+            continue
         try:
             opts[key] = parse_signal(value) if key == "signal" else parse_duration(value)
         except ValueError as exc:
-            raise _Usage(str(exc)) from None
-
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            i += 1
-            break
-        if arg in ("-h", "--help"):
-            raise SystemExit(0)
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            matches = [n for n in (*long_flags, *long_args, "--help") if n.startswith(name)]
-            if len(matches) != 1:
-                kind = "ambiguous" if matches else "unrecognized"
-                raise _Usage(f"{kind} option {name!r}")
-            name = matches[0]
-            if name == "--help":
-                raise SystemExit(0)
-            if name in long_flags:
-                if eq:
-                    raise _Usage(f"option {name!r} doesn't allow an argument")
-                opts[long_flags[name]] = True
-            else:
-                if not eq:
-                    i += 1
-                    if i >= len(argv):
-                        raise _Usage(f"option {name!r} requires an argument")
-                    value = argv[i]
-                setarg(long_args[name], value)
-            i += 1
-            continue
-        if arg.startswith("-") and len(arg) > 1:
-            j = 1
-            while j < len(arg):
-                c = arg[j]
-                if c in short_flags:
-                    opts[short_flags[c]] = True
-                    j += 1
-                elif c in short_args:
-                    value = arg[j + 1 :]
-                    if not value:
-                        i += 1
-                        if i >= len(argv):
-                            raise _Usage(f"option requires an argument -- '{c}'")
-                        value = argv[i]
-                    setarg(short_args[c], value)
-                    break
-                elif c == "h":
-                    raise SystemExit(0)
-                else:
-                    raise _Usage(f"invalid option -- '{c}'")
-            i += 1
-            continue
-        break
-    rest = argv[i:]
+            raise UsageError(str(exc)) from None
+    if opts["help"]:
+        raise SystemExit(0)
     if not rest:
-        raise _Usage("missing operand")
+        raise UsageError("missing operand")
     try:
         duration = parse_duration(rest[0])
     except ValueError as exc:
-        raise _Usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if len(rest) < 2:
-        raise _Usage(f"missing operand after {rest[0]!r}")
+        raise UsageError(f"missing operand after {rest[0]!r}")
     return opts, duration, rest[1:]
 
 
@@ -152,7 +104,7 @@ def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "tim
     except SystemExit:
         print(HELP, end="")
         return 0
-    except _Usage as exc:
+    except UsageError as exc:
         print(f"{prog}: {exc}\nTry '{prog} --help' for more information.", file=sys.stderr)
         return EXIT_CANCELED
 
