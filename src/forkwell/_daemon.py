@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
-from . import _sys
+from . import _sys, _tree
 from ._exceptions import (
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -519,21 +519,10 @@ def session_members(sid: int) -> list[int]:
     """Live processes in session ``sid`` (from /proc), excluding this process."""
     me = os.getpid()
     members = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return []
-    for name in names:
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rest = data[data.rfind(b")") + 2 :].split()
-        if len(rest) > 3 and rest[0] != b"Z" and int(rest[3]) == sid:
-            members.append(int(name))
+    for pid in _tree.iter_pids():
+        info = _tree.read_stat(pid)
+        if pid != me and info is not None and info.state != "Z" and info.sid == sid:
+            members.append(pid)
     return members
 
 
@@ -546,12 +535,8 @@ def _end_session(sid: int, sig: int) -> list[int]:
 
 
 def process_session(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data[data.rfind(b")") + 2 :].split()[3])
+    info = _tree.read_stat(pid)
+    return None if info is None else info.sid
 
 
 # --------------------------------------------------------------------------
