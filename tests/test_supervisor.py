@@ -816,36 +816,63 @@ def test_user_group_and_umask(tmp_path: Path) -> None:
     drive(cfg, body)
 
 
-PDEATHSIG_PROBE = """
-    import ctypes, signal
-    value = ctypes.c_int()
-    ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG
-    print(value.value, flush=True)
-    signal.pause()
-"""
+def _watchdog_ready(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text() == "forkwell-watch\n"
+    except OSError:
+        return False
 
 
-@pytest.mark.parametrize("helper", ["setpriv", "preexec_fn"])
-def test_programs_get_sigkill_as_parent_death_signal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper: str
-) -> None:
-    from forkwell import _program
+def test_watchdog_kills_the_cookie_carriers_when_the_supervisor_dies() -> None:
+    import subprocess
 
-    if helper == "preexec_fn":
-        monkeypatch.setattr(_program, "_helper", [None])  # a system without util-linux setpriv
-    elif _program._pdeath_helper() is None:
-        pytest.skip("no setpriv with --pdeathsig here")
-    cfg = config(tmp_path, f"[programs.probe]\ncommand = {cmd(PYTHON, '-c', _dedent(PDEATHSIG_PROBE))}\n")
+    from forkwell import _tree
+    from forkwell._watchdog import Watchdog
 
-    async def body(sup: Supervisor) -> None:
-        await until(lambda: log_text(sup, "probe:0"), what="the probe's answer")
-        assert log_text(sup, "probe:0") == f"{int(signal.SIGKILL)}\n"
-        inst = sup._by_name()["probe:0"]
-        assert inst.proc is not None
-        uses_setpriv = inst.proc.args[1:4] == ["--pdeathsig", "KILL", "--"]
-        assert uses_setpriv == (helper == "setpriv")
+    token = _tree.new_token()
+    dog = Watchdog(token)
+    pid = dog.start()
+    marked = subprocess.Popen(
+        ["sleep", "1000"], env={**os.environ, "FORKWELL_TREE": f"outer:{token}"},
+        start_new_session=True,
+    )  # fmt: skip
+    bystander = subprocess.Popen(["sleep", "1000"])
+    try:
+        wait_until(lambda: _watchdog_ready(pid), 10, "the watchdog to settle")
+        # It holds nothing of ours: /dev/null as stdio, and its pipe.
+        fds = os.listdir(f"/proc/{pid}/fd")
+        assert len(fds) == 4, fds
+        assert all(os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null" for fd in "012")
+        os.close(dog._write_end)  # what the kernel does when the supervisor dies
+        dog._write_end = -1
+        assert marked.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None
+        assert dog.reap() == 0
+    finally:
+        bystander.kill()
+        bystander.wait()
+        marked.kill()
+        marked.wait()
 
-    drive(cfg, body)
+
+def test_watchdog_stopped_cleanly_kills_nothing() -> None:
+    import subprocess
+
+    from forkwell import _tree
+    from forkwell._watchdog import Watchdog
+
+    token = _tree.new_token()
+    dog = Watchdog(token)
+    pid = dog.start()
+    marked = subprocess.Popen(["sleep", "1000"], env={**os.environ, "FORKWELL_TREE": token})
+    try:
+        wait_until(lambda: _watchdog_ready(pid), 10, "the watchdog to settle")
+        dog.stop()
+        assert dog.pid is None and not running(pid)
+        assert marked.poll() is None
+    finally:
+        marked.kill()
+        marked.wait()
 
 
 def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:

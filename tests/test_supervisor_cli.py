@@ -105,7 +105,8 @@ def test_foreground_output_and_sigterm_stops_everything_with_exit_0(tmp_path: Pa
     assert "web:1 RUNNING -> STOPPING" in out and "forkwell up: all stopped, exiting" in out
 
 
-def test_sigkill_of_the_supervisor_leaves_nothing_running(tmp_path: Path) -> None:
+def _fleet_with_a_runaway(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A program, and one whose setsid'd grandchild left its process group and session."""
     direct = tmp_path / "direct"
     escaped = tmp_path / "escaped"
     cfg = write_config(
@@ -117,23 +118,65 @@ def test_sigkill_of_the_supervisor_leaves_nothing_running(tmp_path: Path) -> Non
         command = {cmd("sh", "-c", f"setsid sh -c 'echo $$ > {escaped}; exec sleep 1000' & exec sleep 1000")}
         """,
     )
+    return cfg, direct, escaped
+
+
+def _state(tmp_path: Path) -> dict[str, int]:
+    data: dict[str, int] = json.loads((tmp_path / ".forkwell" / "state.json").read_text())
+    return data
+
+
+def test_sigkill_of_the_supervisor_leaves_nothing_running(tmp_path: Path) -> None:
+    cfg, direct, escaped = _fleet_with_a_runaway(tmp_path)
     proc = up(cfg, "--quiet")
     plain = read_pids(direct, 1, timeout=20)[0]
     runaway = read_pids(escaped, 1, timeout=20)[0]
-    sneaky = json.loads(Path(tmp_path / ".forkwell" / "state.json").read_text())["pid"]
-    assert sneaky == proc.pid
+    state = _state(tmp_path)
+    assert state["pid"] == proc.pid
+    watchdog = state["watchdog"]
+    assert Path(f"/proc/{watchdog}/comm").read_text() == "forkwell-watch\n"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)  # EOF: the watchdog holds none of our pipes
+    # The watchdog ends the whole fleet, the setsid'd grandchild included.
+    wait_until(lambda: not running(plain) and not running(runaway), 10, "the fleet to die")
+    wait_until(lambda: not running(watchdog), 10, "the watchdog to exit")
+
+
+def test_a_killed_watchdog_is_replaced(tmp_path: Path) -> None:
+    cfg, direct, escaped = _fleet_with_a_runaway(tmp_path)
+    proc = up(cfg, "--quiet")
+    plain = read_pids(direct, 1, timeout=20)[0]
+    runaway = read_pids(escaped, 1, timeout=20)[0]
+    first = _state(tmp_path)["watchdog"]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: _state(tmp_path)["watchdog"] != first, 10, "a new watchdog")
+    assert running(plain) and running(runaway)  # losing the watchdog touched nothing
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
-    # PDEATHSIG: the direct children die with the supervisor.
-    wait_until(lambda: not running(plain), 5, "the program to die with its supervisor")
-    # A setsid'd grandchild is not a direct child: it escaped, until the next run.
-    assert running(runaway)
+    wait_until(lambda: not running(plain) and not running(runaway), 10, "the fleet to die")
+    log = (tmp_path / ".forkwell" / "logs" / "forkwell.log").read_text()
+    assert f"watchdog (pid {first}) was killed by SIGKILL; starting a new one" in log
+
+
+def test_next_up_ends_what_a_killed_supervisor_and_watchdog_left(tmp_path: Path) -> None:
+    cfg, direct, escaped = _fleet_with_a_runaway(tmp_path)
+    proc = up(cfg, "--quiet")
+    plain = read_pids(direct, 1, timeout=20)[0]
+    runaway = read_pids(escaped, 1, timeout=20)[0]
+    watchdog = _state(tmp_path)["watchdog"]
+    # Both gone at once (stopped first, so it cannot replace its watchdog).
+    proc.send_signal(signal.SIGSTOP)
+    os.kill(watchdog, signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert running(plain) and running(runaway)
     again = up(cfg, "--quiet", "--exit-after", "0.5")
     _, err = again.communicate(timeout=30)
     assert again.returncode == 0, err
-    assert not running(runaway)
+    assert not running(plain) and not running(runaway)
     log = (tmp_path / ".forkwell" / "logs" / "forkwell.log").read_text()
-    assert f"left by a killed supervisor (pid {proc.pid}): [{runaway}]" in log
+    line = next(ln for ln in log.splitlines() if "left by a killed supervisor" in ln)
+    assert f"(pid {proc.pid})" in line and str(plain) in line and str(runaway) in line
 
 
 def test_crash_loop_does_not_make_the_supervisor_spin(tmp_path: Path) -> None:

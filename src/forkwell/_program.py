@@ -303,16 +303,14 @@ class Instance:
         elif cfg.group is not None:
             user_kwargs = {"group": _gid_of(cfg.group)}
         try:
-            argv, pdeathsig = _with_pdeathsig(list(cfg.command), env, cfg.directory)
             proc = spawn(
-                argv,
+                cfg.command,
                 stdin=DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
                 cwd=cfg.directory,
                 env=env,
                 new_process_group=True,
-                pdeathsig=pdeathsig,
                 umask=-1 if cfg.umask is None else cfg.umask,
                 **user_kwargs,  # type: ignore[arg-type]
             )
@@ -395,7 +393,6 @@ class Instance:
                     stderr=DEVNULL,
                     cwd=self.config.directory,
                     env=env,
-                    pdeathsig=signal.SIGKILL,
                 )
             except OSError as exc:
                 self.message = f"readiness command failed to start: {exc}"
@@ -658,86 +655,6 @@ async def _tcp_connects(
                 continue
             return True
     return False
-
-
-_helper: list[str | None] = []  # [path of setpriv with --pdeathsig, or None], once known
-
-
-def _pdeath_helper() -> str | None:
-    """``setpriv`` if it can set PDEATHSIG (util-linux >= 2.33), else None."""
-    if not _helper:
-        import shutil
-        import subprocess
-
-        path = shutil.which("setpriv")
-        if path is not None:
-            try:
-                ok = subprocess.run(
-                    [path, "--pdeathsig", "KILL", "--", "true"],
-                    stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL, timeout=10, check=False,
-                ).returncode == 0  # fmt: skip
-            except (OSError, subprocess.SubprocessError):
-                ok = False
-            path = path if ok else None
-        _helper.append(path)
-    return _helper[0]
-
-
-def _with_pdeathsig(
-    argv: list[str], env: Mapping[str, str], cwd: Path
-) -> tuple[list[str], int | None]:
-    """The argv to spawn so that the program gets PDEATHSIG=SIGKILL (dies with us).
-
-    Setting it needs code between fork and exec.  A Python ``preexec_fn``
-    forces the slow fork path (the parent copies its page tables and waits
-    for the child to run Python code: ~3x the cost of vfork+exec).  Instead
-    ``setpriv --pdeathsig KILL -- PROGRAM`` is spawned by vfork and sets it
-    in the child; the program is resolved here first, so "command not found"
-    is still reported as a :class:`~forkwell.SpawnError`, not as exit 127.
-    Without ``setpriv`` the ``preexec_fn`` path is used.
-    """
-    helper = _pdeath_helper()
-    if helper is None:
-        return argv, signal.SIGKILL
-    return [helper, "--pdeathsig", "KILL", "--", _find_program(argv[0], env, cwd), *argv[1:]], None
-
-
-def _find_program(command: str, env: Mapping[str, str], cwd: Path) -> str:
-    """The file ``command`` runs, as execvp would find it; SpawnError subclasses if none."""
-    import errno
-    import shutil
-
-    from ._exceptions import CommandNotExecutableError, CommandNotFoundError
-
-    if "/" in command:
-        path = os.path.join(cwd, command)
-        if not os.path.exists(path):
-            raise CommandNotFoundError(
-                errno.ENOENT, f"command not found: {command!r}", command, command
-            )
-        if os.path.isdir(path) or not os.access(path, os.X_OK):
-            raise CommandNotExecutableError(
-                errno.EACCES, f"command not executable: {command!r} (Permission denied)",
-                command, command,
-            )  # fmt: skip
-        return path
-    search = env.get("PATH", os.defpath)
-    cached = _found.get((command, search))
-    # numprocs instances share one lookup; a cached file must still be executable.
-    if cached is not None and os.access(cached, os.X_OK):
-        return cached
-    found = shutil.which(command, path=search)
-    if found is None:
-        raise CommandNotFoundError(
-            errno.ENOENT, f"command not found: {command!r}", command, command
-        )
-    if not os.path.isabs(found):
-        return os.path.join(cwd, found)
-    _found[(command, search)] = found
-    return found
-
-
-_found: dict[tuple[str, str], str] = {}
 
 
 def _uid_of(user: str | None) -> int | None:

@@ -19,10 +19,11 @@ Stopping an instance ends its whole tree (every process carrying its cookie,
 ``setsid``'d and double-forked ones included; see :mod:`forkwell._tree`).
 When many trees are ended at once, one scan of ``/proc`` serves them all.
 
-Programs are spawned with ``PDEATHSIG=SIGKILL`` from the loop's (main)
-thread, so a SIGKILLed supervisor takes them along; what escaped (a
-``setsid``'d grandchild) carries the supervisor's own cookie, recorded in the
-state file, and the next ``forkwell up`` ends it before starting anything.
+A SIGKILLed supervisor takes its programs along: its watchdog
+(:mod:`forkwell._watchdog`) sees it die and kills every process carrying the
+supervisor's cookie.  Should both be killed at once, the cookie is also in
+the state file, and the next ``forkwell up`` ends the survivors before
+starting anything.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from ._config import Config, ProgramConfig, load_config
 from ._exceptions import ForkwellError, StateError, UnknownProgramError
 from ._logs import Console, LogFile, tail
 from ._process import Process
-from ._program import DOWN, KILL_GRACE, SETTLED, Instance, ProgramState, _resolve
+from ._program import DOWN, KILL_GRACE, SETTLED, Instance, ProgramState, _resolve, describe_exit
 from ._reaper import _waitid_returncode
+from ._watchdog import Watchdog
 
 S = ProgramState
 
@@ -121,6 +123,8 @@ class Supervisor:
             self._programs[prog.name] = [Instance(self, prog, i) for i in range(prog.numprocs)]
         self._token = _tree.new_token()
         self._cookie = _tree.cookie_value(os.environ.get(_tree.COOKIE_VAR), self._token)
+        self._watchdog = Watchdog(self._token)
+        self._watchdog_started = 0.0
         # pid -> (process, exit callback): every child the supervisor spawned.
         self._tracked: dict[int, tuple[Process, Any]] = {}
         self._scan_queue: list[tuple[str, tuple[int, ...], asyncio.Future[Any]]] = []
@@ -772,7 +776,11 @@ class Supervisor:
         try:
             # Before touching anything process-wide: refuse to run twice.
             await self._take_over_state()
+            # Before anything is spawned: from here on the fleet dies with us.
+            self._start_watchdog()
+            self._write_state()
         except BaseException:
+            self._stop_watchdog()
             self._event_log.close()
             self._event_log = None
             raise
@@ -820,6 +828,7 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             self._on_sigchld()
             self._own_subtree = False
+            self._stop_watchdog()
             if made_subreaper:
                 _sys.set_subreaper(False)
             with contextlib.suppress(OSError):
@@ -828,6 +837,52 @@ class Supervisor:
             self._event_log.close()
             self._event_log = None
         return code
+
+    # -- the watchdog (see forkwell._watchdog) --------------------------------
+
+    def _start_watchdog(self) -> None:
+        try:
+            pid = self._watchdog.start()
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise ForkwellError(f"cannot start the watchdog process: {why}") from None
+        self._watchdog_started = time.monotonic()
+        if self._watchdog.pidfd >= 0:
+            self.loop.add_reader(self._watchdog.pidfd, self._watchdog_exited)
+        self._note(f"watchdog: pid {pid}")
+
+    def _watchdog_exited(self) -> None:
+        """Someone killed the watchdog: without it a SIGKILL of us would orphan the fleet."""
+        self.loop.remove_reader(self._watchdog.pidfd)
+        pid = self._watchdog.pid
+        code = self._watchdog.reap()
+        if self._closed:
+            return
+        how = "exited" if code is None else describe_exit(code)
+        # At most one new watchdog a second, should something kill each at birth.
+        delay = max(0.0, self._watchdog_started + 1.0 - time.monotonic())
+        self._note(f"watchdog (pid {pid}) {how}; starting a new one")
+        self.loop.call_later(delay, self._restart_watchdog)
+
+    def _restart_watchdog(self) -> None:
+        if self._closed or self._watchdog.pid is not None:
+            return
+        try:
+            self._start_watchdog()
+        except ForkwellError as exc:
+            self._note(f"{exc}; retrying in 1s")
+            self._watchdog_started = time.monotonic()
+            self.loop.call_later(1.0, self._restart_watchdog)
+            return
+        with contextlib.suppress(OSError):
+            self._write_state()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog.pid is None:
+            return
+        if self._watchdog.pidfd >= 0:
+            self.loop.remove_reader(self._watchdog.pidfd)
+        self._watchdog.stop()
 
     def _control_server(self) -> Any:
         """The control socket server, if the control plane is installed."""
@@ -857,7 +912,7 @@ class Supervisor:
             self._note(f"cannot notify readiness: {exc}")
 
     async def _take_over_state(self) -> None:
-        """Refuse to run twice; end what a killed predecessor left; record ourselves."""
+        """Refuse to run twice; end what a killed predecessor (and its watchdog) left."""
         path = self.config.supervisor.state_file
         old: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
@@ -884,12 +939,17 @@ class Supervisor:
                 )
                 await self.end_tree(survivors, signal.SIGTERM, 5.0, include_root=False)
             survivors.close()
+
+    def _write_state(self) -> None:
+        """Record who we are, our cookie and our watchdog, for the next ``forkwell up``."""
+        path = self.config.supervisor.state_file
         me = _tree.read_stat(os.getpid())
         state = {
             "pid": os.getpid(),
             "starttime": None if me is None else me.starttime,
             "token": self._token,
             "config": str(self.config_path),
+            "watchdog": self._watchdog.pid,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
