@@ -875,6 +875,72 @@ def test_watchdog_stopped_cleanly_kills_nothing() -> None:
         marked.wait()
 
 
+def test_prestart_spawns_what_needs_no_loop_and_run_takes_over(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        f"""
+        [programs.plain]
+        command = {cmd("sh", "-c", "echo before the loop; exec sleep 1000")}
+        [programs.quick]
+        command = {cmd("sh", "-c", "exit 3")}
+        restart = "never"
+        min_uptime = 0
+        [programs.missing]
+        command = "/nonexistent/program"
+        start_retries = 2
+        [programs.dependent]
+        command = "sleep 1000"
+        depends_on = ["plain"]
+        [programs.delayed]
+        command = "sleep 1000"
+        ready = "delay:0.05"
+        """,
+    )
+    sup = Supervisor(cfg, quiet=True)
+    # No event loop exists yet: only exec-ready programs without dependencies start.
+    assert sup.prestart() == 3
+    before = {i.name: i.state.name for i in sup._all()}
+    assert before == {
+        "plain:0": "RUNNING", "quick:0": "RUNNING", "missing:0": "BACKOFF",
+        "dependent:0": "STOPPED", "delayed:0": "STOPPED",
+    }  # fmt: skip
+
+    async def body(sup: Supervisor) -> None:
+        # The backoff timer recorded before the loop ran did fire: the 2nd try failed too.
+        assert states(sup, "missing:0") == ["STARTING", "BACKOFF", "STARTING", "FATAL"]
+        assert info(sup, "dependent:0").state == "RUNNING"
+        assert info(sup, "delayed:0").state == "RUNNING"
+        # An exit before the loop watched its pidfd, and output written meanwhile.
+        await until(lambda: info(sup, "quick:0").state == "EXITED", what="quick's exit")
+        assert info(sup, "quick:0").last_exit == 3
+        await until(lambda: log_text(sup, "plain:0"), what="plain's output")
+        assert log_text(sup, "plain:0") == "before the loop\n"
+
+    drive(cfg, body, supervisor=sup)
+
+
+def test_a_stop_signal_during_prestart_is_honoured_once_the_loop_runs(tmp_path: Path) -> None:
+    cfg = config(tmp_path, '[programs.plain]\ncommand = "sleep 1000"\n')
+    sup = Supervisor(cfg, quiet=True)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        assert sup.prestart() == 1
+        pid = info(sup, "plain:0").pid
+        # No loop yet: the handler only records it (SIGTERM's default would orphan plain).
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert sup._early_signals == [signal.SIGTERM]
+
+        async def main() -> int:
+            return await asyncio.wait_for(sup.run(), 30)  # ends by itself: a stop request
+
+        assert asyncio.run(main()) == 0
+        assert info(sup, "plain:0").state == "STOPPED"
+        assert pid is not None and not running(pid)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:
     script = "trap '' TERM; while :; do read -t 1 x < /dev/zero; done"
     cfg = config(

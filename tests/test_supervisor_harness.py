@@ -34,11 +34,20 @@ def config(tmp_path: Path, text: str) -> Config:
     return load_config(path)
 
 
-def drive(cfg: Config, body: Callable[[Supervisor], Awaitable[T]], timeout: float = 30) -> T:
-    """Run the supervisor (as ``forkwell up`` does) around ``body``, then shut it down."""
+def drive(
+    cfg: Config,
+    body: Callable[[Supervisor], Awaitable[T]],
+    timeout: float = 30,
+    *,
+    supervisor: Supervisor | None = None,
+) -> T:
+    """Run the supervisor (as ``forkwell up`` does) around ``body``, then shut it down.
+
+    ``supervisor``: one made (and perhaps prestarted) by the test, else a new one.
+    """
 
     async def main() -> T:
-        sup = Supervisor(cfg, quiet=True)
+        sup = supervisor or Supervisor(cfg, quiet=True)
         task = asyncio.create_task(sup.run())
         up = asyncio.create_task(sup.up.wait())
         done, _ = await asyncio.wait({task, up}, return_when=asyncio.FIRST_COMPLETED)

@@ -39,8 +39,11 @@ class LogFile:
         self._open()
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        try:
+            self._fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        except FileNotFoundError:  # the directory is made once, not checked per file
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, _OPEN_FLAGS, 0o644)
         self.size = os.fstat(self._fd).st_size
 
     def write(self, data: bytes) -> None:

@@ -33,7 +33,6 @@ reaping, tree scanning and the logs; the instance asks it through ``_Host``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
@@ -52,6 +51,10 @@ from ._logs import LogFile
 from ._process import DEVNULL, Process, spawn
 
 if TYPE_CHECKING:
+    # asyncio is imported where a coroutine needs it: ``forkwell up`` spawns its
+    # first programs before the event loop (and asyncio's ~12 ms import) exists.
+    import asyncio
+
     from ._config import ProgramConfig
     from ._notify import NotifyListener
 
@@ -595,6 +598,8 @@ class Instance:
         pending = self._failing_task
         if pending is not None and not pending.done():
             # A failed start is already ending this tree: let it finish.
+            import asyncio
+
             with contextlib.suppress(Exception):
                 await asyncio.shield(pending)
         if self.proc is not None:
@@ -642,6 +647,8 @@ async def _tcp_connects(
     loop: asyncio.AbstractEventLoop, host: str, port: int, timeout: float
 ) -> bool:
     """One non-blocking connect attempt to each address of ``host``."""
+    import asyncio
+
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):

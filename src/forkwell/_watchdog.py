@@ -44,6 +44,8 @@ class Watchdog:
         self.token = token
         self.pid: int | None = None
         self.pidfd = -1
+        #: Set by whoever reaps it, if not :meth:`reap` (a SIGCHLD handler reaping all).
+        self.returncode: int | None = None
         self._write_end = -1
 
     def start(self) -> int:
@@ -70,9 +72,9 @@ class Watchdog:
         """After the watchdog exited: collect it (unless already reaped) and forget it.
 
         Returns its wait status as a ``returncode`` (``-N`` for signal N), or
-        None if someone else reaped it first.
+        None if someone else reaped it without setting :attr:`returncode`.
         """
-        code: int | None = None
+        code = self.returncode
         with contextlib.suppress(ChildProcessError):
             if self.pidfd >= 0:
                 # By pidfd: the pid may have been reaped (SIGCHLD) and reused.
@@ -102,6 +104,7 @@ class Watchdog:
             os.close(self.pidfd)
         self._write_end = self.pidfd = -1
         self.pid = None
+        self.returncode = None
 
 
 def _watch(read_end: int, token: str) -> None:  # pragma: no cover (forked child)
