@@ -22,9 +22,8 @@ import re
 import shlex
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ._duration import parse_duration, parse_signal
 from ._exceptions import ConfigError
@@ -46,8 +45,7 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _READY_FORMS = "'exec', 'notify', 'tcp:HOST:PORT', 'delay:SECONDS' or 'cmd:COMMAND'"
 
 
-@dataclass(frozen=True)
-class SupervisorConfig:
+class SupervisorConfig(NamedTuple):
     """The ``[supervisor]`` table; relative paths are resolved against the file's directory."""
 
     socket: Path
@@ -56,8 +54,7 @@ class SupervisorConfig:
     shutdown_timeout: float
 
 
-@dataclass(frozen=True)
-class ProgramConfig:
+class ProgramConfig(NamedTuple):
     """One ``[programs.NAME]`` table, validated and normalised."""
 
     name: str
@@ -85,23 +82,18 @@ class ProgramConfig:
 
     def same_except_numprocs(self, other: ProgramConfig) -> bool:
         """True when only ``numprocs`` differs: a reload then scales in place."""
-        return all(
-            getattr(self, f.name) == getattr(other, f.name)
-            for f in fields(self)
-            if f.name != "numprocs"
-        )
+        return self._replace(numprocs=other.numprocs) == other
 
     def instance_names(self) -> list[str]:
         return [f"{self.name}:{i}" for i in range(self.numprocs)]
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """A whole config file: ``supervisor`` settings and ``programs`` in file order."""
 
     path: Path
     supervisor: SupervisorConfig
-    programs: dict[str, ProgramConfig] = field(default_factory=dict)
+    programs: dict[str, ProgramConfig]
 
     def start_order(self) -> list[str]:
         """Program names with every dependency before its dependents (file order otherwise)."""
@@ -128,8 +120,7 @@ class Config:
 # -- key descriptions ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     """One config key: how to check and convert it, its default, and what it means."""
 
     name: str

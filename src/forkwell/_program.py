@@ -38,7 +38,6 @@ import functools
 import os
 import pwd
 import signal
-import socket
 import time
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -648,6 +647,7 @@ async def _tcp_connects(
 ) -> bool:
     """One non-blocking connect attempt to each address of ``host``."""
     import asyncio
+    import socket
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import errno
 import select
-import socket
 import time
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from ._duration import parse_duration
 
@@ -33,8 +31,7 @@ ReadyKind = Literal["exec", "notify", "tcp", "delay", "cmd"]
 _EXPECTED = "expected exec, notify, tcp:HOST:PORT, delay:SECONDS or cmd:COMMAND"
 
 
-@dataclass(frozen=True)
-class ReadySpec:
+class ReadySpec(NamedTuple):
     """A parsed readiness condition; only the fields of its ``kind`` are set."""
 
     kind: ReadyKind
@@ -105,6 +102,8 @@ def tcp_accepts(host: str, port: int, timeout: float) -> bool:
     then ``127.0.0.1``) within the one ``timeout``.  Never raises for a
     refused, unreachable or unresolvable port: that is "not ready yet".
     """
+    import socket  # here: parsing a spec (forkwell up's start-up) needs none of it
+
     deadline = time.monotonic() + max(timeout, 0.0)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)

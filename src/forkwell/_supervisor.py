@@ -30,16 +30,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from . import _sys, _tree
 from ._config import Config, ProgramConfig, load_config
@@ -58,13 +56,12 @@ if TYPE_CHECKING:
 S = ProgramState
 
 
-@dataclass(frozen=True)
-class InstanceInfo:
+class InstanceInfo(NamedTuple):
     """A snapshot of one instance, for ``forkwell ps``."""
 
     name: str  # "web:0"
     program: str
-    index: int
+    index: int  # type: ignore[assignment]  # (shadows tuple.index; the name is the protocol's)
     state: str  # a ProgramState member name
     pid: int | None
     started_at: float | None  # time.time() when the current process was spawned
@@ -74,8 +71,7 @@ class InstanceInfo:
     autostart: bool
 
 
-@dataclass(frozen=True)
-class OpResult:
+class OpResult(NamedTuple):
     """The outcome of an action on one instance."""
 
     instance: str
@@ -86,8 +82,7 @@ class OpResult:
     log_tail: list[str]  # last lines of its log when it failed, else []
 
 
-@dataclass(frozen=True)
-class ReloadReport:
+class ReloadReport(NamedTuple):
     """Program names, by what a reload did to them."""
 
     added: list[str]
@@ -97,8 +92,7 @@ class ReloadReport:
     scaled: list[str]
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One state transition, as logged."""
 
     time: float
@@ -668,7 +662,7 @@ class Supervisor:
         going = [i for name in (*removed, *changed) for i in self._programs[name]]
         if going:
             await self._remove(going)
-        self.config = dataclasses.replace(new, supervisor=old.supervisor)
+        self.config = new._replace(supervisor=old.supervisor)
         self.config_path = new.path
         programs: dict[str, list[Instance]] = {}
         for name, prog in new.programs.items():
@@ -705,7 +699,7 @@ class Supervisor:
         insts = self._programs[name]
         n = prog.numprocs
         for inst in insts:
-            inst.config = dataclasses.replace(prog, numprocs=n)
+            inst.config = prog._replace(numprocs=n)
         if n < len(insts):
             victims = insts[n:]
             await self._remove(victims)
@@ -727,10 +721,10 @@ class Supervisor:
             raise UnknownProgramError(f"unknown program {program!r} (programs: {known})")
         if n < 0:
             raise ValueError(f"cannot scale {program} to {n} instances (must be >= 0)")
-        prog = dataclasses.replace(self.config.programs[program], numprocs=n)
+        prog = self.config.programs[program]._replace(numprocs=n)
         programs = dict(self.config.programs)
         programs[program] = prog
-        self.config = dataclasses.replace(self.config, programs=programs)
+        self.config = self.config._replace(programs=programs)
         before = len(self._programs[program])
         self._note(f"scale {program} from {before} to {n}")
         touched = await self._scale(program, prog)
