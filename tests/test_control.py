@@ -1074,3 +1074,34 @@ def test_tail_lines_across_blocks(tmp_path: Path) -> None:
     p.write_bytes(b"")
     with p.open("rb") as f:
         assert tail_lines(f, 5) == b""
+
+
+def test_fast_option_parsing_agrees_with_argparse() -> None:
+    """The control commands skip argparse for plain command lines: same result, or none."""
+    import random
+
+    from forkwell._cli_ctl import _SPECS, _parse, _parser, _Usage
+
+    tokens = [
+        "web", "web:1", "all", "-c", "f.toml", "--config", "--config=x.toml", "--socket", "/s",
+        "--socket=/s", "--json", "--no-wait", "--tree", "-n", "5", "--lines=7", "-f",
+        "--stderr", "--timeout", "2.5", "TERM", "web=3", "-x", "--", "-n5", "--js", "-9",
+    ]  # fmt: skip
+    rng = random.Random(7)
+    taken = 0
+    for command in _SPECS:
+        for _ in range(400):
+            argv = [rng.choice(tokens) for _ in range(rng.randint(0, 5))]
+            fast = _parse(command, argv)
+            try:
+                slow: dict[str, object] | None = vars(_parser("x", command).parse_args(argv))
+            except _Usage:
+                slow = None
+            if fast is not None:
+                taken += 1
+                assert vars(fast) == slow, (command, argv)
+    assert taken > 300  # the fast path does take the plain command lines
+    assert vars(_parse("logs", ["web", "-n", "3", "-f"]) or {}) == {
+        "config": None, "socket": None, "names": ["web"], "lines": 3, "follow": True,
+        "stderr": False,
+    }  # fmt: skip

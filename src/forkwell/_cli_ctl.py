@@ -16,13 +16,17 @@ Exit codes (also in ``docs/control.md``):
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ._control import ControlClient, find_socket, wait_pid_gone
 from ._exceptions import ControlRequestError, SupervisorUnreachableError
+
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -62,55 +66,144 @@ class _Usage(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, not argparse's usage dump: scripts grep stderr.
-        raise _Usage(f"{message} (see '{self.prog} --help')")
+class _Opt(NamedTuple):
+    """One option or operand of a control command."""
+
+    names: tuple[str, ...]  # spellings; () for an operand
+    dest: str
+    kind: str  # "flag", "str", "int", "float"; operands: nargs "?", "*", "+" or "1"
+    default: Any
+    metavar: str | None
+    help: str
 
 
-def _parser(prog: str, command: str) -> _Parser:
+_CONFIG = _Opt(("-c", "--config"), "config", "str", None, "FILE",
+               "the supervisor's config (default ./forkwell.toml)")  # fmt: skip
+_SOCKET = _Opt(("--socket",), "socket", "str", None, "PATH",
+               "the control socket (overrides the config)")  # fmt: skip
+_NAMES = _Opt((), "names", "+", None, "NAME", _NAMES_HELP)
+_NO_WAIT = _Opt(("--no-wait",), "no_wait", "flag", False, None,
+                "return once the request is taken")  # fmt: skip
+
+# Each command's options and operands: the one table both parsers read.
+_SPECS: dict[str, tuple[_Opt, ...]] = {
+    "ps": (_CONFIG, _SOCKET, _NAMES._replace(kind="*", help=_NAMES_HELP + " (default: all)"),
+           _Opt(("--json",), "json", "flag", False, None, "print a JSON document instead")),
+    "start": (_CONFIG, _SOCKET, _NAMES, _NO_WAIT),
+    "stop": (_CONFIG, _SOCKET, _NAMES, _NO_WAIT),
+    "restart": (_CONFIG, _SOCKET, _NAMES, _NO_WAIT),
+    "signal": (_CONFIG, _SOCKET, _Opt((), "signal", "1", None, "SIG", "TERM, SIGTERM or 15"),
+               _NAMES,
+               _Opt(("--tree",), "tree", "flag", False, None, "signal each instance's whole tree")),
+    "logs": (_CONFIG, _SOCKET, _NAMES,
+             _Opt(("-n", "--lines"), "lines", "int", 10, "N", "default 10"),
+             _Opt(("-f", "--follow"), "follow", "flag", False, None, "keep printing new lines"),
+             _Opt(("--stderr",), "stderr", "flag", False, None,
+                  "the stderr log instead of stdout")),
+    "reload": (_CONFIG, _SOCKET),
+    "scale": (_CONFIG, _SOCKET, _Opt((), "targets", "+", None, "NAME=N", "e.g. web=4")),
+    "down": (_CONFIG, _SOCKET,
+             _Opt(("--timeout",), "timeout", "float", 60.0, "SECONDS",
+                  "how long to wait for the supervisor process to exit after stopping "
+                  "(default 60)")),
+    "check": (_CONFIG,),
+}  # fmt: skip
+_CONVERT: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+
+
+def _parse(command: str, argv: list[str]) -> SimpleNamespace | None:
+    """The plain command lines people and health checks type, without argparse.
+
+    argparse (with gettext, locale and the regexes it compiles per run) is
+    ~5 ms of a ~40 ms ``forkwell ps``.  Anything this does not take as-is
+    (help, ``--``, abbreviations, bundled flags, a bad value, a missing
+    operand) returns None, and argparse parses it: the same result, or its
+    help and error messages.
+    """
+    spec = _SPECS[command]
+    options = {name: opt for opt in spec for name in opt.names}
+    values: dict[str, Any] = {opt.dest: opt.default for opt in spec}
+    operands: list[str] = []
+    split = False  # an option came after operands: argparse's rules for more are subtle
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            if split:
+                return None
+            operands.append(arg)
+            continue
+        split = bool(operands)
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        opt = options.get(name)
+        if opt is None:
+            return None
+        if opt.kind == "flag":
+            if eq:
+                return None
+            values[opt.dest] = True
+            continue
+        if not eq:
+            if i >= len(argv) or argv[i].startswith("-"):
+                return None
+            value = argv[i]
+            i += 1
+        try:
+            values[opt.dest] = _CONVERT[opt.kind](value)
+        except ValueError:
+            return None
+    for opt in spec:
+        if opt.names:
+            continue
+        if opt.kind == "1":
+            if not operands:
+                return None
+            values[opt.dest] = operands.pop(0)
+        elif opt.kind == "+" and not operands:
+            return None
+        else:
+            values[opt.dest], operands = operands, []
+    return None if operands else SimpleNamespace(**values)
+
+
+def _parser(prog: str, command: str) -> argparse.ArgumentParser:
+    """argparse, for ``--help`` and for what :func:`_parse` leaves to it."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            # One line, not argparse's usage dump: scripts grep stderr.
+            raise _Usage(f"{message} (see '{self.prog} --help')")
+
     p = _Parser(
         prog=prog,
         description=_DESCRIPTIONS[command],
         epilog=_EPILOG if command != "check" else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "-c", "--config", metavar="FILE", help="the supervisor's config (default ./forkwell.toml)"
-    )
-    if command != "check":
-        p.add_argument("--socket", metavar="PATH", help="the control socket (overrides the config)")
-    if command == "ps":
-        p.add_argument("names", nargs="*", metavar="NAME", help=_NAMES_HELP + " (default: all)")
-        p.add_argument("--json", action="store_true", help="print a JSON document instead")
-    elif command in ("start", "stop", "restart"):
-        p.add_argument("names", nargs="+", metavar="NAME", help=_NAMES_HELP)
-        p.add_argument("--no-wait", action="store_true", help="return once the request is taken")
-    elif command == "signal":
-        p.add_argument("signal", metavar="SIG", help="TERM, SIGTERM or 15")
-        p.add_argument("names", nargs="+", metavar="NAME", help=_NAMES_HELP)
-        p.add_argument("--tree", action="store_true", help="signal each instance's whole tree")
-    elif command == "logs":
-        p.add_argument("names", nargs="+", metavar="NAME", help=_NAMES_HELP)
-        p.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="default 10")
-        p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-        p.add_argument("--stderr", action="store_true", help="the stderr log instead of stdout")
-    elif command == "scale":
-        p.add_argument("targets", nargs="+", metavar="NAME=N", help="e.g. web=4")
-    elif command == "down":
-        p.add_argument(
-            "--timeout", type=float, default=60.0, metavar="SECONDS",
-            help="how long to wait for the supervisor process to exit after stopping (default 60)",
-        )  # fmt: skip
+    for opt in _SPECS[command]:
+        if not opt.names:
+            nargs = None if opt.kind == "1" else opt.kind
+            p.add_argument(opt.dest, nargs=nargs, metavar=opt.metavar, help=opt.help)
+        elif opt.kind == "flag":
+            p.add_argument(*opt.names, dest=opt.dest, action="store_true", help=opt.help)
+        else:
+            p.add_argument(
+                *opt.names, dest=opt.dest, type=_CONVERT[opt.kind], default=opt.default,
+                metavar=opt.metavar, help=opt.help,
+            )  # fmt: skip
     return p
 
 
 def main(argv: list[str], *, prog: str, command: str) -> int:
     try:
-        try:
-            ns = _parser(prog, command).parse_args(argv)
-        except SystemExit as exc:  # --help
-            return exc.code if isinstance(exc.code, int) else EXIT_OK
+        ns: Any = _parse(command, argv)
+        if ns is None:
+            try:
+                ns = _parser(prog, command).parse_args(argv)
+            except SystemExit as exc:  # --help
+                return exc.code if isinstance(exc.code, int) else EXIT_OK
         if command == "check":
             return _check(prog, ns)
         return _COMMANDS[command](prog, ns)
