@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 
@@ -98,6 +99,10 @@ class Starting:
         return len(self.seen & kids)
 
 
+def _all_running(watch: Starting, n: int) -> bool:
+    return watch.count() >= n
+
+
 def programs_of_slow(parent: int) -> set[int]:
     """Live ``sleep`` children of ``parent``."""
     out = set()
@@ -156,6 +161,10 @@ class Peer:
         assert self.proc is not None
         return self.proc.pid
 
+    def helpers(self) -> dict[str, float]:
+        """Memory of the peer's helper processes, if it has any."""
+        return {}
+
     def stop(self) -> float:
         """SIGTERM; seconds until every program is gone (the supervisor then exits)."""
         before = programs_of(self.pid)
@@ -180,6 +189,24 @@ class Forkwell(Peer):
             "log_max_bytes = '1MB'\nlog_backups = 1\n"
         )
         return [sys.executable, "-m", "forkwell", "up", "-c", str(cfg), "--quiet"]
+
+
+    def helpers(self) -> dict[str, float]:
+        import json
+
+        state = json.loads((self.dir / ".forkwell" / "state.json").read_text())
+        dog = state["watchdog"]
+        return {"watchdog_rss": status_field(dog, "VmRSS") / 1024,
+                "watchdog_pss": pss_kib(dog) / 1024,
+                "pss": pss_kib(self.pid) / 1024}  # fmt: skip
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages (the watchdog's, with the supervisor) counted once."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise KeyError("Pss")
 
 
 class Supervisord(Peer):
@@ -209,16 +236,17 @@ stderr_logfile={self.dir}/%(program_name)s_%(process_num)03d.err
 
 def measure(peer: Peer, rounds: int, idle: float, restarts: int) -> dict[str, float]:
     starts, stops, rss, ctx = [], [], [], []
+    extra: dict[str, float] = {}
     latencies: list[float] = []
     for r in range(rounds):
         t0 = peer.launch()
-        watch = Starting(peer.pid)
-        t1 = wait_for(lambda: watch.count() >= peer.n, 120, "all programs")
+        t1 = wait_for(partial(_all_running, Starting(peer.pid), peer.n), 120, "all programs")
         starts.append(t1 - t0)
         if r == 0:
             # Let start-up settle (forkwell's min_uptime check, supervisord's startsecs).
             pause(2.0)
             rss.append(status_field(peer.pid, "VmRSS") / 1024)
+            extra.update(peer.helpers())
             c0 = status_field(peer.pid, "voluntary_ctxt_switches")
             pause(idle)
             ctx.append(status_field(peer.pid, "voluntary_ctxt_switches") - c0)
@@ -239,6 +267,7 @@ def measure(peer: Peer, rounds: int, idle: float, restarts: int) -> dict[str, fl
         "stop": statistics.median(stops),
         "rss": rss[0],
         "ctx": ctx[0],
+        **extra,
     }
 
 
@@ -343,6 +372,10 @@ def main() -> None:
                 fv, sv = fv * 1000, sv * 1000
             ratio = f"{sv / fv:.1f}x" if fv else ("-" if not sv else "inf")
             print(f"{label:<34}{fmt.format(fv):>12}{fmt.format(sv):>14}{ratio:>10}")
+        print(f"\nforkwell's watchdog process: RSS {f['watchdog_rss']:.1f} MiB, PSS "
+              f"{f['watchdog_pss']:.1f} MiB (most pages shared with the supervisor, whose "
+              f"PSS is {f['pss']:.1f} MiB); supervisor + watchdog PSS "
+              f"{f['pss'] + f['watchdog_pss']:.1f} MiB")  # fmt: skip
         if args.big:
             print(f"\nmeasuring forkwell with {args.big} programs ...", file=sys.stderr, flush=True)
             b = big(work, args.big)
