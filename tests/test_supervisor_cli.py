@@ -49,6 +49,15 @@ def ctx_switches(pid: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches")
 
 
+def asleep_in_epoll(pid: int) -> bool:
+    """Blocked in epoll_wait (wchan), or just asleep where the kernel hides wchan."""
+    wchan = Path(f"/proc/{pid}/wchan").read_text()
+    if wchan in ("do_epoll_wait", "ep_poll"):
+        return True
+    state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    return wchan == "0" and state == b"S"
+
+
 def test_invalid_config_exits_2_listing_every_problem_and_starts_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "started"
     cfg = write_config(
@@ -227,6 +236,9 @@ def test_idle_supervisor_does_not_wake_up(tmp_path: Path) -> None:
         read_pids(pids, 5, timeout=20)
         log = tmp_path / ".forkwell" / "logs" / "forkwell.log"
         wait_until(lambda: "autostart done: 5 up" in log.read_text(), 20, "autostart")
+        # The line is written just before the loop goes back to sleep: start
+        # counting once it sleeps in epoll_wait, or that sleep is counted too.
+        wait_until(lambda: asleep_in_epoll(proc.pid), 10, "the supervisor to sleep in epoll_wait")
         before = ctx_switches(proc.pid)
         select.select([], [], [], 1.0)  # the idle window being measured
         assert ctx_switches(proc.pid) - before == 0
