@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from helpers import IS_ROOT, PY, read_pids, running, wait_until
 
 import forkwell
 from forkwell import _sys, _tree
+from forkwell._process import spawn
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -380,3 +382,38 @@ def test_context_manager_ends_tree_on_exception(tmp_path: Path) -> None:
         read_pids(pids, 1)
         raise RuntimeError("boom")
     assert not running(int(pids.read_text()))
+
+
+@pytest.fixture
+def fds_past_1024() -> Iterator[None]:
+    """Hold enough fds that the next ones are numbered above select()'s limit (1023)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(1030)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.usefixtures("fds_past_1024")
+def test_waiting_works_with_fds_above_1023() -> None:
+    # select() raised "filedescriptor out of range" here: a supervisor with a
+    # few hundred programs holds thousands of fds.
+    proc = spawn(["sh", "-c", "read x; true"], stdin=subprocess.PIPE)
+    try:
+        assert proc.fileno() > 1023
+        assert proc.poll() is None
+        assert proc.wait(timeout=0.01) is None
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+        assert proc.poll() == 0
+    finally:
+        proc.close()

@@ -941,6 +941,32 @@ def test_a_stop_signal_during_prestart_is_honoured_once_the_loop_runs(tmp_path: 
             signal.signal(sig, handler)
 
 
+def test_a_fleet_holding_over_1024_fds_stops_and_starts(tmp_path: Path) -> None:
+    # 200 instances hold ~1,400 fds: waiting on the later pidfds once broke
+    # on select()'s 1023 limit ("filedescriptor out of range").
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2000:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 2000")
+    cfg = config(tmp_path, '[programs.many]\ncommand = "sleep 1000"\nnumprocs = 200\nmin_uptime = 0\n')
+
+    async def body(sup: Supervisor) -> None:
+        last = info(sup, "many:199")
+        assert last.state == "RUNNING" and last.pid is not None
+        assert sup._by_name()["many:199"].proc.fileno() > 1023  # type: ignore[union-attr]
+        results = await sup.stop(["all"])
+        assert all(r.ok for r in results) and all_gone([last.pid])
+        results = await sup.start(["all"])
+        assert all(r.ok for r in results)
+        assert {i.state for i in sup.instances()} == {"RUNNING"}
+
+    try:
+        drive(cfg, body)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:
     script = "trap '' TERM; while :; do read -t 1 x < /dev/zero; done"
     cfg = config(

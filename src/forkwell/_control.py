@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _sys
 from ._exceptions import ControlRequestError, ControlSocketError, SupervisorUnreachableError
 
 if TYPE_CHECKING:
@@ -858,8 +859,7 @@ class ControlClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            ready, _, _ = select.select([self._sock], [], [], left)
-            if ready:
+            if _sys.wait_ready([self._sock.fileno()], left):
                 try:
                     if not self._sock.recv(65536):
                         return True
@@ -911,8 +911,7 @@ def wait_pid_gone(pid: int, timeout: float) -> bool:
         while True:
             left = deadline - time.monotonic()
             if fd >= 0:
-                ready, _, _ = select.select([fd], [], [], max(0.0, left))
-                if ready:
+                if _sys.wait_ready([fd], max(0.0, left)):
                     return True
             else:
                 try:

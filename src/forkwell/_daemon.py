@@ -488,7 +488,7 @@ def _relay(c2: int, events_r: int, status_w: int, go_r: int, pidfile: str | None
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
-                        select.select([pidfd], [], [], remaining)
+                        _sys.wait_ready([pidfd], remaining)
                     _sys.pidfd_signal(pidfd, signal.SIGKILL)
                 else:
                     os.kill(c2, signal.SIGKILL)
@@ -498,10 +498,8 @@ def _relay(c2: int, events_r: int, status_w: int, go_r: int, pidfile: str | None
 
 def _exited(pid: int, pidfd: int | None) -> int | None:
     """Reap ``pid`` if it has exited: its returncode, else None."""
-    if pidfd is not None:
-        readable, _, _ = select.select([pidfd], [], [], 0)
-        if not readable:
-            return None
+    if pidfd is not None and not _sys.wait_ready([pidfd], 0):
+        return None
     try:
         got, status = os.waitpid(pid, 0 if pidfd is not None else os.WNOHANG)
     except ChildProcessError:
@@ -560,7 +558,7 @@ class _Waiter:
         """Wait up to ``timeout`` for status lines; False once C1 closed the pipe."""
         if self.closed:
             return False
-        readable, _, _ = select.select([self.status_r, *self.extra_fds], [], [], max(timeout, 0))
+        readable = _sys.wait_ready([self.status_r, *self.extra_fds], max(timeout, 0))
         if self.status_r not in readable:
             return True
         data = os.read(self.status_r, 65536)
@@ -608,8 +606,7 @@ class _Waiter:
     def daemon_alive(self) -> bool:
         if self.pidfd is None:
             return not self.failed
-        readable, _, _ = select.select([self.pidfd], [], [], 0)
-        return not readable
+        return not _sys.wait_ready([self.pidfd], 0)
 
     def go(self) -> None:
         if self.go_w is not None:
@@ -1141,8 +1138,7 @@ def _stop_process(pid: int, pidfd: int | None, sig: int, timeout: float) -> bool
         deadline = time.monotonic() + within
         while True:
             if pidfd is not None:
-                readable, _, _ = select.select([pidfd], [], [], max(deadline - time.monotonic(), 0))
-                if readable:
+                if _sys.wait_ready([pidfd], max(deadline - time.monotonic(), 0)):
                     return True
             elif not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
                 return True

@@ -16,7 +16,6 @@ Everything in forkwell that starts a program goes through :func:`spawn`.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import time
@@ -81,8 +80,7 @@ class Process:
         """Reap the child if it has exited; return ``returncode``."""
         if self._popen.returncode is None:
             if self._pidfd is not None:
-                ready, _, _ = select.select([self._pidfd], [], [], 0)
-                if not ready:
+                if not _sys.wait_ready([self._pidfd], 0):
                     return None
                 self._popen.wait()
             else:
@@ -94,10 +92,8 @@ class Process:
         if self._popen.returncode is not None:
             return self._popen.returncode
         if self._pidfd is not None:
-            if timeout is not None:
-                ready, _, _ = select.select([self._pidfd], [], [], timeout)
-                if not ready:
-                    return None
+            if timeout is not None and not _sys.wait_ready([self._pidfd], timeout):
+                return None
             # One blocking syscall on the pidfd reaps exactly our child.
             try:
                 res = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)

@@ -20,10 +20,10 @@ only parses and offers :func:`tcp_accepts`, one probe of a TCP port.
 from __future__ import annotations
 
 import errno
-import select
 import time
 from typing import Literal, NamedTuple
 
+from . import _sys
 from ._duration import parse_duration
 
 ReadyKind = Literal["exec", "notify", "tcp", "delay", "cmd"]
@@ -120,7 +120,7 @@ def tcp_accepts(host: str, port: int, timeout: float) -> bool:
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 remaining = max(deadline - time.monotonic(), 0.0)
                 try:
-                    _, writable, _ = select.select([], [sock], [], remaining)
+                    writable = _sys.wait_ready([sock.fileno()], remaining, write=True)
                 except InterruptedError:
                     writable = []
                 if not writable:

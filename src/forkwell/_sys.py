@@ -20,8 +20,9 @@ feature                        Linux    fallback
 from __future__ import annotations
 
 import errno
+import math
 import os
-import signal
+import select
 import sys
 from typing import Any
 
@@ -80,7 +81,7 @@ def is_subreaper() -> bool:
     return bool(value.value)
 
 
-def make_pdeathsig_preexec(sig: int = signal.SIGKILL) -> Any:
+def make_pdeathsig_preexec(sig: int = 9) -> Any:  # SIGKILL
     """Return a ``preexec_fn`` that kills the child when this process dies.
 
     PDEATHSIG fires when the parent *thread* exits, so it must be set from the
@@ -101,7 +102,7 @@ def make_pdeathsig_preexec(sig: int = signal.SIGKILL) -> Any:
     def preexec() -> None:
         libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), 9)  # SIGKILL
 
     return preexec
 
@@ -120,8 +121,23 @@ def pidfd_open(pid: int) -> int | None:
         raise
 
 
+def wait_ready(fds: list[int], timeout: float | None, *, write: bool = False) -> list[int]:
+    """Those of ``fds`` readable (or writable) within ``timeout`` seconds; None: no limit.
+
+    poll(2), not select(2): select() cannot watch an fd numbered 1024 or
+    more, and a supervisor of a few hundred programs holds thousands.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return [fd for fd, _ in poller.poll(ms)]
+
+
 def pidfd_signal(pidfd: int, sig: int) -> bool:
     """Send ``sig`` through a pidfd; False if the process has already exited."""
+    import signal  # here: the control client imports this module, and no signals
+
     try:
         signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 
 from . import _sys, _tree
@@ -92,7 +91,7 @@ class Watchdog:
             return
         with contextlib.suppress(OSError):
             os.write(self._write_end, _CLEAN)
-        if self.pidfd >= 0 and not select.select([self.pidfd], [], [], timeout)[0]:
+        if self.pidfd >= 0 and not _sys.wait_ready([self.pidfd], timeout):
             # Stopped or wedged: it must not outlive us either.
             _sys.pidfd_signal(self.pidfd, signal.SIGKILL)
         self.reap()
