@@ -108,6 +108,7 @@ class _Host(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
     def child_env(self, inst: Instance) -> dict[str, str]: ...
+    def devnull(self) -> int: ...
     def log_dir(self) -> Path: ...
     def transition(
         self, inst: Instance, old: ProgramState, new: ProgramState, why: str
@@ -307,7 +308,7 @@ class Instance:
         try:
             proc = spawn(
                 cfg.command,
-                stdin=DEVNULL,
+                stdin=self.host.devnull(),
                 stdout=out_w,
                 stderr=err_w,
                 cwd=cfg.directory,

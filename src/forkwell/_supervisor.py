@@ -134,6 +134,7 @@ class Supervisor:
         self._event_log: LogFile | None = None
         self._stamp = (0, "")
         self._prepared = False
+        self._devnull = -1
         self._early_signals: list[int] = []
         self._made_subreaper = False
         self._done: asyncio.Future[int] | None = None
@@ -198,6 +199,12 @@ class Supervisor:
         # supervised program that daemonizes would otherwise look like a crash.
         env["FORKWELL_SUPERVISED"] = "1"
         return env
+
+    def devnull(self) -> int:
+        """One /dev/null fd for every program's stdin (Popen would open one per spawn)."""
+        if self._devnull < 0:
+            self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return self._devnull
 
     def log_dir(self) -> Path:
         return self.config.supervisor.log_dir
@@ -929,6 +936,9 @@ class Supervisor:
                 _sys.set_subreaper(False)
             with contextlib.suppress(OSError):
                 self.config.supervisor.state_file.unlink()
+            if self._devnull >= 0:
+                os.close(self._devnull)
+                self._devnull = -1
             self._note("forkwell up: all stopped, exiting")
             self._event_log.close()
             self._event_log = None
