@@ -506,6 +506,14 @@ class Supervisor:
         if inst.state is S.STARTING and inst.proc is None:
             inst.spawn()
 
+    def _settled(self, inst: Instance) -> bool:
+        """What :meth:`_settle` would return at once for."""
+        if inst.state not in SETTLED:
+            return False
+        if inst.state is not S.RUNNING or inst.config.ready.kind != "exec":
+            return True
+        return inst.config.min_uptime - inst.uptime() <= 0
+
     async def _settle(self, inst: Instance) -> None:
         """Wait until a start has an answer: RUNNING (and holding), EXITED, FATAL, STOPPED.
 
@@ -513,15 +521,12 @@ class Supervisor:
         so RUNNING counts only once it has been up ``min_uptime``: a program
         that crashes at once is reported as failing, not as started.
         """
-        while True:
-            while inst.state not in SETTLED:
+        while not self._settled(inst):
+            if inst.state not in SETTLED:
                 await inst.wait_for(lambda s: s in SETTLED)
-            if inst.state is not S.RUNNING or inst.config.ready.kind != "exec":
-                return
-            left = inst.config.min_uptime - inst.uptime()
-            if left <= 0:
-                return
-            await inst.wait_for_or_timeout(lambda s: s is not S.RUNNING, left)
+            else:  # RUNNING by exec, for less than min_uptime so far
+                left = inst.config.min_uptime - inst.uptime()
+                await inst.wait_for_or_timeout(lambda s: s is not S.RUNNING, left)
 
     def _start_result(self, inst: Instance) -> OpResult:
         return self._result(inst, self._dep_ok(inst))
@@ -539,7 +544,8 @@ class Supervisor:
         if not wait:
             return [self._result(i, i.state is not S.FATAL) for i in insts]
         while True:
-            await asyncio.gather(*(self._settle(i) for i in insts))
+            # Most starts are settled already (exec'd, no min_uptime): no task for those.
+            await asyncio.gather(*(self._settle(i) for i in insts if not self._settled(i)))
             # A crash-restart may have moved one back to STARTING meanwhile.
             if all(i.state in SETTLED for i in insts):
                 return [self._start_result(i) for i in insts]
