@@ -1,6 +1,6 @@
 """Supervisor benchmark: forkwell up vs supervisord, side by side, the same programs.
 
-    python bench/bench_supervisor.py [--programs 100] [--rounds 3] [--idle 10] [--big 1000]
+    python bench/bench_supervisor.py [--programs 100] [--rounds 7] [--idle 10] [--big 1000]
 
 For each supervisor, ``--programs`` copies of ``sleep 1000``:
 
@@ -341,7 +341,7 @@ def firehose(workdir: Path, megabytes: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--programs", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--restarts", type=int, default=20)
     ap.add_argument("--big", type=int, default=1000)
