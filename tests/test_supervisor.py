@@ -967,6 +967,40 @@ def test_a_fleet_holding_over_1024_fds_stops_and_starts(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_commands_are_found_along_the_programs_own_path(tmp_path: Path) -> None:
+    bin_a, bin_b = tmp_path / "a", tmp_path / "b"
+    for d in (bin_a, bin_b):
+        d.mkdir()
+        tool = d / "tool"
+        tool.write_text(f"#!/bin/sh\necho {d.name} $0\nexec sleep 1000\n")
+        tool.chmod(0o755)
+    cfg = config(
+        tmp_path,
+        f"""
+        [programs.first]
+        command = "tool"
+        numprocs = 2
+        environment = {{ PATH = "{bin_a}:{bin_b}:/usr/bin:/bin" }}
+        [programs.second]
+        command = "tool"
+        environment = {{ PATH = "/nonexistent:{bin_b}:/usr/bin:/bin" }}
+        [programs.missing]
+        command = "no-such-tool-anywhere"
+        start_retries = 1
+        """,
+    )
+
+    async def body(sup: Supervisor) -> None:
+        for name, expected in (("first:0", "a"), ("first:1", "a"), ("second:0", "b")):
+            await until(lambda n=name: log_text(sup, n), what=f"{name}'s output")  # type: ignore[misc]
+            # Found the way exec would: the first match along its PATH; $0 stays "tool".
+            assert log_text(sup, name) == f"{expected} {tmp_path / expected / 'tool'}\n"
+        assert info(sup, "missing:0").state == "FATAL"
+        assert "not found" in sup._by_name()["missing:0"].message
+
+    drive(cfg, body)
+
+
 def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:
     script = "trap '' TERM; while :; do read -t 1 x < /dev/zero; done"
     cfg = config(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -196,6 +197,29 @@ def _command_name(args: ProcessArgs) -> str:
     return os.fsdecode(args[0]) if args else ""
 
 
+def find_executable(command: str, search: str) -> str | None:
+    """The file ``execvp`` would run for ``command`` along ``search`` (a PATH value).
+
+    None when ``command`` has a slash, is not found, or the search reaches a
+    relative entry (it depends on the child's cwd): exec then searches itself.
+    Popen joins every entry in Python and the child tries ``execve`` on each
+    in turn; a caller starting one command many times looks it up once.
+    """
+    if not command or "/" in command:
+        return None
+    for directory in search.split(os.pathsep):
+        if not directory.startswith("/"):
+            return None
+        path = os.path.join(directory, command)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def spawn(
     args: ProcessArgs,
     *,
@@ -214,13 +238,16 @@ def spawn(
     extra_groups: Sequence[str | int] | None = None,
     umask: int = -1,
     preexec_fn: Callable[[], None] | None = None,
+    executable: str | None = None,
 ) -> Process:
     """Start ``args`` (an argv list, no shell) and return its :class:`Process`.
 
     ``track_tree`` marks the child and all its descendants with a cookie so
     :meth:`Process.terminate_tree` can find them.  ``new_process_group`` (the
     default) puts it in a group of its own, the fallback where ``/proc`` is
-    missing.  Raises a :class:`~forkwell.SpawnError` subclass naming the command.
+    missing.  ``executable``: the file to run, already found (see
+    :func:`find_executable`), ``args[0]`` being only the name it is given.
+    Raises a :class:`~forkwell.SpawnError` subclass naming the command.
     """
     argv = [os.fsdecode(a) for a in args]
     if not argv:
@@ -268,6 +295,7 @@ def spawn(
     try:
         popen = subprocess.Popen(
             argv,
+            executable=executable,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,

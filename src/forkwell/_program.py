@@ -109,6 +109,7 @@ class _Host(Protocol):
 
     def child_env(self, inst: Instance) -> dict[str, str]: ...
     def devnull(self) -> int: ...
+    def find_executable(self, command: str, env: Mapping[str, str]) -> str | None: ...
     def log_dir(self) -> Path: ...
     def transition(
         self, inst: Instance, old: ProgramState, new: ProgramState, why: str
@@ -308,6 +309,7 @@ class Instance:
         try:
             proc = spawn(
                 cfg.command,
+                executable=self.host.find_executable(cfg.command[0], env),
                 stdin=self.host.devnull(),
                 stdout=out_w,
                 stderr=err_w,

@@ -35,11 +35,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
-from . import _sys, _tree
+from . import _process, _sys, _tree
 from ._config import Config, ProgramConfig, load_config
 from ._exceptions import ForkwellError, StateError, UnknownProgramError
 from ._logs import Console, LogFile, tail
@@ -135,6 +135,7 @@ class Supervisor:
         self._stamp = (0, "")
         self._prepared = False
         self._devnull = -1
+        self._executables: dict[tuple[str, str], str | None] = {}
         self._early_signals: list[int] = []
         self._made_subreaper = False
         self._done: asyncio.Future[int] | None = None
@@ -205,6 +206,19 @@ class Supervisor:
         if self._devnull < 0:
             self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         return self._devnull
+
+    def find_executable(self, command: str, env: Mapping[str, str]) -> str | None:
+        """Look each command up once per batch of starts (``start all``, autostart).
+
+        The lookups are forgotten as soon as the loop moves on, so a program
+        installed meanwhile is found exactly as exec would find it.
+        """
+        key = (command, env.get("PATH") or os.defpath)
+        if key not in self._executables:
+            if not self._executables:
+                self.loop.call_soon(self._executables.clear)
+            self._executables[key] = _process.find_executable(*key)
+        return self._executables[key]
 
     def log_dir(self) -> Path:
         return self.config.supervisor.log_dir
@@ -1096,8 +1110,9 @@ class _PreTimer:
 class _PreLoop:
     """Stands in for the event loop during :meth:`Supervisor.prestart`.
 
-    Spawning an exec-ready instance asks a loop for only three things: watch
-    an fd, stop watching one, and (after a failed start) a backoff timer.
+    Spawning an exec-ready instance asks a loop for only a few things: watch
+    an fd, stop watching one, a callback soon (forgetting a batch's command
+    lookups) and, after a failed start, a backoff timer.
     They are recorded here and replayed on the real loop.  Anything else
     would be a bug on that path, and fails loudly (AttributeError).
     """
@@ -1111,6 +1126,9 @@ class _PreLoop:
 
     def remove_reader(self, fd: int) -> bool:
         return self.readers.pop(fd, None) is not None
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> _PreTimer:
+        return self.call_later(0.0, callback, *args)
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> _PreTimer:
         timer = _PreTimer(time.monotonic() + delay, callback, args)
