@@ -219,6 +219,9 @@ def main() -> None:
         finally:
             big.close()
 
+    for label, xs in (("forkwell stop all", fw_stop), ("forkwell start all", fw_start),
+                      ("supervisorctl stop all", sv_stop), ("supervisorctl start all", sv_start)):
+        print(f"{label} (ms, each cycle): {' '.join(f'{x * 1000:.0f}' for x in xs)}")
     med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
     rows = [
         ("python -c pass (same interpreter)", floor, "1.00x (floor)"),
