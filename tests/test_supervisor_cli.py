@@ -114,8 +114,9 @@ def test_foreground_output_and_sigterm_stops_everything_with_exit_0(tmp_path: Pa
     assert "web:1 RUNNING -> STOPPING" in out and "forkwell up: all stopped, exiting" in out
 
 
-def _fleet_with_a_runaway(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A program, and one whose setsid'd grandchild left its process group and session."""
+def _up_with_a_runaway(tmp_path: Path) -> tuple[Path, subprocess.Popen[str], int, int]:
+    """``forkwell up`` running a program, and one whose setsid'd grandchild left
+    its process group and session: (config, supervisor, program pid, runaway pid)."""
     direct = tmp_path / "direct"
     escaped = tmp_path / "escaped"
     cfg = write_config(
@@ -127,7 +128,8 @@ def _fleet_with_a_runaway(tmp_path: Path) -> tuple[Path, Path, Path]:
         command = {cmd("sh", "-c", f"setsid sh -c 'echo $$ > {escaped}; exec sleep 1000' & exec sleep 1000")}
         """,
     )
-    return cfg, direct, escaped
+    proc = up(cfg, "--quiet")
+    return cfg, proc, read_pids(direct, 1, timeout=20)[0], read_pids(escaped, 1, timeout=20)[0]
 
 
 def _state(tmp_path: Path) -> dict[str, int]:
@@ -136,10 +138,7 @@ def _state(tmp_path: Path) -> dict[str, int]:
 
 
 def test_sigkill_of_the_supervisor_leaves_nothing_running(tmp_path: Path) -> None:
-    cfg, direct, escaped = _fleet_with_a_runaway(tmp_path)
-    proc = up(cfg, "--quiet")
-    plain = read_pids(direct, 1, timeout=20)[0]
-    runaway = read_pids(escaped, 1, timeout=20)[0]
+    _cfg, proc, plain, runaway = _up_with_a_runaway(tmp_path)
     state = _state(tmp_path)
     assert state["pid"] == proc.pid
     watchdog = state["watchdog"]
@@ -152,10 +151,7 @@ def test_sigkill_of_the_supervisor_leaves_nothing_running(tmp_path: Path) -> Non
 
 
 def test_a_killed_watchdog_is_replaced(tmp_path: Path) -> None:
-    cfg, direct, escaped = _fleet_with_a_runaway(tmp_path)
-    proc = up(cfg, "--quiet")
-    plain = read_pids(direct, 1, timeout=20)[0]
-    runaway = read_pids(escaped, 1, timeout=20)[0]
+    _cfg, proc, plain, runaway = _up_with_a_runaway(tmp_path)
     first = _state(tmp_path)["watchdog"]
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: _state(tmp_path)["watchdog"] != first, 10, "a new watchdog")
@@ -168,10 +164,7 @@ def test_a_killed_watchdog_is_replaced(tmp_path: Path) -> None:
 
 
 def test_next_up_ends_what_a_killed_supervisor_and_watchdog_left(tmp_path: Path) -> None:
-    cfg, direct, escaped = _fleet_with_a_runaway(tmp_path)
-    proc = up(cfg, "--quiet")
-    plain = read_pids(direct, 1, timeout=20)[0]
-    runaway = read_pids(escaped, 1, timeout=20)[0]
+    cfg, proc, plain, runaway = _up_with_a_runaway(tmp_path)
     watchdog = _state(tmp_path)["watchdog"]
     # Both gone at once (stopped first, so it cannot replace its watchdog).
     proc.send_signal(signal.SIGSTOP)
