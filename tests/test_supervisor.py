@@ -1001,6 +1001,25 @@ def test_commands_are_found_along_the_programs_own_path(tmp_path: Path) -> None:
     drive(cfg, body)
 
 
+def test_a_refused_prestart_starts_nothing_and_restores_the_signal_handlers(tmp_path: Path) -> None:
+    import json
+
+    from forkwell import StateError, _tree
+
+    cfg = config(tmp_path, '[programs.plain]\ncommand = "sleep 1000"\n')
+    me = _tree.read_stat(os.getpid())
+    assert me is not None
+    # The state file says a supervisor runs here (this very process, alive).
+    cfg.supervisor.state_file.parent.mkdir(parents=True)
+    cfg.supervisor.state_file.write_text(json.dumps({"pid": os.getpid(), "starttime": me.starttime}))
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    sup = Supervisor(cfg, quiet=True)
+    with pytest.raises(StateError, match="another forkwell up is running"):
+        sup.prestart()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert info(sup, "plain:0").state == "STOPPED" and sup._watchdog.pid is None
+
+
 def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:
     script = "trap '' TERM; while :; do read -t 1 x < /dev/zero; done"
     cfg = config(

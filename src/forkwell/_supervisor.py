@@ -869,14 +869,17 @@ class Supervisor:
         # Until run() installs the loop's handlers, a stop or reload request is
         # only recorded (a signal handler does no work): programs are running
         # from here on, and SIGTERM's default action would orphan them.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        handlers = {sig: signal.getsignal(sig) for sig in _EARLY_SIGNALS}
+        for sig in _EARLY_SIGNALS:
             signal.signal(sig, self._early_signal)
         pre = _PreLoop()
         self._loop = cast("asyncio.AbstractEventLoop", pre)
         try:
             self.prepare()
         except BaseException:
-            self._loop = None
+            self._loop = None  # nothing was started: as if never called
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             raise
         started = 0
         for inst in self._all():
@@ -1084,6 +1087,9 @@ class Supervisor:
         with os.fdopen(fd, "w") as f:
             json.dump(state, f)
         os.replace(tmp, path)
+
+
+_EARLY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class _PreTimer:
