@@ -92,6 +92,9 @@ class Looper:
 def test_200_concurrent_connections_over_4_workers() -> None:
     with Served("--workers", "4", "--bind", "127.0.0.1:0", "-q", ECHO) as srv:
         srv.started()
+        # "listening" is logged while the master may still be forking the last
+        # worker; a burst then could starve it of CPU until after the count.
+        wait_until(lambda: len(children(srv.pid)) == 4, 20, "4 workers")
         payloads = [f"client-{i}".encode() for i in range(200)]
         replies = burst(srv.address, payloads, concurrency=200)
         pids = set()
