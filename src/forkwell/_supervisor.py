@@ -838,6 +838,10 @@ class Supervisor:
         try:
             # Before touching anything process-wide: refuse to run twice.
             self._take_over_state()
+            self._note(
+                f"forkwell up: pid {os.getpid()}, {len(self._all())} instances "
+                f"of {len(self._programs)} programs from {self.config_path}"
+            )
             # Before anything is spawned: from here on the fleet dies with us.
             self._start_watchdog()
             self._write_state()
@@ -923,10 +927,6 @@ class Supervisor:
             control = self._control_server()
             if control is not None:
                 await control.start()
-            self._note(
-                f"forkwell up: pid {os.getpid()}, {len(self._all())} instances "
-                f"of {len(self._programs)} programs from {self.config_path}"
-            )
             auto = [i.name for i in self._all() if i.config.autostart]
             results = await self.start(auto) if auto else []
             failed = [r for r in results if not r.ok]
