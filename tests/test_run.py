@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import IS_ROOT, PY, read_pids, running, wait_until
@@ -416,4 +417,42 @@ def test_waiting_works_with_fds_above_1023() -> None:
         assert proc.wait(timeout=10) == 0
         assert proc.poll() == 0
     finally:
+        proc.close()
+
+
+def test_a_member_caught_inside_execve_is_still_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a process execs, /proc/PID/environ reads empty for ~0.1 ms (the new
+    image's environment is not mapped yet); a scan landing there once let a
+    setsid'd descendant escape.  That window cannot be hit on purpose, so the
+    empty reads are simulated: the first two reads of the member's environ."""
+    import builtins
+
+    proc = spawn(["sleep", "1000"])
+    assert proc.tree is not None
+    real_open = builtins.open
+    empty_reads = [2]
+
+    def flaky_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if file == f"/proc/{proc.pid}/environ" and empty_reads[0] > 0:
+            empty_reads[0] -= 1
+            file = os.devnull  # reads b"", as during execve
+        return real_open(file, mode, *args, **kwargs)
+
+    try:
+        monkeypatch.setattr(builtins, "open", flaky_open)
+        found = _tree.find_tree(proc.tree.token)
+        monkeypatch.undo()
+        assert empty_reads == [0] and proc.pid in found
+        # A process that really has no environment is given up on, quickly.
+        bare = subprocess.Popen(["env", "-i", "sleep", "1000"])
+        try:
+            wait_until(lambda: Path(f"/proc/{bare.pid}/comm").read_text() == "sleep\n", 10, "exec")
+            began = time.monotonic()
+            assert _tree.read_environ(bare.pid, os.getpid()) == b""
+            assert time.monotonic() - began < 0.5
+        finally:
+            bare.kill()
+            bare.wait()
+    finally:
+        proc.terminate_tree()
         proc.close()

@@ -144,7 +144,7 @@ def find_trees(
         if info is None or info.state in ("Z", "X") or info.starttime < not_before:
             continue
         infos[pid] = info
-        _match_cookies(pid, needles, members)
+        _match_cookies(info, needles, members)
     children: dict[int, list[int]] = {}
     for pid, info in infos.items():
         children.setdefault(info.ppid, []).append(pid)
@@ -179,7 +179,7 @@ def walk_subtree(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, Proc
             if info.state in ("Z", "X"):
                 continue
             infos[kid] = info
-            _match_cookies(kid, needles, members)
+            _match_cookies(info, needles, members)
     return close_over_children(members, infos, children)
 
 
@@ -199,16 +199,44 @@ def _children(pid: int, threads: int) -> list[int]:
     return out
 
 
-def _match_cookies(pid: int, needles: dict[bytes, str], members: dict[str, set[int]]) -> None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
-    except OSError:
-        return
-    for tok in tokens_in_environ(env):
+_EXEC_WINDOW = 0.02  # seconds: an execve() maps the new environment well within this
+_KTHREADD = 2
+
+
+def read_environ(pid: int, ppid: int) -> bytes:
+    """``/proc/PID/environ``; b"" if unreadable or the process is gone.
+
+    A process inside ``execve()`` shows an empty environment for a moment
+    (the new image's is not mapped yet): a descendant caught exec'ing, say
+    ``setsid`` turning into ``sleep``, would look cookie-less and escape the
+    scan.  An empty read is therefore retried for up to ``_EXEC_WINDOW``;
+    kernel threads (children of kthreadd), which never have one, are not.
+    """
+    deadline = 0.0
+    while True:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            return b""
+        if env or ppid in (0, _KTHREADD) or pid == _KTHREADD:
+            return env
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + _EXEC_WINDOW
+        info = read_stat(pid)
+        if now >= deadline or info is None or info.state in ("Z", "X"):
+            return env
+        select.select([], [], [], 0.0005)
+
+
+def _match_cookies(
+    info: ProcInfo, needles: dict[bytes, str], members: dict[str, set[int]]
+) -> None:
+    for tok in tokens_in_environ(read_environ(info.pid, info.ppid)):
         token = needles.get(tok)
         if token is not None:
-            members[token].add(pid)
+            members[token].add(info.pid)
 
 
 def close_over_children(
