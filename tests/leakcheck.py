@@ -73,14 +73,32 @@ def find_leaks(test_id: str) -> dict[int, str]:
             continue
         if state == "Z":
             continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in env:
+        if needle in _environ(pid, ppid).split(b"\0"):
             leaks[pid] = f"process still running {pid} (ppid {ppid}): {_cmdline(pid)}"
     return leaks
+
+
+def _environ(pid: int, ppid: int) -> bytes:
+    """/proc/PID/environ, read again for up to 20 ms while it is empty.
+
+    A process inside execve() shows an empty environment for a moment (its
+    new one is not mapped yet): a leak caught exec'ing would go unseen.
+    (Deliberately not forkwell's own _tree.read_environ: the fixture must not
+    depend on the code it checks.)  Kernel threads never have one.
+    """
+    deadline = time.monotonic() + 0.02
+    while True:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            return b""
+        if env or ppid in (0, 2) or time.monotonic() >= deadline:
+            return env
+        st = _stat(pid)
+        if st is None or st[0] in ("Z", "X"):
+            return env
+        select.select([], [], [], 0.0005)
 
 
 def wait_for_no_leaks(test_id: str, timeout: float) -> dict[int, str]:
