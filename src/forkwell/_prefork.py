@@ -61,6 +61,7 @@ from ._server import (
     Listeners,
     ServerState,
     SignalQueue,
+    _Listening,
     block_signals,
     call_handler,
     check_handler,
@@ -206,7 +207,7 @@ def reopen_logs(log_file: str | None) -> None:
                         handler.stream = None
 
 
-class PreforkServer:
+class PreforkServer(_Listening):
     """A master process and ``workers`` pre-forked workers serving one handler.
 
     >>> import http.server
@@ -280,18 +281,6 @@ class PreforkServer:
         self._pdeathsig: Any = None
 
     # -- public surface
-
-    @property
-    def addresses(self) -> list[str]:
-        return [str(spec) for spec in self._listeners.specs]
-
-    @property
-    def server_address(self) -> Any:
-        return self._listeners.specs[0].address
-
-    @property
-    def state(self) -> ServerState:
-        return self._state
 
     @property
     def workers(self) -> dict[int, str]:

@@ -432,7 +432,28 @@ _TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
 }
 
 
-class ForkingServer:
+class _Listening:
+    """What both servers say of where they listen and what state they are in."""
+
+    _listeners: Listeners
+    _state: ServerState
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where it listens, e.g. ``["127.0.0.1:8000", "unix:/run/app.sock"]``."""
+        return [str(spec) for spec in self._listeners.specs]
+
+    @property
+    def server_address(self) -> Any:
+        """The first listener's address, as ``socketserver`` spells it."""
+        return self._listeners.specs[0].address
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+
+class ForkingServer(_Listening):
     """Serve each connection from its own forked child.
 
     >>> import http.server
@@ -478,20 +499,6 @@ class ForkingServer:
         self.served = 0  # connections handed to a child so far
 
     # -- public surface
-
-    @property
-    def addresses(self) -> list[str]:
-        """Where it listens, e.g. ``["127.0.0.1:8000", "unix:/run/app.sock"]``."""
-        return [str(spec) for spec in self._listeners.specs]
-
-    @property
-    def server_address(self) -> Any:
-        """The first listener's address, as ``socketserver`` spells it."""
-        return self._listeners.specs[0].address
-
-    @property
-    def state(self) -> ServerState:
-        return self._state
 
     @property
     def children(self) -> set[int]:
