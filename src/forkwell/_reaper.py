@@ -177,6 +177,12 @@ class Reaper:
         # keep the parent's fds open.  The lock may have been held by another
         # thread of the parent at fork time: replace it.
         self._lock = threading.Lock()
+        self._forget_all()
+        if self._epoll is not None:
+            self._epoll = select.epoll()
+
+    def _forget_all(self) -> None:
+        """Close every pidfd and the epoll set; watch nothing any more."""
         for fd in self._pidfds:
             os.close(fd)
         self._pidfds.clear()
@@ -184,7 +190,6 @@ class Reaper:
         self._callbacks.clear()
         if self._epoll is not None:
             self._epoll.close()
-            self._epoll = select.epoll()
 
     def reap(self) -> list[ChildExit]:
         """Reap every watched child that has exited; never blocks."""
@@ -303,13 +308,7 @@ class Reaper:
         """Release the pidfds.  Children still running are no longer watched."""
         with self._lock:
             self._closed = True
-            for fd in self._pidfds:
-                os.close(fd)
-            self._pidfds.clear()
-            self._pids.clear()
-            self._callbacks.clear()
-            if self._epoll is not None:
-                self._epoll.close()
+            self._forget_all()
             if self._wake_r >= 0:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
