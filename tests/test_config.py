@@ -238,7 +238,7 @@ def test_config_error_is_a_value_error() -> None:
 
 def test_reference_docs_list_every_key() -> None:
     """docs/supervisor.md's tables must not go stale: every key is described there."""
-    from forkwell._config import PROGRAM_KEYS, SUPERVISOR_KEYS
+    from forkwell._supervisor._config import PROGRAM_KEYS, SUPERVISOR_KEYS
 
     docs = (Path(__file__).parent.parent / "docs" / "supervisor.md").read_text()
     missing = [k.name for k in (*SUPERVISOR_KEYS, *PROGRAM_KEYS) if f"| `{k.name}` |" not in docs]

@@ -1,4 +1,4 @@
-"""The control socket and protocol layer (forkwell._control), and the ctl CLI's own logic.
+"""The control socket and protocol layer (forkwell._supervisor._control._server), and the ctl CLI's own logic.
 
 These tests drive a real ``ControlServer`` on a real Unix socket, served by a
 real asyncio loop in a thread, but with a small in-test double of the
@@ -32,9 +32,9 @@ import pytest
 from helpers import IS_ROOT, PY
 
 import forkwell
-from forkwell import _control
-from forkwell._cli_ctl import format_bytes, format_exit, format_uptime, tail_lines
+from forkwell._cli._ctl import format_bytes, format_exit, format_uptime, tail_lines
 from forkwell._exceptions import UnknownProgramError
+from forkwell._supervisor._control import _server as _control
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -1080,7 +1080,7 @@ def test_fast_option_parsing_agrees_with_argparse() -> None:
     """The control commands skip argparse for plain command lines: same result, or none."""
     import random
 
-    from forkwell._cli_ctl import _SPECS, _parse, _parser, _Usage
+    from forkwell._cli._ctl import _SPECS, _parse, _parser, _Usage
 
     tokens = [
         "web", "web:1", "all", "-c", "f.toml", "--config", "--config=x.toml", "--socket", "/s",

@@ -31,7 +31,7 @@ import forkwell
 
 pytestmark = pytest.mark.timeout(60)
 
-HAVE_CLI_UP = importlib.util.find_spec("forkwell._cli_up") is not None
+HAVE_CLI_UP = importlib.util.find_spec("forkwell._cli._up") is not None
 RUN_SUPERVISOR = (
     "import asyncio, sys, forkwell\n"
     "sup = forkwell.Supervisor(forkwell.load_config(sys.argv[1]), quiet=True)\n"

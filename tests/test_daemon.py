@@ -17,8 +17,8 @@ import pytest
 from helpers import PY, running, wait_until
 
 import forkwell
-from forkwell._notify import NotifyListener
-from forkwell._pidfile import Pidfile
+from forkwell._core._notify import NotifyListener
+from forkwell._daemon._pidfile import Pidfile
 
 REAPER = int(os.environ.get("FORKWELL_TEST_REAPER_PID", "1"))
 

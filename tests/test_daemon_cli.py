@@ -17,7 +17,7 @@ import pytest
 from helpers import IS_ROOT, PY, running, wait_until
 
 import forkwell
-from forkwell._pidfile import Pidfile
+from forkwell._daemon._pidfile import Pidfile
 
 REAPER = int(os.environ.get("FORKWELL_TEST_REAPER_PID", "1"))
 

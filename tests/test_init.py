@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import PY, proc_state, running, wait_until
 
-from forkwell import _sys
-from forkwell._cli_init import parse
+from forkwell._cli._init import parse
+from forkwell._core import _sys
 from forkwell._exceptions import StateError
 from forkwell._init import Init, InitState, forwarded_signals
 
@@ -718,7 +718,7 @@ def test_pdeathsig_kills_the_command_when_init_dies() -> None:
 
 FALLBACK = """
 import sys
-from forkwell import _sys
+from forkwell._core import _sys
 setattr(_sys, sys.argv[1], False)
 from forkwell._init import Init
 print(Init(sys.argv[3:], grace=0.2, verbose=True, log=print).run(), flush=True)

@@ -7,7 +7,7 @@ import io
 import os
 from pathlib import Path
 
-from forkwell._logs import Console, LogFile, tail
+from forkwell._supervisor._logs import Console, LogFile, tail
 
 
 def pattern(size: int) -> bytes:

@@ -9,8 +9,14 @@ import time
 
 import pytest
 
-from forkwell import _notify
-from forkwell._notify import NotifyListener, notify, notify_ready, notify_status, notify_stopping
+from forkwell._core import _notify
+from forkwell._core._notify import (
+    NotifyListener,
+    notify,
+    notify_ready,
+    notify_status,
+    notify_stopping,
+)
 
 
 def _wait_messages(
@@ -50,7 +56,7 @@ def test_child_process_notifies_path_and_abstract(abstract: bool) -> None:
         assert listener.path.startswith("@") == abstract
         env = {**os.environ, **listener.environ()}
         code = (
-            "from forkwell._notify import *; import sys;"
+            "from forkwell._core._notify import *; import sys;"
             "assert notify_status('loading'); assert notify_ready('up');"
             "assert notify_stopping()"
         )

@@ -12,7 +12,7 @@ import pytest
 from helpers import IS_ROOT, PY, running, wait_until
 
 import forkwell
-from forkwell._pidfile import Pidfile, PidfileState
+from forkwell._daemon._pidfile import Pidfile, PidfileState
 
 HOLD = """
 import sys
@@ -57,7 +57,7 @@ def _close(child: subprocess.Popen[str]) -> None:
 
 
 def _probe_from_child(path: Path) -> str:
-    code = "import sys; from forkwell._pidfile import Pidfile; print(Pidfile.probe(sys.argv[1]))"
+    code = "import sys; from forkwell._daemon._pidfile import Pidfile; print(Pidfile.probe(sys.argv[1]))"
     return subprocess.run(
         [PY, "-c", code, str(path)], capture_output=True, text=True, check=True, timeout=30
     ).stdout

@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from forkwell._readiness import ReadySpec, parse_ready, tcp_accepts
+from forkwell._core._readiness import ReadySpec, parse_ready, tcp_accepts
 
 
 @pytest.mark.parametrize(

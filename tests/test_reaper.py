@@ -20,7 +20,7 @@ import pytest
 from helpers import PY, wait_until
 
 import forkwell
-from forkwell import _reaper, _sys
+from forkwell._core import _reaper, _sys
 from forkwell._exceptions import StateError
 
 needs_root = pytest.mark.skipif(
@@ -295,11 +295,11 @@ def test_fork_one_liner_without_callback_leaves_no_zombie(background: None) -> N
 
 SERVER = r"""
 import json, os, select, signal, subprocess, sys
-import forkwell, forkwell._sys
+import forkwell, forkwell._core._sys
 
 mode, n = sys.argv[1], int(sys.argv[2])
 if sys.argv[3:] == ["subreaper"]:
-    assert forkwell._sys.set_subreaper()
+    assert forkwell._core._sys.set_subreaper()
 me = os.getpid()
 exits = {}
 expected = {}

@@ -15,8 +15,8 @@ import pytest
 from helpers import IS_ROOT, PY, read_pids, running, wait_until
 
 import forkwell
-from forkwell import _sys, _tree
-from forkwell._process import spawn
+from forkwell._core import _sys, _tree
+from forkwell._core._process import spawn
 
 pytestmark = pytest.mark.timeout(30)
 

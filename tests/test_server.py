@@ -27,7 +27,7 @@ from test_server_apps import (
 )
 
 import forkwell
-from forkwell._server import parse_bind
+from forkwell._servers._common import parse_bind
 
 pytestmark = pytest.mark.timeout(60)
 

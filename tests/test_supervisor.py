@@ -826,8 +826,8 @@ def _watchdog_ready(pid: int) -> bool:
 def test_watchdog_kills_the_cookie_carriers_when_the_supervisor_dies() -> None:
     import subprocess
 
-    from forkwell import _tree
-    from forkwell._watchdog import Watchdog
+    from forkwell._core import _tree
+    from forkwell._supervisor._watchdog import Watchdog
 
     token = _tree.new_token()
     dog = Watchdog(token)
@@ -858,8 +858,8 @@ def test_watchdog_kills_the_cookie_carriers_when_the_supervisor_dies() -> None:
 def test_watchdog_stopped_cleanly_kills_nothing() -> None:
     import subprocess
 
-    from forkwell import _tree
-    from forkwell._watchdog import Watchdog
+    from forkwell._core import _tree
+    from forkwell._supervisor._watchdog import Watchdog
 
     token = _tree.new_token()
     dog = Watchdog(token)
@@ -1004,7 +1004,8 @@ def test_commands_are_found_along_the_programs_own_path(tmp_path: Path) -> None:
 def test_a_refused_prestart_starts_nothing_and_restores_the_signal_handlers(tmp_path: Path) -> None:
     import json
 
-    from forkwell import StateError, _tree
+    from forkwell import StateError
+    from forkwell._core import _tree
 
     cfg = config(tmp_path, '[programs.plain]\ncommand = "sleep 1000"\n')
     me = _tree.read_stat(os.getpid())
@@ -1046,7 +1047,7 @@ def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:
 
 
 def test_invalid_transition_raises_state_error(tmp_path: Path) -> None:
-    from forkwell._program import Instance
+    from forkwell._supervisor._program import Instance
 
     cfg = config(tmp_path, f"[programs.x]\ncommand = {cmd('true')}\n")
     sup = Supervisor(cfg, quiet=True)

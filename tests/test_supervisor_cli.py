@@ -183,7 +183,7 @@ def test_next_up_ends_what_a_killed_supervisor_and_watchdog_left(tmp_path: Path)
 
 def test_up_imports_no_asyncio_before_it_spawns() -> None:
     """``forkwell up`` spawns its simple programs before importing asyncio (~12 ms)."""
-    code = "import sys, forkwell._cli_up, forkwell._supervisor; print('asyncio' in sys.modules)"
+    code = "import sys, forkwell._cli._up, forkwell._supervisor._engine; print('asyncio' in sys.modules)"
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout == "False\n"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import PY, read_pids, running, wait_until
 
-from forkwell._duration import parse_duration, parse_signal
+from forkwell._core._duration import parse_duration, parse_signal
 
 pytestmark = pytest.mark.timeout(30)
 

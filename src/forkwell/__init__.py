@@ -16,14 +16,14 @@ __version__ = "0.1.0"
 
 # public name -> private module that defines it.  Keep sorted by module.
 _EXPORTS: dict[str, str] = {
-    "Config": "._config",
-    "ProgramConfig": "._config",
-    "load_config": "._config",
-    "ControlClient": "._control",
-    "daemonize": "._daemon",
-    "ChildExit": "._reaper",
-    "Reaper": "._reaper",
-    "fork": "._reaper",
+    "Config": "._supervisor._config",
+    "ProgramConfig": "._supervisor._config",
+    "load_config": "._supervisor._config",
+    "ControlClient": "._supervisor._control._server",
+    "daemonize": "._daemon._start",
+    "ChildExit": "._core._reaper",
+    "Reaper": "._core._reaper",
+    "fork": "._core._reaper",
     "BindError": "._exceptions",
     "CommandFailedError": "._exceptions",
     "CommandNotExecutableError": "._exceptions",
@@ -47,33 +47,39 @@ _EXPORTS: dict[str, str] = {
     "UnknownProgramError": "._exceptions",
     "WorkerBootError": "._exceptions",
     "WorkingDirectoryError": "._exceptions",
-    "FileLock": "._lock",
-    "notify_ready": "._notify",
-    "notify_status": "._notify",
-    "notify_stopping": "._notify",
-    "Pidfile": "._pidfile",
-    "PreforkServer": "._prefork",
-    "Process": "._process",
-    "spawn": "._process",
-    "ProgramState": "._program",
+    "FileLock": "._daemon._lock",
+    "notify_ready": "._core._notify",
+    "notify_status": "._core._notify",
+    "notify_stopping": "._core._notify",
+    "Pidfile": "._daemon._pidfile",
+    "PreforkServer": "._servers._prefork",
+    "Process": "._core._process",
+    "spawn": "._core._process",
+    "ProgramState": "._supervisor._program",
     "RunResult": "._run",
     "run": "._run",
     "run_async": "._run",
-    "ForkingServer": "._server",
-    "InstanceInfo": "._supervisor",
-    "OpResult": "._supervisor",
-    "ReloadReport": "._supervisor",
-    "Supervisor": "._supervisor",
+    "ForkingServer": "._servers._common",
+    "InstanceInfo": "._supervisor._engine",
+    "OpResult": "._supervisor._engine",
+    "ReloadReport": "._supervisor._engine",
+    "Supervisor": "._supervisor._engine",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])  # noqa: PLE0605 (tests/test_exports.py checks it)
 
 if TYPE_CHECKING:
-    from ._config import Config as Config
-    from ._config import ProgramConfig as ProgramConfig
-    from ._config import load_config as load_config
-    from ._control import ControlClient as ControlClient
-    from ._daemon import daemonize as daemonize
+    from ._core._notify import notify_ready as notify_ready
+    from ._core._notify import notify_status as notify_status
+    from ._core._notify import notify_stopping as notify_stopping
+    from ._core._process import Process as Process
+    from ._core._process import spawn as spawn
+    from ._core._reaper import ChildExit as ChildExit
+    from ._core._reaper import Reaper as Reaper
+    from ._core._reaper import fork as fork
+    from ._daemon._lock import FileLock as FileLock
+    from ._daemon._pidfile import Pidfile as Pidfile
+    from ._daemon._start import daemonize as daemonize
     from ._exceptions import BindError as BindError
     from ._exceptions import CommandFailedError as CommandFailedError
     from ._exceptions import CommandNotExecutableError as CommandNotExecutableError
@@ -97,26 +103,20 @@ if TYPE_CHECKING:
     from ._exceptions import UnknownProgramError as UnknownProgramError
     from ._exceptions import WorkerBootError as WorkerBootError
     from ._exceptions import WorkingDirectoryError as WorkingDirectoryError
-    from ._lock import FileLock as FileLock
-    from ._notify import notify_ready as notify_ready
-    from ._notify import notify_status as notify_status
-    from ._notify import notify_stopping as notify_stopping
-    from ._pidfile import Pidfile as Pidfile
-    from ._prefork import PreforkServer as PreforkServer
-    from ._process import Process as Process
-    from ._process import spawn as spawn
-    from ._program import ProgramState as ProgramState
-    from ._reaper import ChildExit as ChildExit
-    from ._reaper import Reaper as Reaper
-    from ._reaper import fork as fork
     from ._run import RunResult as RunResult
     from ._run import run as run
     from ._run import run_async as run_async
-    from ._server import ForkingServer as ForkingServer
-    from ._supervisor import InstanceInfo as InstanceInfo
-    from ._supervisor import OpResult as OpResult
-    from ._supervisor import ReloadReport as ReloadReport
-    from ._supervisor import Supervisor as Supervisor
+    from ._servers._common import ForkingServer as ForkingServer
+    from ._servers._prefork import PreforkServer as PreforkServer
+    from ._supervisor._config import Config as Config
+    from ._supervisor._config import ProgramConfig as ProgramConfig
+    from ._supervisor._config import load_config as load_config
+    from ._supervisor._control._server import ControlClient as ControlClient
+    from ._supervisor._engine import InstanceInfo as InstanceInfo
+    from ._supervisor._engine import OpResult as OpResult
+    from ._supervisor._engine import ReloadReport as ReloadReport
+    from ._supervisor._engine import Supervisor as Supervisor
+    from ._supervisor._program import ProgramState as ProgramState
 
 
 def __getattr__(name: str) -> Any:

@@ -36,10 +36,10 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from . import _sys, _tree
+from ._core import _sys, _tree
+from ._core._process import Process, spawn
+from ._core._reaper import ChildExit
 from ._exceptions import StateError
-from ._process import Process, spawn
-from ._reaper import ChildExit
 
 # Synchronous signals are about init's own faults; KILL/STOP cannot be caught;
 # CHLD is how we learn about exits; PIPE would turn init's own write to a

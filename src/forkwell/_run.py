@@ -1,6 +1,6 @@
 """``forkwell.run()``: a command with a deadline, its whole tree ended, always reaped.
 
-The loop itself lives in :mod:`forkwell._driver`; it also serves ``forkwell
+The loop itself lives in :mod:`forkwell._core._driver`; it also serves ``forkwell
 timeout`` (which adds signal forwarding and reaping of adopted orphans), and
 :func:`run_async` runs it in a thread and cancels it through a pipe.
 
@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _process
-from ._driver import _Capture, _Driver, _Phase
+from ._core import _process
+from ._core._driver import _Capture, _Driver, _Phase
+from ._core._process import StrPath, spawn
 from ._exceptions import CommandFailedError, CommandTimedOutError
-from ._process import StrPath, spawn
 
 
 @dataclass(frozen=True)

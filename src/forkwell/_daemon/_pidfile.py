@@ -33,7 +33,7 @@ import struct
 from enum import Enum
 from typing import NamedTuple
 
-from ._exceptions import PidfileError, PidfileLockedError, StateError
+from .._exceptions import PidfileError, PidfileLockedError, StateError
 
 StrPath = str | os.PathLike[str]
 

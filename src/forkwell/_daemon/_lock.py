@@ -23,7 +23,7 @@ import select
 import time
 from types import TracebackType
 
-from ._exceptions import LockTimeoutError, StateError
+from .._exceptions import LockTimeoutError, StateError
 
 
 class FileLock:

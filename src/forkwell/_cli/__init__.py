@@ -13,21 +13,21 @@ import sys
 
 # name -> (module, one-line summary).  Order is the order of `forkwell --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "timeout": ("forkwell._cli_timeout", "run a command with a time limit; end its whole tree"),
-    "daemon": ("forkwell._cli_daemon", "start|stop|status|restart a daemon with a pidfile"),
-    "init": ("forkwell._cli_init", "run a command as PID 1 / subreaper: forward signals, reap all"),
-    "serve": ("forkwell._cli_serve", "serve a request handler from forked or pre-forked workers"),
-    "up": ("forkwell._cli_up", "run the supervisor for a forkwell.toml fleet"),
-    "check": ("forkwell._cli_ctl", "validate a supervisor config file"),
-    "ps": ("forkwell._cli_ctl", "show the supervised programs"),
-    "start": ("forkwell._cli_ctl", "start supervised programs and wait until ready"),
-    "stop": ("forkwell._cli_ctl", "stop supervised programs and wait until stopped"),
-    "restart": ("forkwell._cli_ctl", "restart supervised programs"),
-    "signal": ("forkwell._cli_ctl", "send a signal to supervised programs"),
-    "logs": ("forkwell._cli_ctl", "print or follow a program's log"),
-    "reload": ("forkwell._cli_ctl", "re-read the config and apply only what changed"),
-    "scale": ("forkwell._cli_ctl", "change a program's number of instances"),
-    "down": ("forkwell._cli_ctl", "stop every program and the supervisor"),
+    "timeout": ("._timeout", "run a command with a time limit; end its whole tree"),
+    "daemon": ("._daemon", "start|stop|status|restart a daemon with a pidfile"),
+    "init": ("._init", "run a command as PID 1 / subreaper: forward signals, reap all"),
+    "serve": ("._serve", "serve a request handler from forked or pre-forked workers"),
+    "up": ("._up", "run the supervisor for a forkwell.toml fleet"),
+    "check": ("._ctl", "validate a supervisor config file"),
+    "ps": ("._ctl", "show the supervised programs"),
+    "start": ("._ctl", "start supervised programs and wait until ready"),
+    "stop": ("._ctl", "stop supervised programs and wait until stopped"),
+    "restart": ("._ctl", "restart supervised programs"),
+    "signal": ("._ctl", "send a signal to supervised programs"),
+    "logs": ("._ctl", "print or follow a program's log"),
+    "reload": ("._ctl", "re-read the config and apply only what changed"),
+    "scale": ("._ctl", "change a program's number of instances"),
+    "down": ("._ctl", "stop every program and the supervisor"),
 }
 
 USAGE = "usage: forkwell [--version] [--help] COMMAND [ARGS...]"
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_help())
         return 0 if args else 2
     if args[0] == "--version":
-        from . import __version__
+        from .. import __version__
 
         print(f"forkwell {__version__}")
         return 0
@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     from importlib import import_module
 
     try:
-        module = import_module(entry[0])
+        module = import_module(entry[0], __name__)
     except ModuleNotFoundError as exc:
         if exc.name != entry[0]:
             raise
         print(f"forkwell: command {args[0]!r} is not available yet", file=sys.stderr)
         return 2
     rc: int = module.main(args[1:], prog=f"forkwell {args[0]}", command=args[0])
-    if argv is None and entry[0] == "forkwell._cli_ctl":
+    if argv is None and entry[0] == "._ctl":
         _exit_now(rc)
     return rc
 

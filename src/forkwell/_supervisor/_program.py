@@ -44,18 +44,18 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from . import _tree
-from ._exceptions import SpawnError, StateError
+from .._core import _tree
+from .._core._process import DEVNULL, Process, spawn
+from .._exceptions import SpawnError, StateError
 from ._logs import LogFile
-from ._process import DEVNULL, Process, spawn
 
 if TYPE_CHECKING:
     # asyncio is imported where a coroutine needs it: ``forkwell up`` spawns its
     # first programs before the event loop (and asyncio's ~12 ms import) exists.
     import asyncio
 
+    from .._core._notify import NotifyListener
     from ._config import ProgramConfig
-    from ._notify import NotifyListener
 
 
 class ProgramState(Enum):
@@ -286,7 +286,7 @@ class Instance:
             return
         env = self.host.child_env(self)
         if cfg.ready.kind == "notify":
-            from ._notify import NotifyListener
+            from .._core._notify import NotifyListener
 
             uid = _uid_of(cfg.user)
             self._notify = NotifyListener(uid=uid if uid and os.geteuid() == 0 else None)

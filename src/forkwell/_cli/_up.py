@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ._getopt import UsageError, split_options
 
 if TYPE_CHECKING:
-    from ._config import Config
+    from .._supervisor._config import Config
 
 HELP = """\
 usage: {prog} [-h] [-c FILE] [-q] [-d] [--pidfile PATH] [--socket PATH]
@@ -94,7 +94,7 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
         return 0
     exit_after: float | None = None
     if args.exit_after is not None:
-        from ._duration import parse_duration
+        from .._core._duration import parse_duration
 
         try:
             exit_after = parse_duration(args.exit_after)
@@ -105,8 +105,8 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
         print(f"{prog}: --pidfile needs --detach", file=sys.stderr)
         return 2
 
-    from ._config import load_config
-    from ._exceptions import ConfigError
+    from .._exceptions import ConfigError
+    from .._supervisor._config import load_config
 
     try:
         config = load_config(args.config)
@@ -122,8 +122,8 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
     if args.detach:
         from pathlib import Path
 
-        from ._daemon import daemonize
-        from ._exceptions import ForkwellError
+        from .._daemon._start import daemonize
+        from .._exceptions import ForkwellError
 
         try:
             # Returns in the daemon only; the original exits 0 once we notify
@@ -142,8 +142,8 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
 def _serve(config: Config, args: _Args, prog: str, exit_after: float | None) -> int:
     from pathlib import Path
 
-    from ._exceptions import ForkwellError
-    from ._supervisor import Supervisor
+    from .._exceptions import ForkwellError
+    from .._supervisor._engine import Supervisor
 
     supervisor = Supervisor(config, quiet=args.quiet or args.detach)
     # The same precedence as the control commands: --socket, $FORKWELL_SOCKET, the config.

@@ -16,11 +16,11 @@ nothing happens (no timers tick in steady state):
 * SIGTERM/SIGINT shut down, SIGHUP reloads.
 
 Stopping an instance ends its whole tree (every process carrying its cookie,
-``setsid``'d and double-forked ones included; see :mod:`forkwell._tree`).
+``setsid``'d and double-forked ones included; see :mod:`forkwell._core._tree`).
 When many trees are ended at once, one scan of ``/proc`` serves them all.
 
 A SIGKILLed supervisor takes its programs along: its watchdog
-(:mod:`forkwell._watchdog`) sees it die and kills every process carrying the
+(:mod:`forkwell._supervisor._watchdog`) sees it die and kills every process carrying the
 supervisor's cookie.  Should both be killed at once, the cookie is also in
 the state file, and the next ``forkwell up`` ends the survivors before
 starting anything.
@@ -39,13 +39,13 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
-from . import _process, _sys, _tree
+from .._core import _process, _sys, _tree
+from .._core._process import Process
+from .._core._reaper import _waitid_returncode
+from .._exceptions import ForkwellError, StateError, UnknownProgramError
 from ._config import Config, ProgramConfig, load_config
-from ._exceptions import ForkwellError, StateError, UnknownProgramError
 from ._logs import Console, LogFile, tail
-from ._process import Process
 from ._program import DOWN, KILL_GRACE, SETTLED, Instance, ProgramState, _resolve, describe_exit
-from ._reaper import _waitid_returncode
 from ._watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -301,7 +301,7 @@ class Supervisor:
     async def end_tree(
         self, tree: _tree.Tree, sig: int, grace: float, *, include_root: bool = True
     ) -> None:
-        """Async :func:`forkwell._tree.terminate_tree`: ``sig`` to all, ``grace``, SIGKILL."""
+        """Async :func:`forkwell._core._tree.terminate_tree`: ``sig`` to all, ``grace``, SIGKILL."""
         loop = self.loop
         deadline = loop.time() + max(grace, 0.0)
         escalate = True
@@ -810,7 +810,7 @@ class Supervisor:
 
     def _request_reload(self) -> None:
         async def reload() -> None:
-            from ._exceptions import ConfigError
+            from .._exceptions import ConfigError
 
             try:
                 await self.reload()
@@ -967,7 +967,7 @@ class Supervisor:
             self._event_log = None
         return code
 
-    # -- the watchdog (see forkwell._watchdog) --------------------------------
+    # -- the watchdog (see forkwell._supervisor._watchdog) --------------------------------
 
     def _start_watchdog(self) -> None:
         try:
@@ -1014,20 +1014,14 @@ class Supervisor:
         self._watchdog.stop()
 
     def _control_server(self) -> Any:
-        """The control socket server, if the control plane is installed."""
-        from importlib import import_module
+        """The control socket server (imported here: asyncio must exist first)."""
+        from ._control._server import ControlServer
 
-        try:
-            module = import_module("forkwell._control")
-        except ModuleNotFoundError as exc:
-            if exc.name != "forkwell._control":
-                raise
-            return None
-        return module.ControlServer(self, self.socket_path)
+        return ControlServer(self, self.socket_path)
 
     def _notify_ready(self, failed: list[OpResult]) -> None:
         """Tell a waiting ``forkwell up --detach`` (or systemd Type=notify) we are up."""
-        from ._notify import notify
+        from .._core._notify import notify
 
         status = (
             f"{len(failed)} instance(s) failed to start: {failed[0].message}"

@@ -17,7 +17,7 @@
   every child has been reaped, also when it fails.
 
 The helpers for addresses, handlers and the post-fork reset are shared with
-:mod:`forkwell._prefork`.
+:mod:`forkwell._servers._prefork`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._exceptions import BindError, HandlerImportError, StateError
-from ._reaper import Reaper
+from .._core._reaper import Reaper
+from .._exceptions import BindError, HandlerImportError, StateError
 
 log = logging.getLogger("forkwell.server")
 

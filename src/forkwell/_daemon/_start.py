@@ -45,8 +45,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
-from . import _sys, _tree
-from ._exceptions import (
+from .._core import _sys, _tree
+from .._exceptions import (
     CommandNotExecutableError,
     CommandNotFoundError,
     DaemonReadyTimeoutError,
@@ -58,8 +58,8 @@ from ._pidfile import Pidfile, PidfileState
 
 if TYPE_CHECKING:
     # Imported lazily at run time: socket and dataclasses cost the CLI ~20 ms.
-    from ._notify import NotifyListener
-    from ._readiness import ReadySpec
+    from .._core._notify import NotifyListener
+    from .._core._readiness import ReadySpec
 
 StrPath = str | os.PathLike[str]
 Detach = bool | Literal["auto"]
@@ -833,7 +833,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def _await_notify_ready(events_fd: int) -> None:
     """ready="notify": forward notify_*() to the original until READY=1; report raises."""
-    from . import _notify
+    from .._core import _notify
 
     state = {"fd": events_fd}
     previous_hook = sys.excepthook
@@ -884,7 +884,7 @@ def _become_in_place(config: _Config, ready: str, redirect: bool) -> None:
         raise
     _install_exit_handling(pidfile)
     if ready == "immediate":
-        from ._notify import notify_ready
+        from .._core._notify import notify_ready
 
         notify_ready()
 
@@ -934,7 +934,7 @@ def start_daemon(
     environ = dict(os.environ if env is None else env)
     listener: NotifyListener | None = None
     if kind == "notify":
-        from ._notify import NotifyListener
+        from .._core._notify import NotifyListener
 
         listener = NotifyListener(
             uid=identity.uid if identity is not None and os.geteuid() == 0 else None,
@@ -1002,7 +1002,7 @@ def _ready_check(
             if now - state["probe"] < 0.02:
                 return False
             state["probe"] = now
-            from ._readiness import tcp_accepts
+            from .._core._readiness import tcp_accepts
 
             return tcp_accepts(spec.host, spec.port, 0.05) and w.daemon_alive()
         return False
@@ -1029,7 +1029,7 @@ def _exec_in_daemon(
         err: BaseException = exc
         step = ""
         if isinstance(exc, OSError) and not isinstance(exc, DaemonStartError | PidfileError):
-            from ._exceptions import spawn_error
+            from .._exceptions import spawn_error
 
             err, step = spawn_error(exc, args[0], None), "exec"
         _send(events_fd, _error_line(err, step))

@@ -38,8 +38,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from .._exceptions import StateError
 from . import _sys
-from ._exceptions import StateError
 
 ExitCallback = Callable[["ChildExit"], object]
 

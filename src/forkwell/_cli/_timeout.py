@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from ._duration import parse_duration, parse_signal
+from .._core._duration import parse_duration, parse_signal
 from ._getopt import UsageError, split_options
 
 USAGE = "usage: forkwell timeout [OPTION] DURATION COMMAND [ARG]..."
@@ -108,10 +108,10 @@ def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "tim
         print(f"{prog}: {exc}\nTry '{prog} --help' for more information.", file=sys.stderr)
         return EXIT_CANCELED
 
-    from . import _sys, _tree
-    from ._driver import _Driver
-    from ._exceptions import CommandNotExecutableError, CommandNotFoundError, SpawnError
-    from ._process import spawn
+    from .._core import _sys, _tree
+    from .._core._driver import _Driver
+    from .._core._process import spawn
+    from .._exceptions import CommandNotExecutableError, CommandNotFoundError, SpawnError
 
     stop_signal = int(opts["signal"])  # type: ignore[call-overload]
     kill_after = opts["kill_after"]

@@ -11,7 +11,7 @@ The watchdog holds the read end of a pipe whose only write end the
 supervisor holds (close-on-exec, so no program inherits it).  However the
 supervisor dies, the kernel closes that write end; the watchdog reads EOF
 and SIGKILLs every process carrying the supervisor's cookie (see
-:mod:`forkwell._tree`), setsid'd and double-forked descendants included.  A
+:mod:`forkwell._core._tree`), setsid'd and double-forked descendants included.  A
 clean shutdown writes one byte first, and the watchdog exits without
 scanning.
 
@@ -26,8 +26,8 @@ import contextlib
 import os
 import signal
 
-from . import _sys, _tree
-from ._reaper import _waitid_returncode
+from .._core import _sys, _tree
+from .._core._reaper import _waitid_returncode
 
 #: What ``ps`` shows for the watchdog (``/proc/PID/comm``, at most 15 bytes).
 COMM = "forkwell-watch"

@@ -49,10 +49,10 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _sys
-from ._exceptions import HandlerImportError, StateError, WorkerBootError
-from ._reaper import ChildExit, Reaper
-from ._server import (
+from .._core import _sys
+from .._core._reaper import ChildExit, Reaper
+from .._exceptions import HandlerImportError, StateError, WorkerBootError
+from ._common import (
     SERVER_SIGNALS,
     STOP_FAST,
     STOP_GRACEFUL,

@@ -25,9 +25,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from ._duration import parse_duration, parse_signal
-from ._exceptions import ConfigError
-from ._readiness import ReadySpec, parse_ready
+from .._core._duration import parse_duration, parse_signal
+from .._core._readiness import ReadySpec, parse_ready
+from .._exceptions import ConfigError
 
 DEFAULT_FILE = "forkwell.toml"
 

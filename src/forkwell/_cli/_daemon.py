@@ -1,6 +1,6 @@
 """``forkwell daemon start|stop|status|restart``: a better ``start-stop-daemon``.
 
-Parsing and printing only; the work is in :mod:`forkwell._daemon` (imported
+Parsing and printing only; the work is in :mod:`forkwell._daemon._start` (imported
 when a subcommand runs, so ``--help`` stays fast).
 """
 
@@ -162,8 +162,8 @@ def _one(opts: dict[str, list[str]], name: str, default: str | None = None) -> s
 
 
 def _status(here: str, opts: dict[str, list[str]]) -> int:
-    from ._daemon import process_name, process_uptime
-    from ._pidfile import Pidfile, PidfileState
+    from .._daemon._pidfile import Pidfile, PidfileState
+    from .._daemon._start import process_name, process_uptime
 
     path = _one(opts, "--pidfile")
     assert path is not None
@@ -203,9 +203,9 @@ def _format_uptime(seconds: float) -> str:
 
 
 def _stop(here: str, opts: dict[str, list[str]]) -> int:
-    from ._daemon import stop_daemon
-    from ._duration import parse_duration, parse_signal
-    from ._exceptions import PidfileError
+    from .._core._duration import parse_duration, parse_signal
+    from .._daemon._start import stop_daemon
+    from .._exceptions import PidfileError
 
     path = _one(opts, "--pidfile")
     assert path is not None
@@ -238,8 +238,8 @@ def _stop(here: str, opts: dict[str, list[str]]) -> int:
 def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
     import os
 
-    from ._daemon import log_tail, start_daemon
-    from ._exceptions import DaemonStartError, PidfileError, SpawnError
+    from .._daemon._start import log_tail, start_daemon
+    from .._exceptions import DaemonStartError, PidfileError, SpawnError
 
     path = _one(opts, "--pidfile")
     assert path is not None
@@ -289,13 +289,13 @@ def _start_options(opts: dict[str, list[str]]) -> tuple[Any, float, int, dict[st
     """(readiness, timeout, umask, environment) from the start options, or _Usage."""
     import os
 
-    from ._duration import parse_duration
+    from .._core._duration import parse_duration
 
     try:
         ready_text = _one(opts, "--ready", "exec") or "exec"
         ready = None
         if ready_text != "exec":  # the default needs no parsing: spare the import
-            from ._readiness import parse_ready
+            from .._core._readiness import parse_ready
 
             ready = parse_ready(ready_text)
         timeout = parse_duration(_one(opts, "--ready-timeout", "60") or "60")
@@ -320,7 +320,7 @@ def _start_options(opts: dict[str, list[str]]) -> tuple[Any, float, int, dict[st
 
 
 def _spawn_exit(exc: BaseException) -> int:
-    from ._exceptions import CommandNotExecutableError, CommandNotFoundError
+    from .._exceptions import CommandNotExecutableError, CommandNotFoundError
 
     if isinstance(exc, CommandNotFoundError):
         return EXIT_NOT_FOUND

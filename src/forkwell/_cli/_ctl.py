@@ -1,6 +1,6 @@
 """``forkwell ps|start|stop|restart|signal|logs|reload|scale|down|check``: talk to a supervisor.
 
-Thin: parse, send one request over the control socket (:mod:`forkwell._control`),
+Thin: parse, send one request over the control socket (:mod:`forkwell._supervisor._control`),
 print.  Imports stay lean (no asyncio, tomllib or engine) because ``forkwell
 ps`` is run by health checks and people in a hurry; only ``check`` loads the
 config module.
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from ._control import ControlClient, find_socket, wait_pid_gone
-from ._exceptions import ControlRequestError, SupervisorUnreachableError
+from .._exceptions import ControlRequestError, SupervisorUnreachableError
+from .._supervisor._control._server import ControlClient, find_socket, wait_pid_gone
 
 if TYPE_CHECKING:
     import argparse
@@ -402,7 +402,7 @@ def _restart(prog: str, ns: argparse.Namespace) -> int:
 
 
 def _signal(prog: str, ns: argparse.Namespace) -> int:
-    from ._duration import parse_signal
+    from .._core._duration import parse_signal
 
     try:
         sig = parse_signal(ns.signal)
@@ -617,8 +617,8 @@ def _ident(st: os.stat_result) -> tuple[int, int]:
 
 
 def _check(prog: str, ns: argparse.Namespace) -> int:
-    from ._config import DEFAULT_FILE, load_config
-    from ._exceptions import ConfigError
+    from .._exceptions import ConfigError
+    from .._supervisor._config import DEFAULT_FILE, load_config
 
     path = ns.config or DEFAULT_FILE
     try:

@@ -10,7 +10,7 @@ Everything in forkwell that starts a program goes through :func:`spawn`.
   selector or event loop, and nothing polls.  Elsewhere ``waitpid`` is used.
 * Signals go through ``pidfd_send_signal``, so they cannot reach a recycled PID.
 * :meth:`Process.terminate_tree` ends the child and every descendant (see
-  :mod:`forkwell._tree` for how the tree is found) and reaps the child.
+  :mod:`forkwell._core._tree` for how the tree is found) and reaps the child.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
+from .._exceptions import spawn_error
 from . import _sys, _tree
-from ._exceptions import spawn_error
 
 StrPath = str | os.PathLike[str]
 ProcessArgs = Sequence[StrPath]

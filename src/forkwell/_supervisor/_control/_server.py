@@ -40,8 +40,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _sys
-from ._exceptions import ControlRequestError, ControlSocketError, SupervisorUnreachableError
+from ..._core import _sys
+from ..._exceptions import ControlRequestError, ControlSocketError, SupervisorUnreachableError
 
 if TYPE_CHECKING:
     import asyncio
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 SOCKET_ENV = "FORKWELL_SOCKET"
 DEFAULT_CONFIG = "forkwell.toml"
-# The engine's default for [supervisor] socket (forkwell._config.SUPERVISOR_KEYS).
+# The engine's default for [supervisor] socket (forkwell._supervisor._config.SUPERVISOR_KEYS).
 DEFAULT_SOCKET_SETTING = ".forkwell/forkwell.sock"
 
 # Requests are a few hundred bytes; this leaves room for thousands of names.
@@ -84,7 +84,7 @@ ERROR_CODES = (
 
 
 # --------------------------------------------------------------------------
-# What the server needs from the engine (forkwell._supervisor.Supervisor).
+# What the server needs from the engine (forkwell._supervisor._engine.Supervisor).
 # Structural, so the protocol layer can be tested against a small double.
 
 
@@ -497,7 +497,7 @@ class ControlServer:
     # -- requests ----------------------------------------------------------
 
     async def _handle_line(self, line: bytes, writer: asyncio.StreamWriter) -> dict[str, Any]:
-        from ._exceptions import ConfigError, ForkwellError, UnknownProgramError
+        from ..._exceptions import ConfigError, ForkwellError, UnknownProgramError
 
         try:
             request = json.loads(line)
@@ -630,7 +630,7 @@ class ControlServer:
         return await self._run_op("restart", args, w)
 
     async def _cmd_signal(self, args: dict[str, Any], w: Any) -> dict[str, Any]:
-        from ._duration import parse_signal
+        from ..._core._duration import parse_signal
 
         instances = self.supervisor.resolve(_names(args))
         raw = args.get("signal")
@@ -1018,7 +1018,7 @@ def scan_socket_setting(text: str) -> str | None:
 def resolve_socket_setting(value: str | None, config_path: str) -> str:
     """Where the engine puts the socket for a ``[supervisor] socket`` setting (None: unset).
 
-    Mirrors ``forkwell._config``: relative to the config file's directory, ``~``
+    Mirrors ``forkwell._supervisor._config``: relative to the config file's directory, ``~``
     expanded, symlinks resolved; ``tests/test_control.py`` checks they agree.
     """
     base = os.path.realpath(os.path.dirname(config_path) or ".")

@@ -72,7 +72,7 @@ _VALUED = {
 
 
 def _apply(opts: _Options, name: str, value: str | None) -> None:
-    from ._duration import parse_duration, parse_signal
+    from .._core._duration import parse_duration, parse_signal
 
     if name == "--pgroup":
         opts.pgroup = True
@@ -124,12 +124,8 @@ def main(argv: list[str], *, prog: str = "forkwell init", command: str = "init")
         error(f"no command given (usage: {prog} [OPTIONS] [--] COMMAND [ARG]...)")
         return EXIT_USAGE
 
-    from ._exceptions import (
-        CommandNotExecutableError,
-        CommandNotFoundError,
-        SpawnError,
-    )
-    from ._init import Init
+    from .._exceptions import CommandNotExecutableError, CommandNotFoundError, SpawnError
+    from .._init import Init
 
     init = Init(
         opts.command,

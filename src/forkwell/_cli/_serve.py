@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._prefork import PreforkServer
-    from ._server import ForkingServer
+    from .._servers._common import ForkingServer
+    from .._servers._prefork import PreforkServer
 
 DESCRIPTION = """\
 Serve a socketserver request handler (or a callable handler(sock, address))
@@ -49,7 +49,7 @@ _count = _int_at_least(0)
 
 
 def _duration(text: str) -> float:
-    from ._duration import parse_duration
+    from .._core._duration import parse_duration
 
     try:
         value = parse_duration(text)
@@ -167,7 +167,7 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
 
     import logging
 
-    from ._exceptions import BindError, HandlerImportError, WorkerBootError
+    from .._exceptions import BindError, HandlerImportError, WorkerBootError
 
     handler_log = logging.StreamHandler(sys.stderr)
     handler_log.setFormatter(logging.Formatter(f"{prog}[%(process)d]: %(message)s"))
@@ -183,7 +183,7 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
     graceful = 30.0 if args.graceful_timeout is None else args.graceful_timeout
     try:
         if per_conn:
-            from ._server import ForkingServer, load_handler
+            from .._servers._common import ForkingServer, load_handler
 
             server: ForkingServer | PreforkServer = ForkingServer(
                 load_handler(args.handler),
@@ -194,7 +194,7 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
             )
             what = "one child per connection"
         else:
-            from ._prefork import PreforkServer
+            from .._servers._prefork import PreforkServer
 
             workers = args.workers or os.cpu_count() or 1
             server = PreforkServer(
