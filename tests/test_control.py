@@ -32,7 +32,9 @@ import pytest
 from helpers import IS_ROOT, PY
 
 import forkwell
-from forkwell._cli._ctl import format_bytes, format_exit, format_uptime, tail_lines
+from forkwell._cli._ctl import format_bytes, format_uptime
+from forkwell._core._files import tail_bytes as tail_lines
+from forkwell._core._status import exit_label
 from forkwell._exceptions import UnknownProgramError
 from forkwell._supervisor._control import _server as _control
 
@@ -1057,9 +1059,9 @@ def test_formatting_helpers() -> None:
     assert format_uptime(312) == "5m12s"
     assert format_uptime(7380) == "2h03m"
     assert format_uptime(2 * 86400 + 3600) == "2d01h"
-    assert format_exit(None) == "-"
-    assert format_exit(0) == "0"
-    assert format_exit(-9) == "SIGKILL"
+    assert exit_label(None) == "-"
+    assert exit_label(0) == "0"
+    assert exit_label(-9) == "SIGKILL"
     assert format_bytes(512) == "512B"
     assert format_bytes(12_800_000) == "12.2M"
 

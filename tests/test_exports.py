@@ -59,3 +59,25 @@ def test_exceptions_subclass_the_fitting_builtins() -> None:
 
 def test_reimport_is_stable() -> None:
     assert importlib.import_module("forkwell") is forkwell
+
+
+def test_classes_made_by_a_factory_refuse_direct_construction() -> None:
+    """``Process`` comes from ``spawn()``: the class says so in code, not only in its docstring."""
+    try:
+        forkwell.Process(["true"])  # type: ignore[call-arg]
+    except TypeError as exc:
+        assert "forkwell.spawn()" in str(exc)
+    else:
+        raise AssertionError("Process() should have raised TypeError")
+    proc = forkwell.spawn(["true"])
+    assert proc.wait(10) == 0
+    proc.close()
+
+
+def test_run_async_has_the_signature_of_run() -> None:
+    """No private parameter in a public signature; the async twin loses none of run()'s."""
+    import inspect
+
+    sync = inspect.signature(forkwell.run)
+    assert not [p for p in sync.parameters if p.startswith("_")]
+    assert inspect.signature(forkwell.run_async).parameters == sync.parameters

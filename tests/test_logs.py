@@ -7,7 +7,8 @@ import io
 import os
 from pathlib import Path
 
-from forkwell._supervisor._logs import Console, LogFile, tail
+from forkwell._core._files import tail
+from forkwell._supervisor._logs import Console, LogFile
 
 
 def pattern(size: int) -> bytes:

@@ -59,7 +59,7 @@ _EXPORTS: dict[str, str] = {
     "RunResult": "._run",
     "run": "._run",
     "run_async": "._run",
-    "ForkingServer": "._servers._common",
+    "ForkingServer": "._servers._forking",
     "InstanceInfo": "._supervisor._engine",
     "OpResult": "._supervisor._engine",
     "ReloadReport": "._supervisor._engine",
@@ -106,7 +106,7 @@ if TYPE_CHECKING:
     from ._run import RunResult as RunResult
     from ._run import run as run
     from ._run import run_async as run_async
-    from ._servers._common import ForkingServer as ForkingServer
+    from ._servers._forking import ForkingServer as ForkingServer
     from ._servers._prefork import PreforkServer as PreforkServer
     from ._supervisor._config import Config as Config
     from ._supervisor._config import ProgramConfig as ProgramConfig

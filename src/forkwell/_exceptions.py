@@ -32,10 +32,26 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ._run import RunResult
+
+class _Result(Protocol):
+    """What the ``run(check=True)`` errors say of a result (a ``RunResult``).
+
+    A protocol, not an import of ``forkwell._run``: the exceptions sit under
+    every layer and import none of them.
+    """
+
+    @property
+    def args(self) -> list[str]: ...
+    @property
+    def returncode(self) -> int: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def stdout(self) -> Any: ...
+    @property
+    def stderr(self) -> Any: ...
 
 
 class ForkwellError(Exception):
@@ -72,20 +88,16 @@ class SpawnResourceError(SpawnError, BlockingIOError):
 class CommandFailedError(ForkwellError):
     """``run(check=True)`` saw a non-zero exit status.  ``.result`` has the details."""
 
-    def __init__(self, result: RunResult) -> None:
+    def __init__(self, result: _Result) -> None:
         self.result = result
         super().__init__(self._describe())
 
     def _describe(self) -> str:
+        from ._core._status import signal_name
+
         r = self.result
         if r.returncode < 0:
-            import signal
-
-            try:
-                name = signal.Signals(-r.returncode).name
-            except ValueError:
-                name = f"signal {-r.returncode}"
-            return f"command {r.args[0]!r} died of {name}"
+            return f"command {r.args[0]!r} died of {signal_name(-r.returncode)}"
         return f"command {r.args[0]!r} exited with status {r.returncode}"
 
 

@@ -36,10 +36,10 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from ._core import _sys, _tree
+from ._core import _proc, _sys, _tree
 from ._core._process import Process, spawn
 from ._core._reaper import ChildExit
-from ._exceptions import StateError
+from ._core._state import check
 
 # Synchronous signals are about init's own faults; KILL/STOP cannot be caught;
 # CHLD is how we learn about exits; PIPE would turn init's own write to a
@@ -93,7 +93,7 @@ class Init:
     Raises :class:`~forkwell.SpawnError` subclasses when the command cannot start.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (forkwell init's options, as tini's)
         self,
         args: Sequence[str],
         *,
@@ -132,9 +132,7 @@ class Init:
     # -- state -------------------------------------------------------------
 
     def _to(self, new: InitState) -> None:
-        if new not in _TRANSITIONS[self.state]:
-            raise StateError(f"init cannot go from {self.state.value} to {new.value}")
-        self.state = new
+        self.state = check(_TRANSITIONS, self.state, new, "init")
 
     # -- set-up --------------------------------------------------------------
 
@@ -338,7 +336,7 @@ class Init:
         self._stop_asked = False
         # The stop was reported once; the command may have been continued since.
         if self._proc_ours:
-            info = _tree.read_stat(proc.pid)
+            info = _proc.read_stat(proc.pid)
             if info is None or info.state not in ("T", "t"):
                 return
         self._give_back_tty()
@@ -399,15 +397,15 @@ class Init:
                 continue
             if held is not None and held[0] >= 0:
                 os.close(held[0])
-            fd = _pin(info)
+            fd = _proc.pin(info)
             if fd is None and _sys.HAVE_PIDFD:
                 continue  # gone meanwhile
             self._termed[info.pid] = (-1 if fd is None else fd, info.starttime)
             if self.verbose:
                 self.log(f"sending SIGTERM to remaining descendant {info.pid}")
-            if _signal(info.pid, fd, signal.SIGTERM):
+            if _sys.send_signal(info.pid, fd, signal.SIGTERM):
                 # A stopped process would keep SIGTERM pending forever.
-                _signal(info.pid, fd, signal.SIGCONT)
+                _sys.send_signal(info.pid, fd, signal.SIGCONT)
 
     def _kill_all(self) -> None:
         if self.pid1:
@@ -417,9 +415,9 @@ class Init:
             self._signal_group(signal.SIGKILL)
             return
         for info in _descendants().values():
-            fd = _pin(info)
+            fd = _proc.pin(info)
             if fd is not None or not _sys.HAVE_PIDFD:
-                _signal(info.pid, fd, signal.SIGKILL)
+                _sys.send_signal(info.pid, fd, signal.SIGKILL)
             if fd is not None:
                 os.close(fd)
 
@@ -476,26 +474,16 @@ def _inherited_fds() -> list[int]:
     return sorted(fds)
 
 
-def _descendants() -> dict[int, _tree.ProcInfo]:
+def _descendants() -> dict[int, _proc.ProcStat]:
     """Every live descendant of this process, by closure over parentage in /proc."""
     if not _sys.HAVE_PROC:
         return {}
-    me = os.getpid()
-    infos: dict[int, _tree.ProcInfo] = {}
-    for pid in _tree.iter_pids():
-        if pid == me:
-            continue
-        info = _tree.read_stat(pid)
-        if info is not None and info.state not in ("Z", "X"):
-            infos[pid] = info
-    found: dict[int, _tree.ProcInfo] = {}
-    frontier = {me}
-    while frontier:
-        nxt = {pid for pid, info in infos.items() if info.ppid in frontier and pid not in found}
-        for pid in nxt:
-            found[pid] = infos[pid]
-        frontier = nxt
-    return found
+    infos = _proc.live_processes()
+    children: dict[int, list[int]] = {}
+    for pid, info in infos.items():
+        children.setdefault(info.ppid, []).append(pid)
+    mine = set(children.get(os.getpid(), ()))
+    return _tree.close_over_children({"": mine}, infos, children)[""]
 
 
 def _proc_is_ours() -> bool:
@@ -514,26 +502,3 @@ def _kill_everyone(sig: int) -> None:
         os.kill(-1, sig)
     except ProcessLookupError:
         pass
-
-
-def _signal(pid: int, pidfd: int | None, sig: int) -> bool:
-    """Signal through the pidfd; by pid only where pidfds are missing (Linux < 5.3)."""
-    if pidfd is not None:
-        return _sys.pidfd_signal(pidfd, sig)
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _pin(info: _tree.ProcInfo) -> int | None:
-    """A pidfd for ``info``, checked to be the same process (pids get recycled)."""
-    fd = _sys.pidfd_open(info.pid)
-    if fd is None:
-        return None
-    again = _tree.read_stat(info.pid)
-    if again is None or again.starttime != info.starttime:
-        os.close(fd)
-        return None
-    return fd

@@ -1,8 +1,9 @@
 """``forkwell.run()``: a command with a deadline, its whole tree ended, always reaped.
 
 The loop itself lives in :mod:`forkwell._core._driver`; it also serves ``forkwell
-timeout`` (which adds signal forwarding and reaping of adopted orphans), and
-:func:`run_async` runs it in a thread and cancels it through a pipe.
+timeout`` (:mod:`forkwell._timeout`, which adds signal forwarding and reaping of
+adopted orphans), and :func:`run_async` runs it in a thread and cancels it
+through a pipe.
 
 When the run ends, for whatever reason, nothing it started is still running:
 
@@ -16,17 +17,18 @@ When the run ends, for whatever reason, nothing it started is still running:
 
 from __future__ import annotations
 
+import _thread
 import math
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, ParamSpec
 
 from ._core import _process
-from ._core._driver import _Capture, _Driver, _Phase
-from ._core._process import StrPath, spawn
+from ._core._driver import Capture, Driver, Hooks, Phase, Policy, Pumps
+from ._core._process import Process, StrPath, spawn
 from ._exceptions import CommandFailedError, CommandTimedOutError
 
 
@@ -71,7 +73,7 @@ def _validate(timeout: float | None, grace: float, max_output: int | None) -> No
         raise ValueError(f"max_output must be >= 0 bytes, got {max_output!r}")
 
 
-def run(
+def run(  # noqa: PLR0913 (subprocess.run's keywords, plus the deadline's)
     args: StrPath | Sequence[StrPath],
     *,
     timeout: float | None = None,
@@ -88,7 +90,6 @@ def run(
     stdin: _process.FileArg = None,
     stdout: _process.FileArg = None,
     stderr: _process.FileArg = None,
-    _cancel_fd: int | None = None,
 ) -> RunResult:
     """Run a command to completion; end its whole process tree; return a :class:`RunResult`.
 
@@ -114,45 +115,64 @@ def run(
         if stdin is not None:
             raise ValueError("stdin and input arguments may not both be used")
         stdin = _process.PIPE
+    cancel_fd = _cancel_fds.get(_thread.get_ident())
     proc = spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
-    if stdout is None and stderr is None and data is None and _cancel_fd is None:
+    policy = Policy(timeout=timeout, grace=grace, stop_signal=stop_signal)
+    if stdout is None and stderr is None and data is None and cancel_fd is None:
         # Nothing to pump: wait on the pidfd alone.  This is the hot path of
         # run(["/bin/true"]), kept within a few percent of subprocess.run.
-        try:
-            proc.wait(timeout)
-        except BaseException:
-            proc.terminate_tree(stop_signal, grace)
-            proc.close()
-            raise
-        tree = proc.tree
-        if proc.returncode is not None and (tree is None or not tree.may_have_descendants()):
-            proc.close()
-            result = RunResult(argv, proc.pid, proc.returncode, None, None, False,
-                               time.monotonic() - proc.started)
-            if check:
-                result.check_returncode()
-            return result
-    captures: dict[int, _Capture] = {}
+        result = _wait_only(proc, argv, policy)
+    else:
+        result = _drive(proc, argv, policy, _Io(data, max_output, text, cancel_fd))
+    if check:
+        result.check_returncode()
+    return result
+
+
+def _wait_only(proc: Process, argv: list[str], policy: Policy) -> RunResult:
+    """No pipes to pump: one wait on the pidfd, the loop only if something is left."""
+    try:
+        proc.wait(policy.timeout)
+    except BaseException:
+        proc.terminate_tree(policy.stop_signal, policy.grace)
+        proc.close()
+        raise
+    tree = proc.tree
+    if proc.returncode is None or (tree is not None and tree.may_have_descendants()):
+        # The deadline passed, or the child may have left descendants: the loop ends them.
+        return _drive(proc, argv, policy)
+    proc.close()
+    duration = time.monotonic() - proc.started
+    return RunResult(argv, proc.pid, proc.returncode, None, None, False, duration)
+
+
+class _Io(NamedTuple):
+    """What one run pumps: the input to write, and how to keep the output."""
+
+    data: bytes | None = None
+    max_output: int | None = None
+    text: bool = False
+    cancel_fd: int | None = None  # readable: run_async's task was cancelled
+
+
+_NO_IO = _Io()
+
+
+def _drive(proc: Process, argv: list[str], policy: Policy, io: _Io = _NO_IO) -> RunResult:
+    """Run the loop: pump input and output, keep the deadline, end the tree."""
+    data, max_output, text, cancel_fd = io
+    captures: dict[int, Capture] = {}
     out_cap = err_cap = None
     if proc.stdout is not None:
-        out_cap = captures[proc.stdout.fileno()] = _Capture(max_output)
+        out_cap = captures[proc.stdout.fileno()] = Capture(max_output)
     if proc.stderr is not None:
-        err_cap = captures[proc.stderr.fileno()] = _Capture(max_output)
-    driver = _Driver(
-        proc,
-        timeout=timeout,
-        grace=grace,
-        stop_signal=stop_signal,
-        input=data,
-        captures=captures,
-        wake_fd=_cancel_fd,
-        on_wake=None,
-    )
-    if _cancel_fd is not None:
+        err_cap = captures[proc.stderr.fileno()] = Capture(max_output)
+    driver = Driver(proc, policy, Pumps(data, captures), Hooks(wake_fd=cancel_fd))
+    if cancel_fd is not None:
 
         def cancelled(_: bytes) -> None:
-            if driver.phase is _Phase.RUNNING:
-                driver.begin_termination(stop_signal, grace, include_root=True)
+            if driver.phase is Phase.RUNNING:
+                driver.begin_termination(policy.stop_signal, policy.grace, include_root=True)
 
         driver.on_wake = cancelled
     try:
@@ -160,15 +180,15 @@ def run(
     finally:
         proc.close()
     rc = proc.returncode
-    assert rc is not None
+    assert rc is not None  # the loop returns only once the child is reaped
 
-    def out(cap: _Capture | None) -> Any:
+    def out(cap: Capture | None) -> Any:
         if cap is None:
             return None
         value = cap.value()
         return value.decode(errors="replace") if text else value
 
-    result = RunResult(
+    return RunResult(
         args=argv,
         pid=proc.pid,
         returncode=rc,
@@ -179,15 +199,31 @@ def run(
         stdout_omitted=out_cap.omitted if out_cap else 0,
         stderr_omitted=err_cap.omitted if err_cap else 0,
     )
-    if check:
-        result.check_returncode()
-    return result
 
 
-async def run_async(
-    args: StrPath | Sequence[StrPath],
-    **kwargs: Any,
-) -> RunResult:
+# run_async() runs run() in a worker thread and cancels it through a pipe; the
+# read end reaches that thread's run() here, keyed by the thread, so that no
+# private parameter shows in run()'s signature.
+_cancel_fds: dict[int, int] = {}
+
+_P = ParamSpec("_P")
+_AsyncRun = Callable[_P, Coroutine[Any, Any, RunResult]]
+
+
+def _same_arguments_as(
+    sync: Callable[_P, RunResult],
+) -> Callable[[Callable[..., Coroutine[Any, Any, RunResult]]], _AsyncRun[_P]]:
+    """Give the async twin ``sync``'s parameters, for the type checker and ``help()``."""
+
+    def adopt(twin: Callable[..., Coroutine[Any, Any, RunResult]]) -> _AsyncRun[_P]:
+        twin.__wrapped__ = sync  # type: ignore[attr-defined]  # inspect.signature follows it
+        return twin
+
+    return adopt
+
+
+@_same_arguments_as(run)
+async def run_async(*args: Any, **kwargs: Any) -> RunResult:
     """The asyncio twin of :func:`run`, with the same arguments and guarantees.
 
     The run happens in a thread of its own; cancelling the awaiting task ends
@@ -211,12 +247,15 @@ async def run_async(
             future.set_result(result)
 
     def worker() -> None:
+        _cancel_fds[_thread.get_ident()] = cancel_r
         try:
-            result = run(args, _cancel_fd=cancel_r, **kwargs)
+            result = run(*args, **kwargs)
         except BaseException as exc:
             loop.call_soon_threadsafe(settle, None, exc)
         else:
             loop.call_soon_threadsafe(settle, result, None)
+        finally:
+            del _cancel_fds[_thread.get_ident()]
 
     thread = threading.Thread(target=worker, name="forkwell.run_async", daemon=True)
     thread.start()

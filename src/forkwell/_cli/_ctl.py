@@ -22,8 +22,11 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from .._core._files import tail_bytes
+from .._core._proc import wait_gone
+from .._core._status import exit_label
 from .._exceptions import ControlRequestError, SupervisorUnreachableError
-from .._supervisor._control._server import ControlClient, find_socket, wait_pid_gone
+from .._supervisor._control._server import ControlClient, find_socket
 
 if TYPE_CHECKING:
     import argparse
@@ -269,7 +272,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
                 "-" if r["pid"] is None else str(r["pid"]),
                 "-" if r["uptime"] is None else format_uptime(r["uptime"]),
                 str(r["restarts"]),
-                format_exit(r["last_exit"]),
+                exit_label(r["last_exit"]),
                 "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}",
                 "-" if r["rss_bytes"] is None else format_bytes(r["rss_bytes"]),
             )
@@ -290,19 +293,6 @@ def format_uptime(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def format_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "-"
-    if returncode < 0:
-        import signal
-
-        try:
-            return signal.Signals(-returncode).name
-        except ValueError:
-            return f"signal {-returncode}"
-    return str(returncode)
 
 
 def format_bytes(n: int) -> str:
@@ -380,7 +370,7 @@ def _report(prog: str, results: list[dict[str, Any]], done: str | None) -> int:
         message = r.get("message") or f"{r['instance']} is {r['state']}"
         _err(prog, message)
         if r.get("last_exit") is not None:
-            print(f"  last exit: {format_exit(r['last_exit'])}", file=sys.stderr)
+            print(f"  last exit: {exit_label(r['last_exit'])}", file=sys.stderr)
         tail = r.get("log_tail") or []
         if tail:
             print("  last log lines:", file=sys.stderr)
@@ -460,7 +450,7 @@ def _down(prog: str, ns: argparse.Namespace) -> int:
         # The supervisor closes the socket as it exits; then make sure the
         # process itself is gone, so `forkwell down && forkwell up` is safe.
         client.wait_closed(ns.timeout)
-    if isinstance(pid, int) and not wait_pid_gone(pid, ns.timeout):
+    if isinstance(pid, int) and not wait_gone(pid, ns.timeout):
         _err(prog, f"all stopped, but the supervisor (pid {pid}) has not exited")
         return EXIT_UNREACHABLE
     stopped = result.get("stopped") or []
@@ -491,7 +481,7 @@ def _logs(prog: str, ns: argparse.Namespace) -> int:
         if follower.file is None:
             missing.append(entry["instance"])
         else:
-            tail = tail_lines(follower.file, ns.lines)
+            tail = tail_bytes(follower.file, ns.lines)
             out.write(follower.add_prefix(tail, final=not ns.follow))
         followers.append(follower)
     out.flush()
@@ -503,24 +493,6 @@ def _logs(prog: str, ns: argparse.Namespace) -> int:
         return EXIT_OK
     follow(followers, out)
     return EXIT_OK  # pragma: no cover (follow returns only by an exception)
-
-
-def tail_lines(f: Any, n: int, block: int = 65536) -> bytes:
-    """The last ``n`` lines of binary file ``f``; leaves ``f`` at its end."""
-    end = f.seek(0, os.SEEK_END)
-    if n <= 0:
-        return b""
-    pos = end
-    data = b""
-    # A final line without '\n' counts as a line too.
-    while pos > 0 and data.count(b"\n") <= n:
-        step = min(block, pos)
-        pos -= step
-        f.seek(pos)
-        data = f.read(step) + data
-    f.seek(end)
-    lines = data.splitlines(keepends=True)
-    return b"".join(lines[-n:])
 
 
 class LogFollower:

@@ -162,8 +162,8 @@ def _one(opts: dict[str, list[str]], name: str, default: str | None = None) -> s
 
 
 def _status(here: str, opts: dict[str, list[str]]) -> int:
+    from .._core import _proc
     from .._daemon._pidfile import Pidfile, PidfileState
-    from .._daemon._start import process_name, process_uptime
 
     path = _one(opts, "--pidfile")
     assert path is not None
@@ -172,8 +172,8 @@ def _status(here: str, opts: dict[str, list[str]]) -> int:
         if st.pid is None:
             print(f"running (pidfile {path} is locked from another pid namespace)")
             return 0
-        name = process_name(st.pid) or "daemon"
-        uptime = process_uptime(st.pid)
+        name = _proc.name(st.pid) or "daemon"
+        uptime = _proc.uptime(st.pid)
         up = f", up {_format_uptime(uptime)}" if uptime is not None else ""
         print(f"{name} is running (pid {st.pid}{up})")
         return 0
@@ -238,7 +238,8 @@ def _stop(here: str, opts: dict[str, list[str]]) -> int:
 def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
     import os
 
-    from .._daemon._start import log_tail, start_daemon
+    from .._core._files import tail as log_tail
+    from .._daemon._start import start_daemon
     from .._exceptions import DaemonStartError, PidfileError, SpawnError
 
     path = _one(opts, "--pidfile")
@@ -267,7 +268,7 @@ def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
         print(f"{here}: {name}: {exc}", file=sys.stderr)
         # The command ran and died (or never got ready): its own words help.
         ran = getattr(exc, "step", "") == "ready"
-        tail = log_tail(log) if log and ran else []
+        tail = log_tail(log, 10, 8192) if log and ran else []
         if tail:
             print(f"last lines of {log}:", file=sys.stderr)
             for line in tail:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._servers._common import ForkingServer
+    from .._servers._forking import ForkingServer
     from .._servers._prefork import PreforkServer
 
 DESCRIPTION = """\
@@ -183,7 +183,8 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
     graceful = 30.0 if args.graceful_timeout is None else args.graceful_timeout
     try:
         if per_conn:
-            from .._servers._common import ForkingServer, load_handler
+            from .._servers._common import load_handler
+            from .._servers._forking import ForkingServer
 
             server: ForkingServer | PreforkServer = ForkingServer(
                 load_handler(args.handler),

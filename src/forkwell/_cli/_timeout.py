@@ -42,20 +42,9 @@ exit status:
   -    otherwise COMMAND's own exit status, or 128+N if it died of signal N
 """
 
-EXIT_TIMEDOUT = 124
 EXIT_CANCELED = 125
 EXIT_CANNOT_INVOKE = 126
 EXIT_ENOENT = 127
-
-FORWARDED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
-
 
 _FLAGS = {
     "-p": "preserve", "--preserve-status": "preserve",
@@ -108,102 +97,35 @@ def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "tim
         print(f"{prog}: {exc}\nTry '{prog} --help' for more information.", file=sys.stderr)
         return EXIT_CANCELED
 
-    from .._core import _sys, _tree
-    from .._core._driver import _Driver
-    from .._core._process import spawn
     from .._exceptions import CommandNotExecutableError, CommandNotFoundError, SpawnError
+    from .._timeout import run_timeout
 
-    stop_signal = int(opts["signal"])  # type: ignore[call-overload]
+    name = os.path.basename(cmd[0])
+
+    def announce(sig: int) -> None:
+        if opts["verbose"]:
+            print(f"{prog}: sending signal {signal.Signals(sig).name[3:]} to command {name!r}",
+                  file=sys.stderr, flush=True)
+
     kill_after = opts["kill_after"]
-    verbose = bool(opts["verbose"])
-    # Dedicated process: adopt orphans so they are reaped here, not left to init.
-    own_subtree = _sys.set_subreaper() and _tree.HAVE_CHILDREN_FILE
-
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    handled = (*FORWARDED, signal.SIGCHLD)
-    if opts["foreground"]:
-        # The command reads the terminal; stopping it must not stop us in the background.
-        signal.signal(signal.SIGTTIN, signal.SIG_IGN)
-        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-    for sig in handled:
-        # Handlers only make the wake-up fd readable; the loop does the work.
-        signal.signal(sig, _noop)
     try:
-        try:
-            proc = spawn(
-                cmd,
-                new_process_group=not opts["foreground"],
-                pdeathsig=signal.SIGKILL,
-            )
-        except CommandNotFoundError as exc:
-            print(f"{prog}: failed to run command {cmd[0]!r}: {os.strerror(exc.errno or 2)}",
-                  file=sys.stderr)
-            return EXIT_ENOENT
-        except CommandNotExecutableError as exc:
-            print(f"{prog}: failed to run command {cmd[0]!r}: {os.strerror(exc.errno or 13)}",
-                  file=sys.stderr)
-            return EXIT_CANNOT_INVOKE
-        except SpawnError as exc:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return EXIT_CANCELED
-
-        if own_subtree and proc.tree is not None:
-            # Every descendant stays below us: no need to read all of /proc.
-            proc.tree.own_subtree = True
-        name = os.path.basename(cmd[0])
-        driver: _Driver
-
-        def announce(sig: int) -> None:
-            if verbose:
-                print(f"{prog}: sending signal {signal.Signals(sig).name[3:]} to command {name!r}",
-                      file=sys.stderr, flush=True)
-
-        def on_wake(data: bytes) -> None:
-            for signum in set(data):
-                if signum not in FORWARDED or proc.returncode is not None:
-                    continue
-                if kill_after is not None:
-                    # As GNU does: pass the signal on, and arm --kill-after.
-                    driver.begin_termination(signum, kill_after, include_root=True)  # type: ignore[arg-type]
-                elif opts["foreground"]:
-                    proc.send_signal(signum)
-                else:
-                    proc.signal_tree(signum)
-
-        driver = _Driver(
-            proc,
-            timeout=duration if duration > 0 else None,
-            grace=kill_after if kill_after is not None else 0.0,  # type: ignore[arg-type]
-            kill_after_deadline=kill_after is not None,
-            leftover_grace=kill_after if kill_after is not None else 5.0,  # type: ignore[arg-type]
-            stop_signal=stop_signal,
-            wake_fd=wake_r,
-            on_wake=on_wake,
-            reap_all=True,
+        result = run_timeout(
+            cmd,
+            duration,
+            stop_signal=int(opts["signal"]),  # type: ignore[call-overload]
+            kill_after=None if kill_after is None else float(kill_after),  # type: ignore[arg-type]
+            foreground=bool(opts["foreground"]),
             on_timeout=announce,
         )
-        try:
-            driver.run()
-        finally:
-            proc.close()
-    finally:
-        signal.set_wakeup_fd(old_wakeup)
-        os.close(wake_r)
-        os.close(wake_w)
-
-    rc = proc.returncode
-    assert rc is not None
-    status = rc if rc >= 0 else 128 - rc
-    if driver.timed_out and not opts["preserve"]:
-        if rc == -signal.SIGKILL:
-            # GNU timeout signals its own group, so KILL kills it too: 137.
-            return 128 + signal.SIGKILL
-        return EXIT_TIMEDOUT
-    return status
-
-
-def _noop(signum: int, frame: object) -> None:
-    pass
+    except CommandNotFoundError as exc:
+        print(f"{prog}: failed to run command {cmd[0]!r}: {os.strerror(exc.errno or 2)}",
+              file=sys.stderr)
+        return EXIT_ENOENT
+    except CommandNotExecutableError as exc:
+        print(f"{prog}: failed to run command {cmd[0]!r}: {os.strerror(exc.errno or 13)}",
+              file=sys.stderr)
+        return EXIT_CANNOT_INVOKE
+    except SpawnError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_CANCELED
+    return result.exit_status(preserve=bool(opts["preserve"]))

@@ -1,6 +1,6 @@
 """The run loop shared by ``forkwell.run()``, ``run_async()`` and ``forkwell timeout``.
 
-One loop (:class:`_Driver`) waits on everything at once: the child's pidfd, its
+One loop (:class:`Driver`) waits on everything at once: the child's pidfd, its
 output pipes, its input pipe, the deadline, and, once termination has begun,
 the pidfds of every descendant that was signalled.  Nothing polls and nothing
 sleeps.  Kept free of heavy imports (no dataclasses): the CLI imports it.
@@ -14,13 +14,15 @@ import selectors
 import signal
 import time
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from ._process import Process
+from ._state import check
 
 _CHUNK = 65536
 
 
-class _Capture:
+class Capture:
     """Collects a stream, keeping at most ``limit`` bytes: the head and the tail."""
 
     def __init__(self, limit: int | None) -> None:
@@ -54,7 +56,7 @@ class _Capture:
         return bytes(self.head) + marker + bytes(self.tail)
 
 
-class _Phase(enum.Enum):
+class Phase(enum.Enum):
     RUNNING = "running"  # the child runs; waiting for it or the deadline
     TERMINATING = "terminating"  # stop signal sent; waiting for the tree to go, or the kill time
     DRAINING = "draining"  # the tree is gone; collecting what is left in the pipes
@@ -62,73 +64,95 @@ class _Phase(enum.Enum):
 
 
 # The one transition table of the run loop.
-_TRANSITIONS: dict[_Phase, frozenset[_Phase]] = {
-    _Phase.RUNNING: frozenset({_Phase.TERMINATING, _Phase.DRAINING}),
-    _Phase.TERMINATING: frozenset({_Phase.DRAINING}),
-    _Phase.DRAINING: frozenset({_Phase.DONE}),
-    _Phase.DONE: frozenset(),
+_TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.RUNNING: frozenset({Phase.TERMINATING, Phase.DRAINING}),
+    Phase.TERMINATING: frozenset({Phase.DRAINING}),
+    Phase.DRAINING: frozenset({Phase.DONE}),
+    Phase.DONE: frozenset(),
 }
 
 
-class _Driver:
+class Policy(NamedTuple):
+    """How a run ends: its deadline, and what the deadline sets off."""
+
+    timeout: float | None  # seconds from the spawn; None: no deadline
+    grace: float  # after the stop signal, how long until SIGKILL
+    stop_signal: int
+    # False is GNU timeout without -k: signal at the deadline, then wait for
+    # the command itself however long it takes (its leftovers still get a grace).
+    kill_after_deadline: bool = True
+    # What the command leaves running when it exits gets this grace (None: ``grace``).
+    leftover_grace: float | None = None
+    # A dedicated process (the CLI): reap every child, adopted orphans too.
+    reap_all: bool = False
+
+
+class Pumps(NamedTuple):
+    """The bytes a run feeds the child and collects from it."""
+
+    input: bytes | None = None
+    captures: Mapping[int, Capture] | None = None  # fd -> where its output goes
+
+
+class Hooks(NamedTuple):
+    """How the caller takes part in the loop: a wake-up fd and two callbacks."""
+
+    wake_fd: int | None = None  # readable: call ``on_wake`` with what was read
+    on_wake: Callable[[bytes], None] | None = None
+    on_timeout: Callable[[int], None] | None = None  # the deadline passed; gets the signal
+
+
+class Driver:
     """Runs one spawned child to the end.  See the module docstring."""
 
     def __init__(
-        self,
-        proc: Process,
-        *,
-        timeout: float | None,
-        grace: float,
-        stop_signal: int,
-        kill_after_deadline: bool = True,
-        leftover_grace: float | None = None,
-        input: bytes | None = None,
-        captures: Mapping[int, _Capture] | None = None,
-        wake_fd: int | None = None,
-        on_wake: Callable[[bytes], None] | None = None,
-        reap_all: bool = False,
-        on_timeout: Callable[[int], None] | None = None,
+        self, proc: Process, policy: Policy, pumps: Pumps | None = None, hooks: Hooks | None = None
     ) -> None:
+        pumps = pumps or Pumps()
+        hooks = hooks or Hooks()
         self.proc = proc
-        self.grace = grace
-        self.leftover_grace = grace if leftover_grace is None else leftover_grace
-        self.stop_signal = stop_signal
-        self.kill_after_deadline = kill_after_deadline
-        self.deadline = None if timeout is None else proc.started + timeout
+        self.grace = policy.grace
+        leftover = policy.leftover_grace
+        self.leftover_grace = policy.grace if leftover is None else leftover
+        self.stop_signal = policy.stop_signal
+        self.kill_after_deadline = policy.kill_after_deadline
+        self.deadline = None if policy.timeout is None else proc.started + policy.timeout
         self.kill_at: float | None = None
-        self.phase = _Phase.RUNNING
+        self.phase = Phase.RUNNING
         self.timed_out = False
         self.killed = False
-        self.reap_all = reap_all
-        self.on_wake = on_wake
-        self.on_timeout = on_timeout
-        self._input = memoryview(input) if input is not None else None
-        self._captures = dict(captures or {})
+        self.reap_all = policy.reap_all
+        self.on_wake = hooks.on_wake
+        self.on_timeout = hooks.on_timeout
+        self._input = memoryview(pumps.input) if pumps.input is not None else None
+        self._captures = dict(pumps.captures or {})
         self.sel = selectors.DefaultSelector()
         self._member_fds: set[int] = set()
+        self._register(hooks.wake_fd)
+
+    def _register(self, wake_fd: int | None) -> None:
+        proc = self.proc
         if proc.fileno() >= 0:
-            self.sel.register(proc.fileno(), selectors.EVENT_READ, "child")
+            self.sel.register(proc.fileno(), selectors.EVENT_READ, self._on_child)
         for fd in self._captures:
             os.set_blocking(fd, False)
-            self.sel.register(fd, selectors.EVENT_READ, "out")
+            self.sel.register(fd, selectors.EVENT_READ, self._on_output)
         if self._input is not None and proc.stdin is not None:
             fd = proc.stdin.fileno()
             os.set_blocking(fd, False)
-            self.sel.register(fd, selectors.EVENT_WRITE, "in")
+            self.sel.register(fd, selectors.EVENT_WRITE, self._write_input)
         if wake_fd is not None:
-            self.sel.register(wake_fd, selectors.EVENT_READ, "wake")
+            self.sel.register(wake_fd, selectors.EVENT_READ, self._on_wake_fd)
 
-    def _goto(self, phase: _Phase) -> None:
-        if phase not in _TRANSITIONS[self.phase]:  # pragma: no cover - a bug in this module
-            raise AssertionError(f"run loop: illegal transition {self.phase} -> {phase}")
-        self.phase = phase
+    def _goto(self, phase: Phase) -> None:
+        self.phase = check(_TRANSITIONS, self.phase, phase, "the run loop")
 
     # -- termination ---------------------------------------------------------
 
     def begin_termination(self, sig: int, grace: float | None, *, include_root: bool) -> None:
         """Send ``sig`` to the tree; SIGKILL whoever is left after ``grace`` (None: never)."""
-        if self.phase is _Phase.RUNNING:
-            self._goto(_Phase.TERMINATING)
+        if self.phase is Phase.RUNNING:
+            self._goto(Phase.TERMINATING)
         now = time.monotonic()
         self.kill_at = None if grace is None else now + grace
         tree = self.proc.tree
@@ -148,11 +172,11 @@ class _Driver:
             if pid == self.proc.pid or held is None or held[0] in self._member_fds:
                 continue
             self._member_fds.add(held[0])
-            self.sel.register(held[0], selectors.EVENT_READ, "member")
+            self.sel.register(held[0], selectors.EVENT_READ, self._on_member)
         self._check_tree_gone()
 
     def _check_tree_gone(self) -> None:
-        if self.phase is not _Phase.TERMINATING or self.proc.returncode is None:
+        if self.phase is not Phase.TERMINATING or self.proc.returncode is None:
             return
         if self._member_fds:
             return
@@ -163,7 +187,7 @@ class _Driver:
             if tree.members(include_root=False):
                 self._signal_members(self.stop_signal, include_root=False, only_new=True)
                 return
-        self._goto(_Phase.DRAINING)
+        self._goto(Phase.DRAINING)
 
     def kill_everything(self) -> None:
         self.killed = True
@@ -181,8 +205,8 @@ class _Driver:
         for fd in list(self._member_fds):
             self.sel.unregister(fd)
         self._member_fds.clear()
-        if self.phase is _Phase.TERMINATING:
-            self._goto(_Phase.DRAINING)
+        if self.phase is Phase.TERMINATING:
+            self._goto(Phase.DRAINING)
 
     # -- events --------------------------------------------------------------
 
@@ -214,14 +238,14 @@ class _Driver:
     def _child_exited(self) -> None:
         self.sel.unregister(self.proc.fileno())
         self._reap_child(block=True)
-        if self.phase is _Phase.RUNNING:
+        if self.phase is Phase.RUNNING:
             tree = self.proc.tree
             left = tree is not None and tree.may_have_descendants()
             if left and tree is not None and tree.members(include_root=False):
                 self.begin_termination(self.stop_signal, self.leftover_grace, include_root=False)
             else:
-                self._goto(_Phase.DRAINING)
-        elif self.phase is _Phase.TERMINATING:
+                self._goto(Phase.DRAINING)
+        elif self.phase is Phase.TERMINATING:
             if self.kill_at is None:
                 # GNU semantics without -k: we waited for the command itself;
                 # what it left behind still gets the leftover grace.
@@ -260,47 +284,22 @@ class _Driver:
 
     def _timeout(self) -> float | None:
         now = time.monotonic()
-        if self.phase is _Phase.RUNNING and self.deadline is not None:
+        if self.phase is Phase.RUNNING and self.deadline is not None:
             return max(0.0, self.deadline - now)
-        if self.phase is _Phase.TERMINATING and self.kill_at is not None:
+        if self.phase is Phase.TERMINATING and self.kill_at is not None:
             return max(0.0, self.kill_at - now)
-        if self.phase is _Phase.TERMINATING and self.proc.fileno() < 0:
+        if self.phase is Phase.TERMINATING and self.proc.fileno() < 0:
             return 0.05  # no pidfd (non-Linux): poll for the child
-        if self.phase is _Phase.RUNNING and self.proc.fileno() < 0:
+        if self.phase is Phase.RUNNING and self.proc.fileno() < 0:
             return 0.05
         return None
 
     def run(self) -> None:
         try:
-            while self.phase in (_Phase.RUNNING, _Phase.TERMINATING):
+            while self.phase in (Phase.RUNNING, Phase.TERMINATING):
                 for key, _ in self.sel.select(self._timeout()):
-                    what = key.data
-                    if what == "child":
-                        if key.fd in self.sel.get_map():
-                            self._child_exited()
-                    elif what == "member":
-                        self.sel.unregister(key.fd)
-                        self._member_fds.discard(key.fd)
-                        self._check_tree_gone()
-                    elif what == "out":
-                        if not self._read(key.fd):
-                            self.sel.unregister(key.fd)
-                    elif what == "in":
-                        self._write_input(key.fd)
-                    elif what == "wake":
-                        try:
-                            data = os.read(key.fd, 512)
-                        except BlockingIOError:
-                            data = b""
-                        if self.reap_all:
-                            self._reap_any()
-                            if self.proc.returncode is not None and self.proc.fileno() in (
-                                self.sel.get_map()
-                            ):
-                                self._child_exited()
-                        if self.on_wake is not None and data:
-                            self.on_wake(data)
-                    if self.phase not in (_Phase.RUNNING, _Phase.TERMINATING):
+                    key.data(key.fd)
+                    if self.phase not in (Phase.RUNNING, Phase.TERMINATING):
                         break
                 self._on_clock()
         except BaseException:
@@ -311,24 +310,49 @@ class _Driver:
         finally:
             self._drain_and_close()
 
+    def _on_child(self, fd: int) -> None:
+        if fd in self.sel.get_map():
+            self._child_exited()
+
+    def _on_member(self, fd: int) -> None:
+        self.sel.unregister(fd)
+        self._member_fds.discard(fd)
+        self._check_tree_gone()
+
+    def _on_output(self, fd: int) -> None:
+        if not self._read(fd):
+            self.sel.unregister(fd)
+
+    def _on_wake_fd(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 512)
+        except BlockingIOError:
+            data = b""
+        if self.reap_all:
+            self._reap_any()
+            if self.proc.returncode is not None and self.proc.fileno() in self.sel.get_map():
+                self._child_exited()
+        if self.on_wake is not None and data:
+            self.on_wake(data)
+
     def _on_clock(self) -> None:
         now = time.monotonic()
         no_pidfd = self.proc.fileno() < 0
         exited = no_pidfd and self.proc.returncode is None and self.proc.poll() is not None
-        if exited and self.phase is _Phase.RUNNING:
+        if exited and self.phase is Phase.RUNNING:
             # Without a pidfd the child's exit is only seen here (polling fallback).
-            self._goto(_Phase.DRAINING)
+            self._goto(Phase.DRAINING)
             return
-        if self.phase is _Phase.RUNNING and self.deadline is not None and now >= self.deadline:
+        if self.phase is Phase.RUNNING and self.deadline is not None and now >= self.deadline:
             self.timed_out = True
             if self.on_timeout is not None:
                 self.on_timeout(self.stop_signal)
             grace = self.grace if self.kill_after_deadline else None
             self.begin_termination(self.stop_signal, grace, include_root=True)
-        elif self.phase is _Phase.TERMINATING and self.kill_at is not None and now >= self.kill_at:
+        elif self.phase is Phase.TERMINATING and self.kill_at is not None and now >= self.kill_at:
             self.kill_everything()
-        elif self.phase is _Phase.TERMINATING and no_pidfd and self.proc.poll() is not None:
-            self._goto(_Phase.DRAINING)
+        elif self.phase is Phase.TERMINATING and no_pidfd and self.proc.poll() is not None:
+            self._goto(Phase.DRAINING)
 
     def _drain_and_close(self) -> None:
         # Only what is already buffered: a writer that escaped the tree must
@@ -349,5 +373,5 @@ class _Driver:
         if self.reap_all:
             self._reap_any()
         self.sel.close()
-        if self.phase is _Phase.DRAINING:
-            self._goto(_Phase.DONE)
+        if self.phase is Phase.DRAINING:
+            self._goto(Phase.DONE)

@@ -21,10 +21,11 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from .._exceptions import spawn_error
-from . import _sys, _tree
+from . import _proc, _sys, _tree
+from ._status import waitid_returncode
 
 StrPath = str | os.PathLike[str]
 ProcessArgs = Sequence[StrPath]
@@ -35,13 +36,34 @@ DEVNULL = subprocess.DEVNULL
 STDOUT = subprocess.STDOUT
 
 
-class Process:
+_T = TypeVar("_T")
+
+
+class _FromFactory(type):
+    """A metaclass for classes whose objects only a factory function makes.
+
+    ``Process(...)`` raises ``TypeError`` naming the factory; the factory
+    calls ``Process._create(...)``.  (trio's ``NoPublicConstructor``.)
+    """
+
+    _factory = "its factory function"
+
+    def __call__(cls, *args: object, **kwargs: object) -> Any:
+        name = f"forkwell.{cls.__qualname__}"
+        raise TypeError(f"{name} has no public constructor; use {cls._factory}")
+
+    def _create(cls: type[_T], *args: object, **kwargs: object) -> _T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+class Process(metaclass=_FromFactory):
     """A spawned child.  Get one from :func:`spawn`; there is no public constructor.
 
     ``returncode`` follows ``subprocess``: the exit code, or ``-N`` when the
     child died of signal N, or None while it runs.
     """
 
+    _factory = "forkwell.spawn()"
     args: list[str]
     pid: int
     tree: _tree.Tree | None
@@ -101,8 +123,7 @@ class Process:
             except ChildProcessError:
                 return self._popen.wait()  # reaped elsewhere; let Popen sort it out
             assert res is not None  # only WNOHANG returns None
-            code = int(res.si_status)
-            self._popen.returncode = code if res.si_code == os.CLD_EXITED else -code
+            self._popen.returncode = waitid_returncode(res)
             return self._popen.returncode
         try:
             return self._popen.wait(timeout)
@@ -220,7 +241,7 @@ def find_executable(command: str, search: str) -> str | None:
     return None
 
 
-def spawn(
+def spawn(  # noqa: PLR0913 (subprocess.Popen's keywords, plus the tree's)
     args: ProcessArgs,
     *,
     stdin: FileArg = None,
@@ -291,7 +312,7 @@ def spawn(
     if extra_groups is not None:
         kwargs["extra_groups"] = extra_groups
     # A tick of margin: starttime is rounded down to clock ticks.
-    not_before = _tree.boot_ticks() - 1 if track_tree else 0
+    not_before = _proc.boot_ticks() - 1 if track_tree else 0
     try:
         popen = subprocess.Popen(
             argv,
@@ -311,4 +332,4 @@ def spawn(
         )
     except OSError as exc:
         raise spawn_error(exc, argv[0], None if cwd is None else os.fsdecode(cwd)) from None
-    return Process(popen, argv, token, not_before)
+    return Process._create(popen, argv, token, not_before)

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 from .._exceptions import StateError
 from . import _sys
+from ._status import describe_exit, shell_status, waitid_returncode
 
 ExitCallback = Callable[["ChildExit"], object]
 
@@ -68,25 +69,10 @@ class ChildExit(NamedTuple):
     @property
     def shell_status(self) -> int:
         """The status a shell would report: the exit code, or 128+N for signal N."""
-        return self.returncode if self.returncode >= 0 else 128 - self.returncode
+        return shell_status(self.returncode)
 
     def __str__(self) -> str:
-        if self.returncode >= 0:
-            return f"pid {self.pid} exited with status {self.returncode}"
-        return f"pid {self.pid} was killed by {signal_name(-self.returncode)}"
-
-
-def signal_name(signum: int) -> str:
-    """``SIGTERM`` for 15; ``signal 99`` for a number Python does not name."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def decode_wait_status(status: int) -> int:
-    """A ``waitpid`` status as a ``subprocess``-style return code."""
-    return os.waitstatus_to_exitcode(status)
+        return f"pid {self.pid} {describe_exit(self.returncode)}"
 
 
 class Reaper:
@@ -234,7 +220,7 @@ class Reaper:
                 os.close(fd)
                 self._pids.discard(pid)
                 if result is not None:
-                    exits.append(ChildExit(pid, _waitid_returncode(result)))
+                    exits.append(ChildExit(pid, waitid_returncode(result)))
             return exits
         if self._wake_r < 0:
             return exits
@@ -251,7 +237,7 @@ class Reaper:
                 continue
             if got:
                 self._pids.discard(pid)
-                exits.append(ChildExit(pid, decode_wait_status(status)))
+                exits.append(ChildExit(pid, os.waitstatus_to_exitcode(status)))
         return exits
 
     def wait(self, timeout: float | None = None) -> list[ChildExit]:
@@ -326,12 +312,6 @@ def _wait_readable(fd: int, timeout: float | None) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     poller.poll(None if timeout is None else timeout * 1000)
-
-
-def _waitid_returncode(result: os.waitid_result) -> int:
-    if result.si_code == os.CLD_EXITED:
-        return int(result.si_status)
-    return -int(result.si_status)
 
 
 def _install_sigchld_wakeup(fd: int) -> None:

@@ -145,6 +145,20 @@ def pidfd_signal(pidfd: int, sig: int) -> bool:
     return True
 
 
+def send_signal(pid: int, pidfd: int | None, sig: int) -> bool:
+    """Signal through ``pidfd``; by pid only where there is none (Linux < 5.3).
+
+    False if the process has already exited.
+    """
+    if pidfd is not None:
+        return pidfd_signal(pidfd, sig)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def last_pid() -> int | None:
     """The last PID the kernel allocated in our PID namespace, or None if unknown.
 

@@ -30,9 +30,9 @@ import select
 import signal
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from . import _sys
+from ._proc import ProcStat, iter_pids, pin, read_stat
 
 COOKIE_VAR = "FORKWELL_TREE"
 
@@ -40,39 +40,6 @@ COOKIE_VAR = "FORKWELL_TREE"
 def new_token() -> str:
     # os.urandom rather than secrets: `secrets` costs ~2.5 ms of CLI start-up.
     return os.urandom(8).hex()
-
-
-class ProcInfo(NamedTuple):
-    pid: int
-    ppid: int
-    pgid: int
-    sid: int
-    state: str
-    starttime: int
-    threads: int = 1
-
-
-def read_stat(pid: int) -> ProcInfo | None:
-    """Parse /proc/PID/stat; None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # comm may hold spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2 :].split()
-    try:
-        return ProcInfo(
-            pid=pid,
-            state=rest[0].decode(),
-            ppid=int(rest[1]),
-            pgid=int(rest[2]),
-            sid=int(rest[3]),
-            starttime=int(rest[19]),
-            threads=int(rest[17]),
-        )
-    except (IndexError, ValueError):
-        return None
 
 
 _PREFIX = f"{COOKIE_VAR}=".encode()
@@ -100,22 +67,7 @@ def tokens_in_environ(env: bytes) -> list[bytes]:
     return value.split(b":")
 
 
-def iter_pids() -> Iterable[int]:
-    for entry in os.scandir("/proc"):
-        name = entry.name
-        if name.isdigit():
-            yield int(name)
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def boot_ticks() -> int:
-    """Now, in the unit of /proc/PID/stat's starttime (clock ticks since boot)."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLK_TCK) if _sys.IS_LINUX else 0
-
-
-def find_tree(token: str, roots: Iterable[int] = (), not_before: int = 0) -> dict[int, ProcInfo]:
+def find_tree(token: str, roots: Iterable[int] = (), not_before: int = 0) -> dict[int, ProcStat]:
     """Every live (non-zombie) process of the tree marked with ``token``.
 
     ``roots`` are PIDs known to belong (the direct child), included even if
@@ -129,19 +81,19 @@ def find_tree(token: str, roots: Iterable[int] = (), not_before: int = 0) -> dic
 
 def find_trees(
     wanted: dict[str, tuple[int, ...]], not_before: int = 0
-) -> dict[str, dict[int, ProcInfo]]:
+) -> dict[str, dict[int, ProcStat]]:
     """:func:`find_tree` for many tokens (token -> roots) in one pass over ``/proc``."""
     if not wanted or not _sys.HAVE_PROC:
         return {}
     needles = {token.encode(): token for token in wanted}
     me = os.getpid()
-    infos: dict[int, ProcInfo] = {}
+    infos: dict[int, ProcStat] = {}
     members: dict[str, set[int]] = {token: set(roots) for token, roots in wanted.items()}
     for pid in iter_pids():
         if pid == me:
             continue
         info = read_stat(pid)
-        if info is None or info.state in ("Z", "X") or info.starttime < not_before:
+        if info is None or not info.alive or info.starttime < not_before:
             continue
         infos[pid] = info
         _match_cookies(info, needles, members)
@@ -151,7 +103,7 @@ def find_trees(
     return close_over_children(members, infos, children)
 
 
-def walk_subtree(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, ProcInfo]]:
+def walk_subtree(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, ProcStat]]:
     """:func:`find_trees` for a subreaper or PID 1: walk our own process subtree only.
 
     A subreaper adopts every orphan below it, so each descendant of each tree
@@ -161,7 +113,7 @@ def walk_subtree(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, Proc
     """
     needles = {token.encode(): token for token in wanted}
     members: dict[str, set[int]] = {token: set(roots) for token, roots in wanted.items()}
-    infos: dict[int, ProcInfo] = {}
+    infos: dict[int, ProcStat] = {}
     children: dict[int, list[int]] = {}
     me = os.getpid()
     todo = [me]
@@ -176,7 +128,7 @@ def walk_subtree(wanted: dict[str, tuple[int, ...]]) -> dict[str, dict[int, Proc
                 continue
             threads[kid] = info.threads
             todo.append(kid)
-            if info.state in ("Z", "X"):
+            if not info.alive:
                 continue
             infos[kid] = info
             _match_cookies(info, needles, members)
@@ -225,13 +177,13 @@ def read_environ(pid: int, ppid: int) -> bytes:
         if not deadline:
             deadline = now + _EXEC_WINDOW
         info = read_stat(pid)
-        if now >= deadline or info is None or info.state in ("Z", "X"):
+        if now >= deadline or info is None or not info.alive:
             return env
         select.select([], [], [], 0.0005)
 
 
 def _match_cookies(
-    info: ProcInfo, needles: dict[bytes, str], members: dict[str, set[int]]
+    info: ProcStat, needles: dict[bytes, str], members: dict[str, set[int]]
 ) -> None:
     for tok in tokens_in_environ(read_environ(info.pid, info.ppid)):
         token = needles.get(tok)
@@ -241,11 +193,11 @@ def _match_cookies(
 
 def close_over_children(
     members: dict[str, set[int]],
-    infos: dict[int, ProcInfo],
+    infos: dict[int, ProcStat],
     children: dict[int, list[int]],
-) -> dict[str, dict[int, ProcInfo]]:
+) -> dict[str, dict[int, ProcStat]]:
     """Each token's members plus, transitively, their live children."""
-    out: dict[str, dict[int, ProcInfo]] = {}
+    out: dict[str, dict[int, ProcStat]] = {}
     for token, seeds in members.items():
         found = seeds & infos.keys()
         todo = list(found)
@@ -290,7 +242,7 @@ class Tree:
         last = _sys.last_pid()
         return last is None or last != self.spawn_pid
 
-    def members(self, include_root: bool = True) -> dict[int, ProcInfo]:
+    def members(self, include_root: bool = True) -> dict[int, ProcStat]:
         roots = (self.root,) if include_root else ()
         if self.own_subtree:
             found = walk_subtree({self.token: tuple(roots)}).get(self.token, {})
@@ -302,7 +254,7 @@ class Tree:
 
     # -- signalling ----------------------------------------------------------
 
-    def _pin(self, info: ProcInfo) -> int | None:
+    def _pin(self, info: ProcStat) -> int | None:
         """Open a pidfd for ``info`` and verify it is still the same process."""
         held = self._pinned.get(info.pid)
         if held is not None:
@@ -311,18 +263,14 @@ class Tree:
             # The pid was recycled inside the tree; forget the old pin.
             os.close(held[0])
             del self._pinned[info.pid]
-        fd = _sys.pidfd_open(info.pid)
+        fd = pin(info)
         if fd is None:
-            return None
-        again = read_stat(info.pid)
-        if again is None or again.starttime != info.starttime:
-            os.close(fd)
             return None
         self._pinned[info.pid] = (fd, info.starttime)
         return fd
 
     def signal(
-        self, sig: int, members: dict[int, ProcInfo] | None = None, *, only_new: bool = False
+        self, sig: int, members: dict[int, ProcStat] | None = None, *, only_new: bool = False
     ) -> list[int]:
         """Send ``sig`` to every member; return the pidfds of those signalled.
 

@@ -45,7 +45,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
-from .._core import _sys, _tree
+from .._core import _proc, _sys
+from .._core._status import describe_exit
 from .._exceptions import (
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -383,16 +384,6 @@ class _Outcome:
         self.events: list[str] = []
 
 
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with status {returncode}"
-
-
 # --------------------------------------------------------------------------
 # The intermediate process (C1)
 
@@ -515,13 +506,7 @@ def _exited(pid: int, pidfd: int | None) -> int | None:
 
 def session_members(sid: int) -> list[int]:
     """Live processes in session ``sid`` (from /proc), excluding this process."""
-    me = os.getpid()
-    members = []
-    for pid in _tree.iter_pids():
-        info = _tree.read_stat(pid)
-        if pid != me and info is not None and info.state != "Z" and info.sid == sid:
-            members.append(pid)
-    return members
+    return [pid for pid, info in _proc.live_processes().items() if info.sid == sid]
 
 
 def _end_session(sid: int, sig: int) -> list[int]:
@@ -533,7 +518,7 @@ def _end_session(sid: int, sig: int) -> list[int]:
 
 
 def process_session(pid: int) -> int | None:
-    info = _tree.read_stat(pid)
+    info = _proc.read_stat(pid)
     return None if info is None else info.sid
 
 
@@ -1127,77 +1112,14 @@ def stop_daemon(
 
 
 def _stop_process(pid: int, pidfd: int | None, sig: int, timeout: float) -> bool:
-    def send(s: int) -> None:
-        if pidfd is not None:
-            _sys.pidfd_signal(pidfd, s)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, s)
-
-    def gone(within: float) -> bool:
-        deadline = time.monotonic() + within
-        while True:
-            if pidfd is not None:
-                if _sys.wait_ready([pidfd], max(deadline - time.monotonic(), 0)):
-                    return True
-            elif not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
-                return True
-            else:
-                select.select([], [], [], 0.02)
-            if time.monotonic() >= deadline:
-                return False
-
-    send(sig)
-    if gone(timeout):
+    """``sig``, up to ``timeout`` for it to go, then SIGKILL; True if SIGKILL was needed."""
+    _sys.send_signal(pid, pidfd, sig)
+    if _proc.wait_gone(pid, timeout, pidfd=pidfd):
         return False
-    send(signal.SIGKILL)
-    if gone(10.0):
+    _sys.send_signal(pid, pidfd, signal.SIGKILL)
+    if _proc.wait_gone(pid, 10.0, pidfd=pidfd):
         return True
     raise TimeoutError(errno.ETIMEDOUT, f"pid {pid} did not exit even after SIGKILL")
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return True
-    return data[data.rfind(b")") + 2 :].startswith(b"Z")
-
-
-def process_uptime(pid: int) -> float | None:
-    """Seconds since ``pid`` started (from /proc), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        with open("/proc/uptime", "rb") as f:
-            uptime = float(f.read().split()[0])
-    except (OSError, ValueError):
-        return None
-    start_ticks = int(data[data.rfind(b")") + 2 :].split()[19])
-    return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
-
-
-def process_name(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0")[0]
-    except OSError:
-        return None
-    return os.path.basename(argv0.decode(errors="replace")) or None
-
-
-def log_tail(path: StrPath, lines: int = 10, max_bytes: int = 8192) -> list[str]:
-    """The last ``lines`` lines of a log file (best effort, for error messages)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(size - max_bytes, 0))
-            data = f.read()
-    except OSError:
-        return []
-    return data.decode(errors="replace").splitlines()[-lines:]
 
 
 __all__ = [
@@ -1205,10 +1127,6 @@ __all__ = [
     "StartResult",
     "StopResult",
     "daemonize",
-    "describe_exit",
-    "log_tail",
-    "process_name",
-    "process_uptime",
     "start_daemon",
     "stop_daemon",
     "supervised_reason",

@@ -51,17 +51,17 @@ from typing import Any
 
 from .._core import _sys
 from .._core._reaper import ChildExit, Reaper
-from .._exceptions import HandlerImportError, StateError, WorkerBootError
+from .._core._state import check
+from .._exceptions import HandlerImportError, WorkerBootError
 from ._common import (
     SERVER_SIGNALS,
     STOP_FAST,
     STOP_GRACEFUL,
     Binds,
     Handler,
-    Listeners,
+    ServerBase,
     ServerState,
     SignalQueue,
-    _Listening,
     block_signals,
     call_handler,
     check_handler,
@@ -168,17 +168,7 @@ class _Worker:
     kill_at: float = field(default=float("inf"))
 
     def move(self, new: WorkerState) -> None:
-        if new not in _WORKER_TRANSITIONS[self.state]:
-            raise StateError(f"worker {self.pid} cannot go from {self.state.value} to {new.value}")
-        self.state = new
-
-
-_SERVER_TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
-    ServerState.CREATED: frozenset({ServerState.SERVING, ServerState.CLOSED}),
-    ServerState.SERVING: frozenset({ServerState.STOPPING, ServerState.CLOSED}),
-    ServerState.STOPPING: frozenset({ServerState.CLOSED}),
-    ServerState.CLOSED: frozenset(),
-}
+        self.state = check(_WORKER_TRANSITIONS, self.state, new, f"worker {self.pid}")
 
 
 def reopen_logs(log_file: str | None) -> None:
@@ -207,7 +197,7 @@ def reopen_logs(log_file: str | None) -> None:
                         handler.stream = None
 
 
-class PreforkServer(_Listening):
+class PreforkServer(ServerBase):
     """A master process and ``workers`` pre-forked workers serving one handler.
 
     >>> import http.server
@@ -263,9 +253,7 @@ class PreforkServer(_Listening):
         self.worker_init = worker_init
         self.log_file = log_file
         self._backlog = backlog
-        self._listeners = Listeners(bind, backlog=backlog, reuse_port=reuse_port)
-        self._state = ServerState.CREATED
-        self._signals = SignalQueue()
+        super().__init__(bind, backlog=backlog, reuse_port=reuse_port)
         self._slots = _Slots()
         self._workers: dict[int, _Worker] = {}
         self._generation = 0
@@ -287,25 +275,9 @@ class PreforkServer(_Listening):
         """pid -> state of every live worker, e.g. ``{4242: "running"}``."""
         return {pid: w.state.value for pid, w in self._workers.items()}
 
-    def shutdown(self, *, graceful: bool = True) -> None:
-        """Ask :meth:`serve_forever` to stop; safe from any thread."""
-        self._signals.post(STOP_GRACEFUL if graceful else STOP_FAST)
-
     def reload(self) -> None:
         """Like SIGHUP: new workers up, then the old ones finish and exit.  Any thread."""
         self._signals.post(RELOAD)
-
-    def close(self) -> None:
-        if self._state == ServerState.CREATED:
-            self._set_state(ServerState.CLOSED)
-            self._listeners.close()
-            self._signals.close()
-
-    def __enter__(self) -> PreforkServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def serve_forever(self) -> None:
         """Run the master until stopped; returns once every worker is reaped.
@@ -353,14 +325,6 @@ class PreforkServer(_Listening):
             raise self._halt
 
     # -- master
-
-    def _set_state(self, new: ServerState) -> None:
-        if new not in _SERVER_TRANSITIONS[self._state]:
-            raise StateError(
-                f"PreforkServer cannot go from {self._state.value} to {new.value}"
-                + (" (serve_forever() runs once per server)" if new == ServerState.SERVING else "")
-            )
-        self._state = new
 
     def _loop(self, sel: selectors.BaseSelector, reaper: Reaper) -> None:
         check_every = 1.0 if self.timeout is None else min(self.timeout / 4, 1.0)

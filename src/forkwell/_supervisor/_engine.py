@@ -39,13 +39,14 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
-from .._core import _process, _sys, _tree
+from .._core import _proc, _process, _sys, _tree
+from .._core._files import tail
 from .._core._process import Process
-from .._core._reaper import _waitid_returncode
+from .._core._status import describe_exit, waitid_returncode
 from .._exceptions import ForkwellError, StateError, UnknownProgramError
 from ._config import Config, ProgramConfig, load_config
-from ._logs import Console, LogFile, tail
-from ._program import DOWN, KILL_GRACE, SETTLED, Instance, ProgramState, _resolve, describe_exit
+from ._logs import Console, LogFile
+from ._program import DOWN, KILL_GRACE, SETTLED, Instance, ProgramState, _resolve
 from ._watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -291,10 +292,10 @@ class Supervisor:
             entry = self._tracked.get(pid)
             if entry is not None:
                 proc = entry[0]
-                proc._set_reaped(_waitid_returncode(done))
+                proc._set_reaped(waitid_returncode(done))
                 self._pidfd_readable(pid)
             elif pid == self._watchdog.pid:
-                self._watchdog.returncode = _waitid_returncode(done)
+                self._watchdog.returncode = waitid_returncode(done)
 
     # -- ending process trees --------------------------------------------------
 
@@ -330,14 +331,14 @@ class Supervisor:
                     break
         tree.reap_adopted()
 
-    async def _members(self, tree: _tree.Tree, include_root: bool) -> dict[int, _tree.ProcInfo]:
+    async def _members(self, tree: _tree.Tree, include_root: bool) -> dict[int, _proc.ProcStat]:
         if not tree.may_have_descendants():
             # The kernel allocated no pid after the root: it has no descendants.
             if not include_root:
                 return {}
-            info = _tree.read_stat(tree.root)
+            info = _proc.read_stat(tree.root)
             return {} if info is None or info.state in ("Z", "X") else {tree.root: info}
-        fut: asyncio.Future[dict[int, _tree.ProcInfo]] = self.loop.create_future()
+        fut: asyncio.Future[dict[int, _proc.ProcStat]] = self.loop.create_future()
         if not self._scan_queue:
             self.loop.call_soon(self._run_scans)
         self._scan_queue.append((tree.token, (tree.root,) if include_root else (), fut))
@@ -1043,7 +1044,7 @@ class Supervisor:
         pid = old.get("pid")
         if isinstance(pid, int):
             # Our own pid too: another Supervisor of this process runs (a test).
-            info = _tree.read_stat(pid)
+            info = _proc.read_stat(pid)
             alive = info is not None and info.state not in ("Z", "X")
             if alive and info is not None and info.starttime == old.get("starttime"):
                 raise StateError(
@@ -1067,7 +1068,7 @@ class Supervisor:
     def _write_state(self) -> None:
         """Record who we are, our cookie and our watchdog, for the next ``forkwell up``."""
         path = self.config.supervisor.state_file
-        me = _tree.read_stat(os.getpid())
+        me = _proc.read_stat(os.getpid())
         state = {
             "pid": os.getpid(),
             "starttime": None if me is None else me.starttime,

@@ -96,22 +96,6 @@ class LogFile:
             self._fd = -1
 
 
-def tail(path: Path, lines: int = 10, max_bytes: int = 16384) -> list[str]:
-    """The last ``lines`` lines of a file (at most ``max_bytes`` read); [] if missing."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return []
-    text = data.decode("utf-8", "replace").splitlines()
-    if size > max_bytes and text:
-        text = text[1:]  # the first line is probably cut
-    return text[-lines:]
-
-
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")
 
 

@@ -46,7 +46,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from .._core import _tree
 from .._core._process import DEVNULL, Process, spawn
-from .._exceptions import SpawnError, StateError
+from .._core._state import check
+from .._core._status import describe_exit
+from .._exceptions import SpawnError
 from ._logs import LogFile
 
 if TYPE_CHECKING:
@@ -89,16 +91,6 @@ DOWN = frozenset({S.STOPPED, S.EXITED, S.FATAL})
 BACKOFF_FIRST = 0.1  # seconds before the 2nd attempt; doubles each failed start
 READY_POLL = 0.1  # seconds between tcp:/cmd: readiness probes
 KILL_GRACE = 5.0  # after SIGKILL, how long to wait for a tree to vanish
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode >= 0:
-        return f"exited with status {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    return f"was killed by {name}"
 
 
 class _Host(Protocol):
@@ -166,9 +158,7 @@ class Instance:
 
     def _set(self, new: ProgramState, why: str = "") -> None:
         old = self.state
-        if new not in TRANSITIONS[old]:
-            raise StateError(f"{self.name}: cannot go from {old.name} to {new.name}")
-        self.state = new
+        self.state = check(TRANSITIONS, old, new, f"{self.name}:")
         self.host.transition(self, old, new, why)
         for pred, fut in list(self._waiters):
             if not fut.done() and pred(new):

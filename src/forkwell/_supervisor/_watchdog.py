@@ -27,7 +27,7 @@ import os
 import signal
 
 from .._core import _sys, _tree
-from .._core._reaper import _waitid_returncode
+from .._core._status import waitid_returncode
 
 #: What ``ps`` shows for the watchdog (``/proc/PID/comm``, at most 15 bytes).
 COMM = "forkwell-watch"
@@ -78,7 +78,7 @@ class Watchdog:
             if self.pidfd >= 0:
                 # By pidfd: the pid may have been reaped (SIGCHLD) and reused.
                 info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED)
-                code = None if info is None else _waitid_returncode(info)
+                code = None if info is None else waitid_returncode(info)
             elif self.pid is not None:
                 _pid, status = os.waitpid(self.pid, 0)
                 code = os.waitstatus_to_exitcode(status)

@@ -34,13 +34,12 @@ import contextlib
 import errno
 import json
 import os
-import select
 import stat
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..._core import _sys
+from ..._core import _proc, _sys
 from ..._exceptions import ControlRequestError, ControlSocketError, SupervisorUnreachableError
 
 if TYPE_CHECKING:
@@ -188,29 +187,6 @@ class _BadRequest(Exception):
 # --------------------------------------------------------------------------
 # /proc sampling for `ps`.
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _proc_usage(pid: int) -> tuple[int, int] | None:
-    """(utime + stime in clock ticks, RSS in bytes) of one process, or None.
-
-    One read of /proc/PID/stat (fields 14, 15 and 24): ``ps`` of 1,000
-    instances pays for 1,000 reads, not 2,000.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[11]) + int(fields[12]), int(fields[21]) * _PAGE
-    except (IndexError, ValueError):
-        return None
-
-
 class _CpuMeter:
     """CPU % since the previous ``ps`` (if recent), else since the process started.
 
@@ -223,18 +199,18 @@ class _CpuMeter:
         self._last: dict[int, tuple[float, int]] = {}
 
     def sample(self, pid: int, started_at: float | None) -> tuple[float | None, int | None]:
-        usage = _proc_usage(pid)
-        if usage is None:
+        info = _proc.read_stat(pid)
+        if info is None:
             self._last.pop(pid, None)
             return None, None
-        ticks, rss = usage
+        ticks, rss = info.cpu_ticks, info.rss_bytes
         now_mono, now_wall = time.monotonic(), time.time()
         cpu: float | None = None
         prev = self._last.get(pid)
         if prev is not None and 0.05 < now_mono - prev[0] < self.RECENT and ticks >= prev[1]:
-            cpu = (ticks - prev[1]) / _CLK_TCK / (now_mono - prev[0]) * 100.0
+            cpu = (ticks - prev[1]) / _proc.CLK_TCK / (now_mono - prev[0]) * 100.0
         elif started_at is not None and now_wall - started_at > 0.05:
-            cpu = ticks / _CLK_TCK / (now_wall - started_at) * 100.0
+            cpu = ticks / _proc.CLK_TCK / (now_wall - started_at) * 100.0
         self._last[pid] = (now_mono, ticks)
         return (None if cpu is None else round(cpu, 1)), rss
 
@@ -896,36 +872,6 @@ def _unreachable_message(path: str, exc: OSError) -> str:
     else:
         why = exc.strerror or str(exc)
     return f"cannot reach the supervisor at {path}: {why} (start it with 'forkwell up')"
-
-
-def wait_pid_gone(pid: int, timeout: float) -> bool:
-    """Wait until process ``pid`` (not our child) has exited; False on timeout."""
-    deadline = time.monotonic() + timeout
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        fd = -1
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if fd >= 0:
-                if _sys.wait_ready([fd], max(0.0, left)):
-                    return True
-            else:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return True
-                except PermissionError:
-                    pass
-                select.select([], [], [], min(0.02, max(0.0, left)))
-            if left <= 0:
-                return False
-    finally:
-        if fd >= 0:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------
