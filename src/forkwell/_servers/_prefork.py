@@ -71,6 +71,7 @@ from ._common import (
     make_listener,
     reseed_after_fork,
     reset_child_signals,
+    try_accept,
     unblock_signals,
     warm_up,
 )
@@ -214,7 +215,7 @@ class PreforkServer(ServerBase):
     stop, INT/QUIT fast stop, USR1 reopen log files.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (gunicorn's settings, by their names)
         self,
         handler: Handler | str,
         bind: Binds = "127.0.0.1:8000",
@@ -560,28 +561,7 @@ class PreforkServer(ServerBase):
         code = WORKER_BOOT_ERROR
         booted = False
         try:
-            reset_child_signals()
-            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                signal.signal(sig, signal.SIG_IGN)
-            # What the master holds and a worker must not: its selector, its
-            # reaper (pidfds of the siblings) and its signal pipe.
-            self._signals.close()
-            if self._sel is not None:
-                self._sel.close()
-            if self._reaper is not None:
-                self._reaper.close()
-            signals = SignalQueue()
-            signals.install((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1))
-            unblock_signals(old_mask)
-            # Die with the master even if it is SIGKILLed (graceful: TERM).
-            if self._pdeathsig is not None:
-                self._pdeathsig()
-            reseed_after_fork()
-            listeners = self._worker_listeners()
-            poller = select.epoll()
-            for sock in listeners:
-                poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            poller.register(signals.wake_r, select.EPOLLIN)
+            listeners, poller, signals = self._worker_boot(old_mask)
             if self.worker_init is not None:
                 self.worker_init()
             self._slots.beat(slot)
@@ -602,6 +582,34 @@ class PreforkServer(ServerBase):
             traceback.print_exc()
         finally:
             child_exit(code)
+
+    def _worker_boot(
+        self, old_mask: set[int]
+    ) -> tuple[list[socket.socket], select.epoll, SignalQueue]:
+        """A new worker drops what is the master's and sets up its own listeners and signals."""
+        reset_child_signals()
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        # What the master holds and a worker must not: its selector, its
+        # reaper (pidfds of the siblings) and its signal pipe.
+        self._signals.close()
+        if self._sel is not None:
+            self._sel.close()
+        if self._reaper is not None:
+            self._reaper.close()
+        signals = SignalQueue()
+        signals.install((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1))
+        unblock_signals(old_mask)
+        # Die with the master even if it is SIGKILLed (graceful: TERM).
+        if self._pdeathsig is not None:
+            self._pdeathsig()
+        reseed_after_fork()
+        listeners = self._worker_listeners()
+        poller = select.epoll()
+        for sock in listeners:
+            poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        poller.register(signals.wake_r, select.EPOLLIN)
+        return listeners, poller, signals
 
     def _worker_listeners(self) -> list[socket.socket]:
         if not self.reuse_port:
@@ -629,38 +637,14 @@ class PreforkServer(ServerBase):
         served = 0
         stopping = False
         while True:
-            while signals.pending:
-                sig = signals.pending.popleft()
-                if sig == signal.SIGQUIT:
-                    return 0
-                if sig == signal.SIGTERM:
-                    stopping = True
-                elif sig == signal.SIGUSR1:
-                    reopen_logs(self.log_file)
-            conn = None
-            for sock in listeners:
-                try:
-                    conn, address = sock.accept()
-                    break
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:
-                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                        continue
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.error("accept failed: %s", exc.strerror)  # noqa: TRY400
-                        break
-                    raise
-            if conn is not None:
-                self._slots.beat(slot)
-                conn.setblocking(True)
-                try:
-                    call_handler(self.handler, conn, address, self)
-                except Exception:
-                    traceback.print_exc()
+            action = self._worker_signals(signals)
+            if action == signal.SIGQUIT:
+                return 0
+            stopping = stopping or action == signal.SIGTERM
+            accepted = next(filter(None, map(try_accept, listeners)), None)
+            if accepted is not None:
                 served += 1
-                self._slots.set_requests(slot, served)
-                self._slots.beat(slot)
+                self._serve_one(slot, served, *accepted)
                 if limit and served >= limit:
                     self._slots.set_state(slot, _SLOT_RETIRED)
                     return 0
@@ -673,3 +657,27 @@ class PreforkServer(ServerBase):
             for fd, _ in poller.poll(idle_wait):
                 if fd == signals.wake_r:
                     signals.drain()
+
+    def _worker_signals(self, signals: SignalQueue) -> int | None:
+        """Take the worker's queued signals: SIGQUIT (leave now) or SIGTERM (finish), if any."""
+        action: int | None = None
+        while signals.pending:
+            sig = signals.pending.popleft()
+            if sig == signal.SIGQUIT:
+                return sig
+            if sig == signal.SIGTERM:
+                action = sig
+            elif sig == signal.SIGUSR1:
+                reopen_logs(self.log_file)
+        return action
+
+    def _serve_one(self, slot: int, served: int, conn: socket.socket, address: Any) -> None:
+        """One connection, heartbeats around it; a failing handler costs only it."""
+        self._slots.beat(slot)
+        conn.setblocking(True)
+        try:
+            call_handler(self.handler, conn, address, self)
+        except Exception:
+            traceback.print_exc()
+        self._slots.set_requests(slot, served)
+        self._slots.beat(slot)
