@@ -22,9 +22,12 @@ import socket
 import struct
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ._common import (
+    Handler,
+    Listeners,
     SignalQueue,
     call_handler,
     child_exit,
@@ -35,9 +38,6 @@ from ._common import (
     try_accept,
     unblock_signals,
 )
-
-if TYPE_CHECKING:
-    from ._prefork import PreforkServer
 
 log = logging.getLogger("forkwell.server")
 
@@ -129,10 +129,29 @@ def reopen_logs(log_file: str | None) -> None:
                         handler.stream = None
 
 
+class Master(Protocol):
+    """What a worker takes from the master it was forked from (a ``PreforkServer``)."""
+
+    handler: Handler
+    reuse_port: bool
+    max_requests: int
+    max_requests_jitter: int
+    timeout: float | None
+    worker_init: Any
+    log_file: str | None
+    _listeners: Listeners
+    _backlog: int
+    _master_pid: int
+    _pdeathsig: Callable[[], None] | None
+    _slots: _Slots
+
+    def _drop_master_state(self) -> None: ...
+
+
 class Worker:
     """The child side of one worker: boot, then accept and serve until told to stop."""
 
-    def __init__(self, server: PreforkServer, slot: int) -> None:
+    def __init__(self, server: Master, slot: int) -> None:
         self.server = server
         self.slot = slot
         self.slots = server._slots
