@@ -12,10 +12,10 @@ import enum
 import os
 import selectors
 import signal
-import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+from . import _clock
 from ._process import Process
 from ._state import check
 
@@ -153,7 +153,7 @@ class Driver:
         """Send ``sig`` to the tree; SIGKILL whoever is left after ``grace`` (None: never)."""
         if self.phase is Phase.RUNNING:
             self._goto(Phase.TERMINATING)
-        now = time.monotonic()
+        now = _clock.monotonic()
         self.kill_at = None if grace is None else now + grace
         tree = self.proc.tree
         if tree is None:
@@ -249,7 +249,7 @@ class Driver:
             if self.kill_at is None:
                 # GNU semantics without -k: we waited for the command itself;
                 # what it left behind still gets the leftover grace.
-                self.kill_at = time.monotonic() + self.leftover_grace
+                self.kill_at = _clock.monotonic() + self.leftover_grace
             self._check_tree_gone()
 
     def _read(self, fd: int) -> bool:
@@ -283,7 +283,7 @@ class Driver:
                 pass
 
     def _timeout(self) -> float | None:
-        now = time.monotonic()
+        now = _clock.monotonic()
         if self.phase is Phase.RUNNING and self.deadline is not None:
             return max(0.0, self.deadline - now)
         if self.phase is Phase.TERMINATING and self.kill_at is not None:
@@ -297,7 +297,7 @@ class Driver:
     def run(self) -> None:
         try:
             while self.phase in (Phase.RUNNING, Phase.TERMINATING):
-                for key, _ in self.sel.select(self._timeout()):
+                for key, _ in _clock.select(self.sel, self._timeout()):
                     key.data(key.fd)
                     if self.phase not in (Phase.RUNNING, Phase.TERMINATING):
                         break
@@ -336,7 +336,7 @@ class Driver:
             self.on_wake(data)
 
     def _on_clock(self) -> None:
-        now = time.monotonic()
+        now = _clock.monotonic()
         no_pidfd = self.proc.fileno() < 0
         exited = no_pidfd and self.proc.returncode is None and self.proc.poll() is not None
         if exited and self.phase is Phase.RUNNING:

@@ -19,12 +19,11 @@ import os
 import signal
 import stat
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 from .._exceptions import spawn_error
-from . import _proc, _sys, _tree
+from . import _clock, _proc, _sys, _tree
 from ._status import waitid_returncode
 
 StrPath = str | os.PathLike[str]
@@ -78,7 +77,7 @@ class Process(metaclass=_FromFactory):
         self._popen = popen
         self.args = args
         self.pid = popen.pid
-        self.started = time.monotonic()
+        self.started = _clock.monotonic()
         # Open the pidfd at once: the child cannot be reaped (and its pid
         # recycled) before we wait for it, so this refers to our child.
         self._pidfd = _sys.pidfd_open(self.pid)
