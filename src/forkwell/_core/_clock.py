@@ -26,6 +26,12 @@ if TYPE_CHECKING:  # the control client imports this module: it needs neither
     import selectors
 
 
+#: The longest single wait (poll(2) and epoll_wait(2) take an int of milliseconds:
+#: about 24.8 days).  A caller with a longer deadline simply waits again, so
+#: ``forkwell timeout 1e300 ...`` means "practically forever", as in GNU timeout.
+MAX_WAIT = (2**31 - 1) // 1000
+
+
 class Clock:
     """Real time: ``CLOCK_MONOTONIC``, and waits that really wait."""
 
@@ -34,13 +40,15 @@ class Clock:
 
     def poll(self, poller: _select.poll, timeout: float | None) -> list[tuple[int, int]]:
         """``poller.poll`` for ``timeout`` seconds (None: no limit)."""
-        return poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        if timeout is None:
+            return poller.poll(None)
+        return poller.poll(max(0, math.ceil(min(timeout, MAX_WAIT) * 1000)))
 
     def select(
         self, selector: selectors.BaseSelector, timeout: float | None
     ) -> list[tuple[selectors.SelectorKey, int]]:
         """``selector.select`` for ``timeout`` seconds (None: no limit)."""
-        return selector.select(timeout)
+        return selector.select(None if timeout is None else min(timeout, MAX_WAIT))
 
 
 _clock = Clock()
