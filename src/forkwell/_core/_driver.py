@@ -144,6 +144,11 @@ class Driver:
         if wake_fd is not None:
             self.sel.register(wake_fd, selectors.EVENT_READ, self._on_wake_fd)
 
+    def expire(self) -> None:
+        """Let the deadline pass now (``forkwell timeout`` got SIGALRM, as GNU treats it)."""
+        if self.phase is Phase.RUNNING:
+            self.deadline = _clock.monotonic()
+
     def _goto(self, phase: Phase) -> None:
         self.phase = check(_TRANSITIONS, self.phase, phase, "the run loop")
 
