@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from ._core import _sys, _tree
 from ._core._driver import Driver, Hooks, Policy
@@ -48,11 +47,14 @@ LEFTOVER_GRACE = 5.0
 EXIT_TIMEDOUT = 124
 
 
-class TimeoutResult(NamedTuple):
+class TimeoutResult:
     """How the command ended: ``returncode`` as ``subprocess`` has it, and why."""
 
-    returncode: int
-    timed_out: bool
+    __slots__ = ("returncode", "timed_out")
+
+    def __init__(self, returncode: int, timed_out: bool) -> None:
+        self.returncode = returncode
+        self.timed_out = timed_out
 
     def exit_status(self, *, preserve: bool = False) -> int:
         """GNU ``timeout``'s exit status for this result (``--preserve-status`` with ``preserve``).

@@ -13,7 +13,6 @@ import os
 import selectors
 import signal
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
 
 from . import _clock
 from ._process import Process
@@ -72,34 +71,62 @@ _TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 }
 
 
-class Policy(NamedTuple):
+# Plain classes, not NamedTuples: creating a NamedTuple class costs ~0.15 ms of
+# start-up each, and ``forkwell timeout`` imports this module.
+class Policy:
     """How a run ends: its deadline, and what the deadline sets off."""
 
-    timeout: float | None  # seconds from the spawn; None: no deadline
-    grace: float  # after the stop signal, how long until SIGKILL
-    stop_signal: int
-    # False is GNU timeout without -k: signal at the deadline, then wait for
-    # the command itself however long it takes (its leftovers still get a grace).
-    kill_after_deadline: bool = True
-    # What the command leaves running when it exits gets this grace (None: ``grace``).
-    leftover_grace: float | None = None
-    # A dedicated process (the CLI): reap every child, adopted orphans too.
-    reap_all: bool = False
+    __slots__ = ("grace", "kill_after_deadline", "leftover_grace", "reap_all", "stop_signal",
+                 "timeout")  # fmt: skip
+
+    def __init__(  # noqa: PLR0913 (one field each)
+        self,
+        timeout: float | None,
+        grace: float,
+        stop_signal: int,
+        *,
+        kill_after_deadline: bool = True,
+        leftover_grace: float | None = None,
+        reap_all: bool = False,
+    ) -> None:
+        self.timeout = timeout  # seconds from the spawn; None: no deadline
+        self.grace = grace  # after the stop signal, how long until SIGKILL
+        self.stop_signal = stop_signal
+        # False is GNU timeout without -k: signal at the deadline, then wait for
+        # the command itself however long it takes (its leftovers still get a grace).
+        self.kill_after_deadline = kill_after_deadline
+        # What the command leaves running when it exits gets this grace (None: ``grace``).
+        self.leftover_grace = leftover_grace
+        # A dedicated process (the CLI): reap every child, adopted orphans too.
+        self.reap_all = reap_all
 
 
-class Pumps(NamedTuple):
+class Pumps:
     """The bytes a run feeds the child and collects from it."""
 
-    input: bytes | None = None
-    captures: Mapping[int, Capture] | None = None  # fd -> where its output goes
+    __slots__ = ("captures", "input")
+
+    def __init__(
+        self, input: bytes | None = None, captures: Mapping[int, Capture] | None = None
+    ) -> None:
+        self.input = input
+        self.captures = captures  # fd -> where its output goes
 
 
-class Hooks(NamedTuple):
+class Hooks:
     """How the caller takes part in the loop: a wake-up fd and two callbacks."""
 
-    wake_fd: int | None = None  # readable: call ``on_wake`` with what was read
-    on_wake: Callable[[bytes], None] | None = None
-    on_timeout: Callable[[int], None] | None = None  # the deadline passed; gets the signal
+    __slots__ = ("on_timeout", "on_wake", "wake_fd")
+
+    def __init__(
+        self,
+        wake_fd: int | None = None,
+        on_wake: Callable[[bytes], None] | None = None,
+        on_timeout: Callable[[int], None] | None = None,
+    ) -> None:
+        self.wake_fd = wake_fd  # readable: call ``on_wake`` with what was read
+        self.on_wake = on_wake
+        self.on_timeout = on_timeout  # the deadline passed; gets the signal
 
 
 class Driver:
