@@ -1,6 +1,6 @@
 """``forkwell daemon start|stop|status|restart``: a better ``start-stop-daemon``.
 
-Parsing and printing only; the work is in :mod:`forkwell._daemon._start`,
+Parsing and printing only; the work is in :mod:`forkwell._daemon._service`,
 imported when an action runs (or for the defaults ``--help`` shows: they are
 the library's).
 """
@@ -26,7 +26,7 @@ EXIT_NOT_FOUND = 127
 
 def _start_default(name: str) -> Callable[[], Any]:
     def load() -> Any:
-        from .._daemon._start import start_daemon
+        from .._daemon._service import start_daemon
 
         return keyword_default(start_daemon, name)
 
@@ -35,7 +35,7 @@ def _start_default(name: str) -> Callable[[], Any]:
 
 def _stop_default(name: str) -> Callable[[], Any]:
     def load() -> Any:
-        from .._daemon._start import stop_daemon
+        from .._daemon._service import stop_daemon
 
         return keyword_default(stop_daemon, name)
 
@@ -236,7 +236,7 @@ def _format_uptime(seconds: float) -> str:
 
 
 def _stop(here: str, args: SimpleNamespace) -> int:
-    from .._daemon._start import stop_daemon
+    from .._daemon._service import stop_daemon
     from .._exceptions import PidfileError
 
     try:
@@ -261,7 +261,7 @@ def _stop(here: str, args: SimpleNamespace) -> int:
 
 
 def _start(here: str, args: SimpleNamespace) -> int:
-    from .._daemon._start import start_daemon
+    from .._daemon._service import start_daemon
     from .._exceptions import DaemonStartError, PidfileError, SpawnError
 
     name = os.path.basename(args.command[0])

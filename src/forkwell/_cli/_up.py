@@ -95,7 +95,7 @@ def _detach(prog: str, pidfile: str | None) -> int:
     """Become the daemon (0); the original exits 0 once we notify READY=1, or 1 with the reason."""
     from pathlib import Path
 
-    from .._daemon._start import daemonize
+    from .._daemon._daemonize import daemonize
     from .._exceptions import ForkwellError
 
     try:
