@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ._options import DURATION, SIGNAL, Command, Default, Kind, Operand, Option, keyword_default
-from ._options import parse_or_report as _parse_or_report
+from ._parser import parse_or_report as _parse_or_report
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -124,44 +124,42 @@ _STOP_EXITS = (("0", "stopped, or was not running"), ("1", "failed"), ("2", "bad
 # What the daemon commands have always said, as scripts and tests know it.
 _WORDS = {"unknown": "unknown option {option!r}", "unknown_short": "unknown option {option!r}",
           "extra": "takes no COMMAND (got {operand!r})"}
-_ACTION = {"permute": False, "once": True, "words": _WORDS}
-
 _WHAT = """\
 Run COMMAND as a daemon (detached, in its own session, stdio on /dev/null or a
 log, umask, working directory, user), kept unique by a locked pidfile that
 names COMMAND's real pid."""
 _WITH_COMMAND = "--pidfile PATH [OPTIONS] [--] COMMAND [ARG]..."
 
-START = Command(
-    "daemon start",
-    summary="run COMMAND as a daemon; return once it is up, or say why not",
-    description=_WHAT + "  Return only once the daemon is up (--ready), and say why when it "
-    "is not.",
+
+def _action(name: str, summary: str, description: str, **more: Any) -> Command:
+    """An action: options end at COMMAND, and none may be given twice (but --env)."""
+    return Command(f"daemon {name}", description, summary=summary, permute=False, once=True,
+                   words=_WORDS, **more)  # fmt: skip
+
+
+START = _action(
+    "start", "run COMMAND as a daemon; return once it is up, or say why not",
+    _WHAT + "  Return only once the daemon is up (--ready), and say why when it is not.",
     usage=_WITH_COMMAND, options=_START_OPTIONS, operands=(_COMMAND,), notes=_READY_NOTE,
-    exits=_START_EXITS, **_ACTION,
+    exits=_START_EXITS,
 )
-STOP = Command(
-    "daemon stop",
-    summary="stop the daemon: SIGNAL, then KILL after --timeout",
-    description="Stop the daemon that holds the pidfile.\n\n" + _STOP_NOTE,
-    options=(_PIDFILE, *_STOP_OPTIONS), exits=_STOP_EXITS, **_ACTION,
+STOP = _action(
+    "stop", "stop the daemon: SIGNAL, then KILL after --timeout",
+    "Stop the daemon that holds the pidfile.\n\n" + _STOP_NOTE,
+    options=(_PIDFILE, *_STOP_OPTIONS), exits=_STOP_EXITS,
 )
-STATUS = Command(
-    "daemon status",
-    summary="say whether the daemon runs, with LSB's exit statuses",
-    description="Say whether the daemon that holds the pidfile runs, with its pid and uptime.",
+STATUS = _action(
+    "status", "say whether the daemon runs, with LSB's exit statuses",
+    "Say whether the daemon that holds the pidfile runs, with its pid and uptime.",
     options=(_PIDFILE,),
     exits=(("0", "running (pid and uptime)"), ("1", "dead but the pidfile exists"),
            ("2", "bad usage"), ("3", "not running"), ("4", "unknown (pidfile unreadable)")),
-    **_ACTION,
 )
-RESTART = Command(
-    "daemon restart",
-    summary="stop (if running), then start",
-    description="Stop the daemon as 'stop' does, then start COMMAND as 'start' does.",
+RESTART = _action(
+    "restart", "stop (if running), then start",
+    "Stop the daemon as 'stop' does, then start COMMAND as 'start' does.",
     usage=_WITH_COMMAND, options=(*_START_OPTIONS, *_STOP_OPTIONS), operands=(_COMMAND,),
-    notes=_READY_NOTE,
-    exits=(("-", "as stop, then as start"),), **_ACTION,
+    notes=_READY_NOTE, exits=(("-", "as stop, then as start"),),
 )
 DAEMON = Command(
     "daemon",

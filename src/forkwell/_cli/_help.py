@@ -17,14 +17,13 @@ def render(command: Command, prog: str) -> str:
     """The help text of ``command`` run as ``prog``, without a final newline."""
     if command.actions:
         return _group(command, prog)
-    facts = _facts(command)
+    known = facts(command)
     blocks = [
-        _usage(command, prog),
-        _paragraphs(command.description, facts),
-        _section("operands:", [(o.metavar, _fill(o.help, facts)) for o in command.operands
-                               if o.help]),  # fmt: skip
-        _section("options:", _option_rows(command.all_options, facts)),
-        _paragraphs(command.notes, facts),
+        usage(command, prog),
+        _paragraphs(command.description, known),
+        _section("operands:", operand_rows(command, known)),
+        _section("options:", option_rows(command.all_options, known)),
+        _paragraphs(command.notes, known),
         _section("exit status:", list(command.exits)),
         _examples(command.examples),
     ]
@@ -33,35 +32,34 @@ def render(command: Command, prog: str) -> str:
 
 def _group(group: Command, prog: str) -> str:
     """A group's help: every action's usage and options (each once), then every exit table."""
-    facts = _facts(group)
-    for action in group.actions:
-        facts.update(_facts(action))
-    pad = len(prog) + 1 + max(len(_short(action)) for action in group.actions)
-    usages = [_usage(a, f"{prog} {_short(a)}", pad=pad) for a in group.actions]
+    known = facts(group)
+    pad = len(prog) + 1 + max(len(short_name(action)) for action in group.actions)
+    usages = [usage(a, f"{prog} {short_name(a)}", pad=pad) for a in group.actions]
     blocks = [
         "\n".join([usages[0], *("       " + u.removeprefix("usage: ") for u in usages[1:])]),
-        _paragraphs(group.description, facts),
-        _section("actions:", [(_short(action), action.summary) for action in group.actions]),
+        _paragraphs(group.description, known),
+        _section("actions:", [(short_name(action), action.summary) for action in group.actions]),
     ]
     shown: set[str] = set()
     for action in group.actions:
         new = [opt for opt in action.options if opt.long not in shown]
         shown.update(opt.long for opt in new)
-        blocks.append(_section(f"{_short(action)} options:", _option_rows(tuple(new), facts)))
-    blocks.append(_paragraphs(group.notes, facts))
+        blocks.append(_section(f"{short_name(action)} options:", option_rows(tuple(new), known)))
+    blocks.append(_paragraphs(group.notes, known))
     exits = ["exit status:"]
     left = max(len(status) for action in group.actions for status, _ in action.exits)
     for action in group.actions:
-        exits += [f"  {_short(action)}", *_table(list(action.exits), indent=4, left=left)]
+        exits += [f"  {short_name(action)}", *_table(list(action.exits), indent=4, left=left)]
     blocks += ["\n".join(exits), _examples(group.examples)]
     return "\n\n".join(block for block in blocks if block)
 
 
-def _short(action: Command) -> str:
+def short_name(action: Command) -> str:
     return action.name.rsplit(" ", 1)[-1]
 
 
-def _usage(command: Command, prog: str, *, pad: int = 0) -> str:
+def usage(command: Command, prog: str, *, pad: int = 0) -> str:
+    """The usage line: given, or made from the required options and the operands."""
     usage = command.usage
     if not usage:
         words = [f"{o.long} {o.metavar}" for o in command.options if o.required]
@@ -77,27 +75,35 @@ def _operand_usage(metavar: str, nargs: str) -> str:
     return {"1": metavar, "?": f"[{metavar}]", "*": f"[{metavar}]...", "+": f"{metavar}..."}[nargs]
 
 
-def _facts(command: Command) -> dict[str, str]:
-    return {name: load() for name, load in (command.facts or {}).items()}
+def facts(command: Command) -> dict[str, str]:
+    """The library's values the texts of ``command`` (and of its actions) name."""
+    known = {name: load() for name, load in (command.facts or {}).items()}
+    for action in command.actions:
+        known.update(facts(action))
+    return known
 
 
-def _fill(text: str, facts: dict[str, str], default: str = "") -> str:
-    return text.format(default=default, **facts) if "{" in text else text
+def fill(text: str, known: dict[str, str], default: str = "") -> str:
+    """``text`` with the facts (and ``{default}``) put in."""
+    return text.format(default=default, **known) if "{" in text else text
 
 
-def _paragraphs(text: str, facts: dict[str, str]) -> str:
-    return "\n".join(wrap(_fill(text, facts), WIDTH))
+def _paragraphs(text: str, known: dict[str, str]) -> str:
+    return "\n".join(wrap(fill(text, known), WIDTH))
 
 
-def _option_rows(options: tuple[Option, ...], facts: dict[str, str]) -> list[tuple[str, str]]:
-    rows = []
-    for opt in options:
-        shorts = [n for n in opt.names if not n.startswith("--")]
-        spelling = ", ".join(opt.names) if shorts else "    " + ", ".join(opt.names)
-        if opt.metavar is not None:
-            spelling += f" {opt.metavar}"
-        rows.append((spelling, _fill(opt.help, facts, show_default(opt))))
-    return rows
+def spelling(opt: Option) -> str:
+    """``-c, --config FILE``; a long-only option indented as if it had a short one."""
+    text = ", ".join(opt.names) + ("" if opt.metavar is None else f" {opt.metavar}")
+    return text if opt.names[0][:2] != "--" else "    " + text
+
+
+def option_rows(options: tuple[Option, ...], known: dict[str, str]) -> list[tuple[str, str]]:
+    return [(spelling(opt), fill(opt.help, known, show_default(opt))) for opt in options]
+
+
+def operand_rows(command: Command, known: dict[str, str]) -> list[tuple[str, str]]:
+    return [(o.metavar, fill(o.help, known)) for o in command.operands if o.help]
 
 
 def show_default(opt: Option) -> str:
@@ -141,10 +147,18 @@ def wrap(text: str, width: int) -> list[str]:
             flowing.append(line)
             continue
         if flowing:
-            out += _greedy(" ".join(flowing), width)
+            out += _greedy(_join(flowing), width)
             flowing = []
         out.append(line.rstrip())
     return out[:-1]
+
+
+def _join(lines: list[str]) -> str:
+    """Lines of one paragraph as one: two spaces after a full stop, as the texts are written."""
+    text = lines[0]
+    for line in lines[1:]:
+        text += ("  " if text.endswith(".") and line[:1].isupper() else " ") + line
+    return text
 
 
 def _greedy(text: str, width: int) -> list[str]:

@@ -11,8 +11,8 @@ import sys
 from types import SimpleNamespace
 
 from ._options import DURATION, SIGNAL, Command, Default, Kind, Operand, Option, keyword_default
-from ._options import parse as _parse
-from ._options import parse_or_report as _parse_or_report
+from ._parser import parse as _parse
+from ._parser import parse_or_report as _parse_or_report
 
 EXIT_USAGE = 2
 EXIT_CANNOT_START = 125
@@ -55,9 +55,10 @@ PID namespace (a container entrypoint) and elsewhere as a child subreaper.""",
     operands=(Operand("COMMAND", "the command to run, and its arguments", nargs="+",
                       missing="no command given"),),
     notes="""\
-Forwarded: every catchable signal but CHLD, PIPE and the synchronous ones
-(SEGV BUS ILL FPE ABRT TRAP SYS).  A TERM, INT or QUIT received during the
-grace period ends it at once.""",
+Forwarded: every catchable signal but CHLD and those the caller left ignored;
+SEGV BUS ILL FPE ABRT TRAP SYS and PIPE only when a process sent them (kill
+-SEGV 1), never a fault of init's own.  A TERM, INT or QUIT received during
+the grace period ends it at once.""",
     exits=(
         ("-", "the command's status, or 128+N if it died of signal N (0 if remapped by -e)"),
         ("2", "usage error"),

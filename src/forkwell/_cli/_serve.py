@@ -9,9 +9,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ._options import DURATION, Command, Operand, Option, at_least, keyword_default
-from ._options import parse_or_report as _parse_or_report
-from ._options import report_usage as _report_usage
 from ._options import show_seconds as _show_seconds
+from ._parser import parse_or_report as _parse_or_report
+from ._parser import report_usage as _report_usage
 
 if TYPE_CHECKING:
     from .._servers._forking import ForkingServer
@@ -162,7 +162,7 @@ def _given(args: SimpleNamespace, *keys: str) -> dict[str, Any]:
 
 
 def _server(prog: str, args: SimpleNamespace) -> tuple[ForkingServer | PreforkServer, str] | int:
-    """The server, listening, and its mode in words; or the exit status once the reason is printed."""
+    """The listening server and its mode in words, or the exit status once the reason is printed."""
     from .._exceptions import BindError, HandlerImportError
 
     try:

@@ -7,7 +7,7 @@ import signal
 import sys
 
 from ._options import DURATION, SIGNAL, Command, Default, Operand, Option, keyword_default
-from ._options import parse_or_report as _parse_or_report
+from ._parser import parse_or_report as _parse_or_report
 
 EXIT_CANCELED = 125
 EXIT_CANNOT_INVOKE = 126

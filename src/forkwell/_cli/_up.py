@@ -7,8 +7,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._fleet import CONFIG, SOCKET
-from ._options import DURATION, Command, Option, report_usage
-from ._options import parse_or_report as _parse_or_report
+from ._options import DURATION, Command, Option
+from ._parser import parse_or_report as _parse_or_report
+from ._parser import report_usage
 
 if TYPE_CHECKING:
     from types import SimpleNamespace
