@@ -7,7 +7,7 @@ usage, description, operands, options (``  -c, --config FILE   help``), notes,
 
 from __future__ import annotations
 
-from ._options import Command, Default, Option
+from ._options import HELP, VERSION, Command, Default, Option
 
 WIDTH = 80
 _MAX_LEFT = 28  # an option's spelling longer than this puts its help on the next line
@@ -40,18 +40,31 @@ def _group(group: Command, prog: str) -> str:
         _paragraphs(group.description, known),
         _section("actions:", [(short_name(action), action.summary) for action in group.actions]),
     ]
-    shown: set[str] = set()
-    for action in group.actions:
-        new = [opt for opt in action.options if opt.long not in shown]
-        shown.update(opt.long for opt in new)
-        blocks.append(_section(f"{short_name(action)} options:", option_rows(tuple(new), known)))
+    sections: dict[str, tuple[Option, ...]] = {}
+    for action in group.actions:  # each option once, under the first action that takes it
+        shown = {opt.long for options in sections.values() for opt in options}
+        sections[f"{short_name(action)} options:"] = tuple(
+            opt for opt in action.options if opt.long not in shown
+        )
+    sections["every action's options:"] = (HELP, VERSION)
+    left = min(max(len(spelling(opt)) for options in sections.values() for opt in options),
+               _MAX_LEFT)  # fmt: skip
+    for title, options in sections.items():  # one column for all: they read as one table
+        blocks.append(_section(title, option_rows(options, known), left=left))
     blocks.append(_paragraphs(group.notes, known))
-    exits = ["exit status:"]
-    left = max(len(status) for action in group.actions for status, _ in action.exits)
-    for action in group.actions:
-        exits += [f"  {short_name(action)}", *_table(list(action.exits), indent=4, left=left)]
-    blocks += ["\n".join(exits), _examples(group.examples)]
+    blocks += [_group_exits(group), _examples(group.examples)]
     return "\n\n".join(block for block in blocks if block)
+
+
+def _group_exits(group: Command) -> str:
+    statuses = [status for action in group.actions for status, _ in action.exits]
+    if not statuses:
+        return ""
+    lines = ["exit status:"]
+    left = max(map(len, statuses))
+    for action in group.actions:
+        lines += [f"  {short_name(action)}", *_table(list(action.exits), indent=4, left=left)]
+    return "\n".join(lines)
 
 
 def short_name(action: Command) -> str:
@@ -114,8 +127,8 @@ def show_default(opt: Option) -> str:
     return opt.kind.none if value is None else opt.kind.show(value)
 
 
-def _section(title: str, rows: list[tuple[str, str]]) -> str:
-    return "\n".join([title, *_table(rows)]) if rows else ""
+def _section(title: str, rows: list[tuple[str, str]], *, left: int = 0) -> str:
+    return "\n".join([title, *_table(rows, left=left)]) if rows else ""
 
 
 def _table(rows: list[tuple[str, str]], *, indent: int = 2, left: int = 0) -> list[str]:
