@@ -102,7 +102,7 @@ def test_the_cli_defaults_are_the_librarys() -> None:
     """What the help shows and what the parser gives when an option is left out."""
     import inspect
 
-    from forkwell._cli import _daemon, _fleet, _help, _init, _serve, _timeout
+    from forkwell._cli import _daemon, _help, _init, _options, _serve, _timeout
     from forkwell._cli._parser import parse
     from forkwell._daemon._service import start_daemon, stop_daemon
     from forkwell._init import Init
@@ -138,4 +138,4 @@ def test_the_cli_defaults_are_the_librarys() -> None:
     assert known["bind"] == default(ForkingServer, "bind") == default(PreforkServer, "bind")
     # -c's default is the supervisor's, written in the help (reading it would cost tomllib).
     assert DEFAULT_FILE == DEFAULT_CONFIG
-    assert f"(default ./{DEFAULT_FILE})" in _fleet.CONFIG.help
+    assert f"(default ./{DEFAULT_FILE})" in _options.CONFIG.help

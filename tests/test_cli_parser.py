@@ -7,6 +7,8 @@ tests/test_control.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from forkwell._cli._options import DURATION, INT, Command, Operand, Option, UsageError
@@ -21,11 +23,22 @@ OPTIONS = (
     Option(("--pidfile",), "PATH", "a path"),
     Option(("--pid",), "PID", "a spelling that is the start of another", INT),
 )
-# Stops at its first operand, as timeout, init and daemon do.
-RUN = Command("run", "Run COMMAND.", options=OPTIONS,
-              operands=(Operand("COMMAND", nargs="+"),), permute=False)  # fmt: skip
-# Permutes, as the control commands, serve and up do.
-SHOW = Command("show", "Show NAMEs.", options=OPTIONS, operands=(Operand("NAME", nargs="*"),))
+
+
+def run(name: str = "run", **more: Any) -> Command:
+    """Stops at its first operand, as timeout, init and daemon do."""
+    return Command(name, "Run COMMAND.", options=OPTIONS,
+                   operands=(Operand("COMMAND", nargs="+"),), permute=False, **more)  # fmt: skip
+
+
+def show(name: str = "show", **more: Any) -> Command:
+    """Permutes, as the control commands, serve and up do."""
+    return Command(name, "Show NAMEs.", options=OPTIONS, operands=(Operand("NAME", nargs="*"),),
+                   **more)  # fmt: skip
+
+
+RUN = run()
+SHOW = show()
 
 
 def error(command: Command, *argv: str) -> str:
@@ -126,7 +139,7 @@ def test_repeatable_options_keep_every_value_others_the_last() -> None:
     ns = parse(SHOW, ["-e", "A=1", "--env=B=2", "-eC=3", "--env", "D", "-n", "1", "-n2"])
     assert ns.env == ["A=1", "B=2", "C=3", "D"]
     assert ns.lines == 2
-    once = SHOW._replace(once=True)
+    once = show(once=True)
     assert error(once, "-n", "1", "--lines", "2") == "option --lines given more than once"
     assert parse(once, ["-e", "A", "-e", "B"]).env == ["A", "B"]  # repeatable stays so
 
@@ -149,7 +162,7 @@ def test_report_is_one_line_with_the_hint_and_the_commands_exit_status(
     assert capsys.readouterr().err == (
         "forkwell run: unrecognized option '--bogus' (see 'forkwell run --help')\n"
     )
-    gnu = RUN._replace(usage_exit=125, hint="\nTry '{prog} --help' for more information.")
+    gnu = run(usage_exit=125, hint="\nTry '{prog} --help' for more information.")
     assert parse_or_report(gnu, [], "forkwell run") == 125
     assert capsys.readouterr().err == (
         "forkwell run: missing operand COMMAND\nTry 'forkwell run --help' for more information.\n"
@@ -169,8 +182,8 @@ def test_help_and_version_print_and_exit_0(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_a_group_picks_its_action_by_the_first_operand(capsys: pytest.CaptureFixture[str]) -> None:
-    group = Command("tool", "A group.", actions=(RUN._replace(name="tool run", summary="run"),
-                                                 SHOW._replace(name="tool show", summary="show")))  # fmt: skip
+    group = Command("tool", "A group.", actions=(run("tool run", summary="run"),
+                                                 show("tool show", summary="show")))  # fmt: skip
     ns = parse_or_report(group, ["show", "a", "-v"], "forkwell tool")
     assert not isinstance(ns, int)
     assert (ns.action, ns.name, ns.verbose) == ("show", ["a"], True)

@@ -14,14 +14,18 @@ statuses and examples.  From that one declaration come the parser
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
+
+# The declarations are plain classes with __slots__, not NamedTuples: a
+# NamedTuple compiles each field's annotation when it is defined, ~0.3 ms per
+# class, paid by every `forkwell ps` and `forkwell init`.
 
 
 class UsageError(Exception):
     """A command line that cannot be parsed; the message is one line, without the program."""
 
 
-class Kind(NamedTuple):
+class Kind:
     """How a value is read from its text and shown in the help.
 
     ``parse`` raises ``ValueError`` saying what is wrong with the text (the
@@ -29,29 +33,55 @@ class Kind(NamedTuple):
     message.
     """
 
-    name: str
-    parse: Callable[[str], Any]
-    show: Callable[[Any], str] = str
-    none: str = "none"  # how the help shows a default of None
+    __slots__ = ("name", "none", "parse", "show")
+
+    def __init__(
+        self,
+        name: str,
+        parse: Callable[[str], Any],
+        show: Callable[[Any], str] = str,
+        none: str = "none",  # how the help shows a default of None
+    ) -> None:
+        self.name = name
+        self.parse = parse
+        self.show = show
+        self.none = none
 
 
-class Default(NamedTuple):
+class Default:
     """A default that is the library's: ``load`` reads it from there, when it is needed."""
 
-    load: Callable[[], Any]
+    __slots__ = ("load",)
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self.load = load
 
 
-class Option(NamedTuple):
+class Option:
     """One option: every spelling, its value, its default, its help."""
 
-    names: tuple[str, ...]  # ("-c", "--config"); the last one names it in messages
-    metavar: str | None  # None: a flag, which takes no value
-    help: str  # may name {default} and the command's facts
-    kind: Kind | None = None  # None: the text as it is
-    default: Any = None  # a flag's is False; a Default is read from the library
-    repeat: bool = False  # every value is kept, in a list (the default: [])
-    required: bool = False
-    dest: str = ""  # the attribute it fills; "" : from the last spelling
+    __slots__ = ("default", "dest", "help", "kind", "metavar", "names", "repeat", "required")
+
+    def __init__(  # noqa: PLR0913 (a declaration: one keyword per field)
+        self,
+        names: tuple[str, ...],  # ("-c", "--config"); the last one names it in messages
+        metavar: str | None,  # None: a flag, which takes no value
+        help: str,  # may name {default} and the command's facts
+        kind: Kind | None = None,  # None: the text as it is
+        default: Any = None,  # a flag's is False; a Default is read from the library
+        *,
+        repeat: bool = False,  # every value is kept, in a list (the default: [])
+        required: bool = False,
+        dest: str = "",  # the attribute it fills; "": from the last spelling
+    ) -> None:
+        self.names = names
+        self.metavar = metavar
+        self.help = help
+        self.kind = kind
+        self.default = default
+        self.repeat = repeat
+        self.required = required
+        self.dest = dest
 
     @property
     def key(self) -> str:
@@ -70,40 +100,76 @@ class Option(NamedTuple):
         return self.default.load() if isinstance(self.default, Default) else self.default
 
 
-class Operand(NamedTuple):
+class Operand:
     """One operand; only the last of a command may be optional or take the rest."""
 
-    metavar: str
-    help: str = ""
-    nargs: str = "1"  # "1", "?" (or None), "*" (the rest) or "+" (the rest, at least one)
-    kind: Kind | None = None
-    missing: str = ""  # the message when it is missing ({metavar}, {last}: the operand before)
-    dest: str = ""
+    __slots__ = ("dest", "help", "kind", "metavar", "missing", "nargs")
+
+    def __init__(  # noqa: PLR0913 (a declaration: one keyword per field)
+        self,
+        metavar: str,
+        help: str = "",
+        *,
+        nargs: str = "1",  # "1", "?", "*" (the rest) or "+" (the rest, at least one)
+        kind: Kind | None = None,
+        missing: str = "",  # the message when it is missing ({metavar}; {last}: the one before)
+        dest: str = "",
+    ) -> None:
+        self.metavar = metavar
+        self.help = help
+        self.nargs = nargs
+        self.kind = kind
+        self.missing = missing
+        self.dest = dest
 
     @property
     def key(self) -> str:
         return self.dest or self.metavar.lower().replace("-", "_")
 
 
-class Command(NamedTuple):
+class Command:
     """One command's declaration: the parser, ``--help`` and docs/cli.md are made from it."""
 
-    name: str  # "timeout", "daemon start"
-    description: str  # as printed: wrapped by hand, may name the facts
-    options: tuple[Option, ...] = ()  # -h/--help is added to every command
-    operands: tuple[Operand, ...] = ()
-    usage: str = ""  # what follows the program in the usage line; "": made from the rest
-    notes: str = ""  # paragraphs after the options, as printed
-    exits: tuple[tuple[str, str], ...] = ()  # (status, meaning)
-    examples: tuple[str, ...] = ()
-    permute: bool = True  # False: options end at the first operand
-    usage_exit: int = 2  # the exit status of a usage error
-    hint: str = " (see '{prog} --help')"  # what follows a usage error's message
-    words: Mapping[str, str] | None = None  # messages worded this command's way
-    once: bool = False  # an option that does not repeat may not be given twice
-    facts: Mapping[str, Callable[[], str]] | None = None  # library values the texts name
-    summary: str = ""  # an action's one line (a command's is in the dispatcher's table)
-    actions: tuple[Command, ...] = ()  # a group: the first operand picks one
+    __slots__ = ("actions", "description", "examples", "exits", "facts", "hint", "name",
+                 "notes", "once", "operands", "options", "permute", "summary", "usage",
+                 "usage_exit", "words")  # fmt: skip
+
+    def __init__(  # noqa: PLR0913 (a declaration: one keyword per field)
+        self,
+        name: str,  # "timeout", "daemon start"
+        description: str,  # as printed: wrapped by hand, may name the facts
+        *,
+        options: tuple[Option, ...] = (),  # -h/--help and --version are added to every command
+        operands: tuple[Operand, ...] = (),
+        usage: str = "",  # what follows the program in the usage line; "": made from the rest
+        notes: str = "",  # paragraphs after the options, as printed
+        exits: tuple[tuple[str, str], ...] = (),  # (status, meaning)
+        examples: tuple[str, ...] = (),
+        permute: bool = True,  # False: options end at the first operand
+        usage_exit: int = 2,  # the exit status of a usage error
+        hint: str = " (see '{prog} --help')",  # what follows a usage error's message
+        words: Mapping[str, str] | None = None,  # messages worded this command's way
+        once: bool = False,  # an option that does not repeat may not be given twice
+        facts: Mapping[str, Callable[[], str]] | None = None,  # library values the texts name
+        summary: str = "",  # an action's one line (a command's is in the dispatcher's table)
+        actions: tuple[Command, ...] = (),  # a group: the first operand picks one
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.options = options
+        self.operands = operands
+        self.usage = usage
+        self.notes = notes
+        self.exits = exits
+        self.examples = examples
+        self.permute = permute
+        self.usage_exit = usage_exit
+        self.hint = hint
+        self.words = words
+        self.once = once
+        self.facts = facts
+        self.summary = summary
+        self.actions = actions
 
     @property
     def all_options(self) -> tuple[Option, ...]:
@@ -113,6 +179,17 @@ class Command(NamedTuple):
 # Every command takes these two; they print and exit 0.
 HELP = Option(("-h", "--help"), None, "show this help and exit")
 VERSION = Option(("--version",), None, "show forkwell's version and exit")
+
+# Which fleet `forkwell up` and the control commands mean (here, not in a module
+# of their own: `forkwell ps` would pay for one more import).  -c's default is
+# the supervisor's (_supervisor._config.DEFAULT_FILE): the commands pass None
+# on and the library applies it; reading it here would cost `forkwell up
+# --help` tomllib.  tests/test_cli.py holds the two together.
+CONFIG = Option(("-c", "--config"), "FILE",
+                "the supervisor's config file (default ./forkwell.toml)")  # fmt: skip
+SOCKET = Option(("--socket",), "PATH",
+                "the control socket (default: $FORKWELL_SOCKET, else the config's [supervisor] "
+                "socket)")  # fmt: skip
 
 
 # -- kinds ------------------------------------------------------------------

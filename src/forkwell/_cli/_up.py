@@ -6,8 +6,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ._fleet import CONFIG, SOCKET
-from ._options import DURATION, Command, Option
+from ._options import CONFIG, DURATION, SOCKET, Command, Option
 from ._parser import parse_or_report as _parse_or_report
 from ._parser import report_usage
 
