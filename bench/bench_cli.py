@@ -9,7 +9,9 @@ and ``up --help`` (``up``'s parse and print, without a fleet).  Each tree is
 put first on ``PYTHONPATH`` in turn; runs alternate between the trees so that
 the machine's load falls on both alike.  Both trees are byte-compiled first:
 with ``PYTHONDONTWRITEBYTECODE`` set every run would otherwise time the
-compiler.  Prints the median of each, before and after.
+compiler.  Prints the median of each, before and after: wall time, and the
+CPU time (user + system) of the process and its children, which the load of
+a shared machine disturbs less.
 """
 
 from __future__ import annotations
@@ -33,17 +35,21 @@ COMMANDS: dict[str, tuple[list[str], int]] = {
 }
 
 
-def timed(src: str, args: list[str], expected: int) -> float:
+def timed(src: str, args: list[str], expected: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run."""
     env = dict(os.environ, PYTHONPATH=src)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     began = time.perf_counter()
-    r = subprocess.run([PY, "-m", "forkwell", *args], env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen([PY, "-m", "forkwell", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - began
-    if r.returncode != expected:
-        raise SystemExit(f"bench: {src}: forkwell {' '.join(args)} exited {r.returncode}, "
-                         f"expected {expected}: {r.stderr.decode()}")  # fmt: skip
-    return elapsed
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != expected:
+        raise SystemExit(f"bench: {src}: forkwell {' '.join(args)} exited {proc.returncode}, "
+                         f"expected {expected}")  # fmt: skip
+    # wait4 reports the process and the children it waited for (timeout's, init's /bin/true).
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -55,18 +61,23 @@ def main() -> int:
     trees = {"before": args.before, "after": args.after}
     for src in trees.values():
         subprocess.run([PY, "-m", "compileall", "-q", src], check=True)
-    times: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for i in range(args.runs):
         order = list(trees.items()) if i % 2 == 0 else list(reversed(trees.items()))
         for name, (argv, expected) in COMMANDS.items():
             for label, src in order:
                 times.setdefault((name, label), []).append(timed(src, argv, expected))
     print(f"{PY}, {args.runs} interleaved runs; medians in ms")
-    print(f"{'command':<28}{'before':>9}{'after':>9}{'change':>9}")
+    print(f"before: {args.before}\nafter:  {args.after}")
+    print(f"{'':<28}{'wall':>27}{'CPU':>27}")
+    print(f"{'command':<28}" + f"{'before':>9}{'after':>9}{'change':>9}" * 2)
     for name in COMMANDS:
-        before = statistics.median(times[name, "before"]) * 1000
-        after = statistics.median(times[name, "after"]) * 1000
-        print(f"{name:<28}{before:>9.1f}{after:>9.1f}{after - before:>+9.1f}")
+        line = f"{name:<28}"
+        for column in (0, 1):
+            before = statistics.median(t[column] for t in times[name, "before"]) * 1000
+            after = statistics.median(t[column] for t in times[name, "after"]) * 1000
+            line += f"{before:>9.1f}{after:>9.1f}{after - before:>+9.1f}"
+        print(line)
     return 0
 
 

@@ -193,3 +193,23 @@ def test_a_group_picks_its_action_by_the_first_operand(capsys: pytest.CaptureFix
     )
     assert parse_or_report(group, [], "forkwell tool") == 2  # help, but a usage error
     assert "actions:\n  run   run\n  show  show\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10", "0", "0.5", " 7 ", "1e3", "1_000", "inf", "Infinity", "nan", "-5", "-0", "5s", "2m",
+     "1.5h", "0.5d", "abc", "5x", "", " ", "1e999", "-inf"],
+)  # fmt: skip
+def test_a_duration_is_read_as_parse_duration_reads_it(text: str) -> None:
+    """DURATION reads plain numbers itself (start-up time); it must agree with the core."""
+    from forkwell._core._duration import parse_duration
+
+    try:
+        expected: object = parse_duration(text)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: object = DURATION.parse(text)
+    except ValueError as exc:
+        got = str(exc)
+    assert got == expected
