@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from test_control import FakeSupervisor, Served, raw
 
@@ -30,12 +30,6 @@ from forkwell._core._duration import parse_duration, parse_signal
 from forkwell._core._notify import NotifyListener
 from forkwell._core._readiness import parse_ready
 from forkwell._daemon import _handshake
-
-settings.register_profile("ci", max_examples=150, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
-settings.register_profile("long", max_examples=20_000, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
-settings.load_profile(os.environ.get("FORKWELL_HYPOTHESIS_PROFILE", "ci"))
 
 
 def one_line(message: str) -> None:
