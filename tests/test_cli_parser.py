@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from forkwell._cli._options import DURATION, INT, Command, Operand, Option, UsageError
 from forkwell._cli._parser import HelpRequested, VersionRequested, parse, parse_or_report
@@ -213,3 +215,29 @@ def test_a_duration_is_read_as_parse_duration_reads_it(text: str) -> None:
     except ValueError as exc:
         got = str(exc)
     assert got == expected
+
+
+def _every_declared_command() -> list[Command]:
+    from forkwell._cli._docs import declared
+
+    out = []
+    for command in declared().values():
+        out += list(command.actions) or [command]
+    return out
+
+
+_WORDS = st.sampled_from(["-", "--", "-x", "-pv", "--p", "--pid=", "=", "-n", "5", "-1", "1m",
+                          "TERM", "web=2", "--env", "A=1", "--ready", "tcp:1", "exec", "nan"])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(argv=st.lists(_WORDS | st.text(max_size=8), max_size=6))
+def test_no_command_line_gets_a_traceback(argv: list[str]) -> None:
+    """Whatever is typed, every command's parse ends in a result or a one-line UsageError."""
+    for command in _every_declared_command():
+        try:
+            parse(command, argv)
+        except (HelpRequested, VersionRequested):
+            pass
+        except UsageError as exc:
+            assert str(exc) and "\n" not in str(exc), (command.name, argv, str(exc))

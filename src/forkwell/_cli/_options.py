@@ -24,6 +24,10 @@ from typing import Any
 class UsageError(Exception):
     """A command line that cannot be parsed; the message is one line, without the program."""
 
+    def __init__(self, message: str) -> None:
+        # What was typed may hold a newline or an escape: shown escaped, the error stays one line.
+        super().__init__(message if message.isprintable() else repr(message)[1:-1])
+
 
 class Kind:
     """How a value is read from its text and shown in the help.
