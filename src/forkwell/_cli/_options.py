@@ -235,6 +235,13 @@ def _signal(text: str) -> int:
     return parse_signal(text)
 
 
+def _signal_or_zero(text: str) -> int:
+    """A signal, or 0 (``EXIT``): GNU timeout sends "signal 0" and lets ``-k`` do the killing."""
+    if text.strip().upper() in ("0", "EXIT", "SIGEXIT"):
+        return 0
+    return _signal(text)
+
+
 def show_seconds(value: float) -> str:
     return f"{value:g}s"
 
@@ -242,7 +249,7 @@ def show_seconds(value: float) -> str:
 def _show_signal(value: int) -> str:
     import signal
 
-    return signal.Signals(value).name.removeprefix("SIG")
+    return "EXIT" if value == 0 else signal.Signals(value).name.removeprefix("SIG")
 
 
 def at_least(minimum: int) -> Kind:
@@ -261,6 +268,7 @@ INT = Kind("int", _int)
 FLOAT = Kind("float", _float, "{:g}".format)
 DURATION = Kind("duration", _duration, show_seconds)
 SIGNAL = Kind("signal", _signal, _show_signal)
+SIGNAL_OR_ZERO = Kind("signal or 0", _signal_or_zero, _show_signal)
 
 
 def keyword_default(func: Callable[..., Any], name: str) -> Any:

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from ._options import DURATION, SIGNAL, Command, Default, Operand, Option, keyword_default
+from ._options import DURATION, SIGNAL_OR_ZERO, Command, Default, Operand, Option, keyword_default
 from ._parser import parse_or_report as _parse_or_report
 
 EXIT_CANCELED = 125
@@ -43,8 +43,8 @@ found too, sent SIGNAL, then SIGKILL after the --kill-after duration ({leftover}
 without it).""",
     options=(
         Option(("-s", "--signal"), "SIGNAL",
-               "signal to send on time out (default {default}); a name or number",
-               SIGNAL, Default(_stop_signal)),
+               "signal to send on time out (default {default}); a name or number; 0 (EXIT)"
+               " sends none, leaving the killing to -k", SIGNAL_OR_ZERO, Default(_stop_signal)),
         Option(("-k", "--kill-after"), "DURATION",
                "also send KILL if COMMAND still runs this long after SIGNAL", DURATION),
         Option(("-p", "--preserve-status"), None,
@@ -95,9 +95,13 @@ def main(argv: list[str], *, prog: str = "forkwell timeout", command: str = "tim
     name = os.path.basename(args.command[0])
 
     def announce(sig: int) -> None:
-        if args.verbose:
-            print(f"{prog}: sending signal {signal.Signals(sig).name[3:]} to command {name!r}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        if not args.verbose or sys.stderr is None:  # None: started with fd 2 closed
+            return
+        what = "EXIT" if sig == 0 else signal.Signals(sig).name[3:]
+        try:
+            print(f"{prog}: sending signal {what} to command {name!r}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass  # a closed or broken stderr must not cost the caller the timeout status
 
     try:
         result = run_timeout(
