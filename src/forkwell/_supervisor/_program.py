@@ -39,17 +39,19 @@ import os
 import pwd
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._core import _tree
-from .._core._process import DEVNULL, Process, spawn
+from .._core._process import Process, spawn
 from .._core._state import check
-from .._core._status import describe_exit
+from .._core._status import describe_exit, signal_name
 from .._exceptions import SpawnError
-from ._logs import LogFile
+from . import _probes
+from ._logs import Output
+from ._loop import resolve
 
 if TYPE_CHECKING:
     # asyncio is imported where a coroutine needs it: ``forkwell up`` spawns its
@@ -58,6 +60,8 @@ if TYPE_CHECKING:
 
     from .._core._notify import NotifyListener
     from ._config import ProgramConfig
+    from ._logs import LogFile
+    from ._loop import Handle, Loop
 
 
 class ProgramState(Enum):
@@ -89,15 +93,15 @@ SETTLED = frozenset({S.RUNNING, S.FATAL, S.STOPPED, S.EXITED})
 DOWN = frozenset({S.STOPPED, S.EXITED, S.FATAL})
 
 BACKOFF_FIRST = 0.1  # seconds before the 2nd attempt; doubles each failed start
-READY_POLL = 0.1  # seconds between tcp:/cmd: readiness probes
-KILL_GRACE = 5.0  # after SIGKILL, how long to wait for a tree to vanish
 
 
 class _Host(Protocol):
     """What an instance needs from its supervisor."""
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
+    def loop(self) -> Loop: ...
+    @property
+    def aio_loop(self) -> asyncio.AbstractEventLoop: ...
 
     def child_env(self, inst: Instance) -> dict[str, str]: ...
     def devnull(self) -> int: ...
@@ -134,9 +138,8 @@ class Instance:
         self.message = ""  # why the last start failed (one line), "" if it did not
         self.colour = 0
         self._started_mono = 0.0
-        self._timer: asyncio.TimerHandle | None = None  # backoff or ready_timeout
+        self._timer: Handle | None = None  # backoff or ready_timeout
         self._probe_task: asyncio.Task[None] | None = None
-        self._probe_proc: Process | None = None
         self._notify: NotifyListener | None = None
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
         self._failing_task: asyncio.Task[None] | None = None
@@ -144,8 +147,7 @@ class Instance:
         self._dep_task: asyncio.Task[None] | None = None
         self._exit_waiters: list[asyncio.Future[None]] = []
         self.no_restart = False  # set by shutdown: an exit now is final
-        self._pipes: dict[str, tuple[int, int]] = {}  # stream -> (read fd, write fd)
-        self.logs: dict[str, LogFile] = {}
+        self.output = Output(self._echo)
 
     def __repr__(self) -> str:
         return f"<Instance {self.name} {self.state.name} pid={self.pid}>"
@@ -153,6 +155,10 @@ class Instance:
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
+
+    @property
+    def logs(self) -> dict[str, LogFile]:
+        return self.output.logs
 
     # -- state machine -------------------------------------------------------
 
@@ -169,7 +175,7 @@ class Instance:
         """Return once the state satisfies ``pred`` (at once if it already does)."""
         if pred(self.state):
             return
-        fut: asyncio.Future[None] = self.host.loop.create_future()
+        fut: asyncio.Future[None] = self.host.aio_loop.create_future()
         self._waiters.append((pred, fut))
         await fut
 
@@ -179,9 +185,9 @@ class Instance:
         """Like :meth:`wait_for`, but give up after ``timeout`` seconds."""
         if pred(self.state):
             return
-        fut: asyncio.Future[None] = self.host.loop.create_future()
+        fut: asyncio.Future[None] = self.host.aio_loop.create_future()
         self._waiters.append((pred, fut))
-        handle = self.host.loop.call_later(timeout, _resolve, fut)
+        handle = self.host.loop.call_later(timeout, resolve, fut)
         try:
             await fut
         finally:
@@ -199,61 +205,21 @@ class Instance:
         return self.host.log_dir() / f"{self.program}.{self.index}.{stream}.log"
 
     def _open_io(self) -> None:
-        """Pipes and log files live as long as the instance, across restarts.
+        """Pipes and log files live as long as the instance, across restarts."""
+        cfg = self.config
+        streams = ("stdout",) if cfg.redirect_stderr else ("stdout", "stderr")
+        paths = {stream: self.log_path(stream) for stream in streams}
+        self.output.open(paths, cfg.log_max_bytes, cfg.log_backups, self.host.loop)
 
-        One pipe for the instance's whole life keeps its output in order even
-        when a dying process's last words and its replacement's first ones
-        overlap; the supervisor keeps the write end, so it never sees EOF and
-        needs no per-process bookkeeping.
-        """
-        if self._pipes:
-            return
-        streams = ("stdout",) if self.config.redirect_stderr else ("stdout", "stderr")
-        try:
-            for stream in streams:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                os.set_blocking(r, False)
-                self._pipes[stream] = (r, w)
-                self.logs[stream] = LogFile(
-                    self.log_path(stream), self.config.log_max_bytes, self.config.log_backups
-                )
-                self.host.loop.add_reader(r, self._on_output, stream, r)
-        except BaseException:
-            self.close_io()
-            raise
-
-    def _on_output(self, stream: str, fd: int) -> None:
-        try:
-            data = os.read(fd, 262144)
-        except BlockingIOError:
-            return
-        if data:
-            self.logs[stream].write(data)
-            self.host.output(self, stream, data)
+    def _echo(self, stream: str, data: bytes) -> None:
+        self.host.output(self, stream, data)
 
     def drain(self) -> None:
         """Write whatever is still in the pipes (the process has exited)."""
-        for stream, (r, _) in self._pipes.items():
-            while True:
-                try:
-                    data = os.read(r, 262144)
-                except BlockingIOError:
-                    break
-                if not data:
-                    break
-                self.logs[stream].write(data)
-                self.host.output(self, stream, data)
+        self.output.drain()
 
     def close_io(self) -> None:
-        self.drain()
-        for r, w in self._pipes.values():
-            self.host.loop.remove_reader(r)
-            os.close(r)
-            os.close(w)
-        self._pipes.clear()
-        for log in self.logs.values():
-            log.close()
-        self.logs.clear()
+        self.output.close(self.host.loop)
 
     # -- starting ------------------------------------------------------------
 
@@ -264,76 +230,106 @@ class Instance:
         self.message = ""
         self._set(S.STARTING, "start requested")
 
+    def wait_for_dependencies(self, waiting: asyncio.Task[None]) -> None:
+        """STARTING without a process until ``waiting`` calls :meth:`dependencies_done`."""
+        self._dep_task = waiting
+
+    def dependencies_done(self, failed: str = "") -> None:
+        """The wait for dependencies is over: spawn now, or FATAL because one ``failed``."""
+        self._dep_task = None
+        if failed:
+            self.message = f"{self.name} is FATAL: {failed}"
+            self._set(S.FATAL, failed)
+        elif self.state is S.STARTING and self.proc is None:
+            self.spawn()
+
     def spawn(self) -> None:
         """Start the process now (state STARTING); on failure, a failed start."""
         assert self.state is S.STARTING
-        cfg = self.config
         try:
             self._open_io()
         except OSError as exc:
             # This runs from timers and exit callbacks too: report, never raise.
             self._failed_start(f"cannot open its log files: {exc.strerror or exc}: {exc.filename}")
             return
-        env = self.host.child_env(self)
-        if cfg.ready.kind == "notify":
-            from .._core._notify import NotifyListener
-
-            uid = _uid_of(cfg.user)
-            self._notify = NotifyListener(uid=uid if uid and os.geteuid() == 0 else None)
-            env.update(self._notify.environ())
-            self.host.loop.add_reader(self._notify.fileno(), self._on_notify)
-        out_w = self._pipes["stdout"][1]
-        err_w = self._pipes["stderr"][1] if "stderr" in self._pipes else out_w
-        user_kwargs: dict[str, object] = {}
-        if cfg.user is not None:
-            pw = pwd.getpwuid(int(cfg.user)) if cfg.user.isdigit() else pwd.getpwnam(cfg.user)
-            gid = pw.pw_gid if cfg.group is None else _gid_of(cfg.group)
-            user_kwargs = {
-                "user": pw.pw_uid,
-                "group": gid,
-                "extra_groups": os.getgrouplist(pw.pw_name, gid),
-            }
-            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
-        elif cfg.group is not None:
-            user_kwargs = {"group": _gid_of(cfg.group)}
-        try:
-            proc = spawn(
-                cfg.command,
-                executable=self.host.find_executable(cfg.command[0], env),
-                stdin=self.host.devnull(),
-                stdout=out_w,
-                stderr=err_w,
-                cwd=cfg.directory,
-                env=env,
-                new_process_group=True,
-                umask=-1 if cfg.umask is None else cfg.umask,
-                **user_kwargs,  # type: ignore[arg-type]
-            )
-        except SpawnError as exc:
-            self._close_notify()
-            self._failed_start(str(exc))
-            return
-        except OSError as exc:  # e.g. EMFILE: out of fds
-            self._close_notify()
-            self._failed_start(f"cannot start: {exc.strerror or exc}")
+        proc = self._spawn_process()
+        if proc is None:
             return
         self.proc = proc
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self.ready_at = None
         self.host.track(proc, self._on_exit)
-        kind = cfg.ready.kind
-        if kind == "exec":
+        self._await_readiness()
+
+    def _spawn_process(self) -> Process | None:
+        """The process, spawned with its pipes, environment and user; None: a failed start."""
+        cfg = self.config
+        env = self.host.child_env(self)
+        if cfg.ready.kind == "notify":
+            self._listen_for_notify(env)
+        stdout, stderr = self.output.write_ends()
+        identity = _identity(cfg.user, cfg.group, env)
+        try:
+            return spawn(
+                cfg.command,
+                executable=self.host.find_executable(cfg.command[0], env),
+                stdin=self.host.devnull(),
+                stdout=stdout,
+                stderr=stderr,
+                cwd=cfg.directory,
+                env=env,
+                new_process_group=True,
+                umask=-1 if cfg.umask is None else cfg.umask,
+                **identity,  # type: ignore[arg-type]
+            )
+        except SpawnError as exc:
+            why = str(exc)
+        except OSError as exc:  # e.g. EMFILE: out of fds
+            why = f"cannot start: {exc.strerror or exc}"
+        self._close_notify()
+        self._failed_start(why)
+        return None
+
+    def _listen_for_notify(self, env: dict[str, str]) -> None:
+        """``ready = "notify"``: a private socket, named in the process's environment."""
+        from .._core._notify import NotifyListener
+
+        uid = _uid_of(self.config.user)
+        self._notify = NotifyListener(uid=uid if uid and os.geteuid() == 0 else None)
+        env.update(self._notify.environ())
+        self.host.loop.add_reader(self._notify.fileno(), self._on_notify)
+
+    def _await_readiness(self) -> None:
+        """Just spawned: RUNNING at once for ``exec``, else a deadline and the probe."""
+        cfg = self.config
+        ready = cfg.ready
+        if ready.kind == "exec":
             self._ready("exec'd")
             return
         self._timer = self.host.loop.call_later(cfg.ready_timeout, self._ready_timeout)
-        if kind == "delay":
-            seconds = cfg.ready.seconds or 0.0
-            self._probe_task = self.host.loop.create_task(self._delay(seconds))
-        elif kind == "tcp":
-            self._probe_task = self.host.loop.create_task(self._probe_tcp())
-        elif kind == "cmd":
-            self._probe_task = self.host.loop.create_task(self._probe_cmd())
+        aio = self.host.aio_loop
+        if ready.kind == "delay":
+            self._probe(_probes.delay(aio, ready.seconds or 0.0))
+        elif ready.kind == "tcp":
+            assert ready.host is not None and ready.port is not None
+            self._probe(_probes.tcp(aio, ready.host, ready.port))
+        elif ready.kind == "cmd":
+            assert ready.command is not None
+            env = functools.partial(self.host.child_env, self)
+            probe = _probes.cmd(self.host, ready.command, cfg.directory, env, self._probe_failed)
+            self._probe(probe)
+
+    def _probe(self, probe: Coroutine[Any, Any, str]) -> None:
+        async def run() -> None:
+            how = await probe
+            self._probe_task = None
+            self._ready(how)
+
+        self._probe_task = self.host.aio_loop.create_task(run())
+
+    def _probe_failed(self, why: str) -> None:
+        self.message = why
 
     def _ready(self, how: str) -> None:
         if self.state is not S.STARTING or self.proc is None or self._failing:
@@ -350,67 +346,6 @@ class Instance:
             if fields.get("READY") == "1":
                 self._ready("READY=1")
                 return
-
-    async def _pause(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = self.host.loop.create_future()
-        handle = self.host.loop.call_later(seconds, _resolve, fut)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-
-    async def _delay(self, seconds: float) -> None:
-        await self._pause(seconds)
-        self._probe_task = None
-        self._ready(f"alive after delay:{seconds:g}")
-
-    async def _probe_tcp(self) -> None:
-        spec = self.config.ready
-        assert spec.host is not None and spec.port is not None
-        loop = self.host.loop
-        while True:
-            if await _tcp_connects(loop, spec.host, spec.port, READY_POLL * 5):
-                self._probe_task = None
-                self._ready(f"{spec.host}:{spec.port} accepts")
-                return
-            await self._pause(READY_POLL)
-
-    async def _probe_cmd(self) -> None:
-        command = self.config.ready.command
-        assert command is not None
-        while True:
-            env = self.host.child_env(self)
-            try:
-                probe = spawn(
-                    ["/bin/sh", "-c", command],
-                    stdin=DEVNULL,
-                    stdout=DEVNULL,
-                    stderr=DEVNULL,
-                    cwd=self.config.directory,
-                    env=env,
-                )
-            except OSError as exc:
-                self.message = f"readiness command failed to start: {exc}"
-                await self._pause(READY_POLL)
-                continue
-            self._probe_proc = probe
-            exited: asyncio.Future[None] = self.host.loop.create_future()
-            self.host.track(probe, functools.partial(_resolve, exited))
-            try:
-                await exited
-            finally:
-                if probe.returncode is None and probe.tree is not None:
-                    # Cancelled (stop, or ready by other means): the probe goes too.
-                    await self.host.end_tree(probe.tree, signal.SIGKILL, 0.0)
-                    probe.wait()
-                self.host.untrack(probe)
-                probe.close()
-                self._probe_proc = None
-            if probe.returncode == 0:
-                self._probe_task = None
-                self._ready(f"cmd:{command} exited 0")
-                return
-            await self._pause(READY_POLL)
 
     def _ready_timeout(self) -> None:
         self._timer = None
@@ -433,12 +368,15 @@ class Instance:
             if self.state is S.STARTING:
                 self._failed_start(why)
 
-        self._failing_task = self.host.loop.create_task(end())
+        self._failing_task = self.host.aio_loop.create_task(end())
 
-    def _cancel_readiness(self) -> None:
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _cancel_readiness(self) -> None:
+        self._cancel_timer()
         if self._probe_task is not None:
             self._probe_task.cancel()
             self._probe_task = None
@@ -470,14 +408,6 @@ class Instance:
 
     # -- exits ---------------------------------------------------------------
 
-    def _should_restart(self, returncode: int) -> bool:
-        policy = self.config.restart
-        if policy == "always":
-            return True
-        if policy == "never":
-            return False
-        return not (returncode >= 0 and returncode in self.config.success_exit_codes)
-
     def _on_exit(self) -> None:
         """The process exited (seen through its pidfd or reaped by the supervisor)."""
         proc = self.proc
@@ -489,7 +419,7 @@ class Instance:
         self.host.untrack(proc)
         self.last_exit = rc
         for fut in self._exit_waiters:
-            _resolve(fut)
+            resolve(fut)
         self._exit_waiters.clear()
         if self.state is S.STOPPING or self._failing:
             return  # the stopping coroutine finishes the job
@@ -497,35 +427,48 @@ class Instance:
         self.proc = None
         uptime = time.monotonic() - self._started_mono
         self.host.background(self._end_leftovers(proc))
-        how = describe_exit(rc)
-        success = rc >= 0 and rc in self.config.success_exit_codes
         if self.state is S.STARTING:
-            if self.no_restart:
-                self._set(S.STOPPED, f"{how} during shutdown")
-                return
-            if success and self.config.restart != "always":
-                self._set(S.EXITED, f"{how} before it was ready (done)")
-                return
+            self._exited_starting(rc)
+        elif self.state is S.RUNNING:
+            self._exited_running(rc, uptime)
+
+    def _is_done(self, rc: int) -> bool:
+        """A success code, and a policy that lets it stay down: a job that is done."""
+        return rc >= 0 and rc in self.config.success_exit_codes and self.config.restart != "always"
+
+    def _exited_starting(self, rc: int) -> None:
+        how = describe_exit(rc)
+        if self.no_restart:
+            self._set(S.STOPPED, f"{how} during shutdown")
+        elif self._is_done(rc):
+            self._set(S.EXITED, f"{how} before it was ready (done)")
+        else:
             self._failed_start(f"{how} before it was ready")
-            return
-        if self.state is not S.RUNNING:  # pragma: no cover - defensive
-            return
+
+    def _exited_running(self, rc: int, uptime: float) -> None:
+        how = describe_exit(rc)
         self._set(S.EXITED, f"{how} after {uptime:.3f}s")
         if self.no_restart:
             return
-        if uptime < self.config.min_uptime and not (success and self.config.restart != "always"):
+        if uptime < self.config.min_uptime and not self._is_done(rc):
             limit = self.config.min_uptime
             self._failed_start(f"{how} after {uptime:.3f}s (min_uptime {limit:g}s)")
-            return
-        if not self._should_restart(rc):
-            if not success:
-                self.message = f"{self.name} {how}"
-            return
-        # A crash after a good run: restart at once, this very loop iteration.
-        self.failures = 0
-        self.restarts += 1
-        self._set(S.STARTING, f"restarting ({how})")
-        self.spawn()
+        elif self._should_restart(rc):
+            # A crash after a good run: restart at once, this very loop iteration.
+            self.failures = 0
+            self.restarts += 1
+            self._set(S.STARTING, f"restarting ({how})")
+            self.spawn()
+        elif not (rc >= 0 and rc in self.config.success_exit_codes):
+            self.message = f"{self.name} {how}"
+
+    def _should_restart(self, returncode: int) -> bool:
+        policy = self.config.restart
+        if policy == "always":
+            return True
+        if policy == "never":
+            return False
+        return not (returncode >= 0 and returncode in self.config.success_exit_codes)
 
     async def _end_leftovers(self, proc: Process) -> None:
         """After the main process exited: end what it left running (its tree), then close."""
@@ -548,41 +491,43 @@ class Instance:
             # The tree scan no longer sees it (a zombie not yet reaped, or
             # it cannot be scanned): make sure, and wait for the exit callback.
             proc.send_signal(signal.SIGKILL)
-            fut: asyncio.Future[None] = self.host.loop.create_future()
+            fut: asyncio.Future[None] = self.host.aio_loop.create_future()
             self._exit_waiters.append(fut)
             if proc.poll() is None:
                 await fut
             else:
-                _resolve(fut)
+                resolve(fut)
         self.host.untrack(proc)
         self.last_exit = proc.returncode
         if self.proc is proc:
             self.proc = None
         proc.close()
 
-    async def stop(self) -> None:
-        """Stop the instance and its whole tree; return once it is STOPPED (or was down)."""
-        if self.state is S.STOPPING:
-            await self.wait_for(lambda s: s is not S.STOPPING)
-            return
-        if self.state in DOWN:
-            return
+    def _stop_unspawned(self) -> bool:
+        """Stop at once what has no process (backoff, waiting for dependencies); False: it has."""
         if self.state is S.BACKOFF:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._cancel_timer()
             self._set(S.STOPPED, "stop requested during backoff")
-            return
+            return True
         if self.state is S.STARTING and self.proc is None:
             if self._dep_task is not None:
                 self._dep_task.cancel()
                 self._dep_task = None
             self._set(S.STOPPED, "stop requested while waiting for dependencies")
+            return True
+        return False
+
+    async def stop(self) -> None:
+        """Stop the instance and its whole tree; return once it is STOPPED (or was down)."""
+        if self.state is S.STOPPING:
+            await self.wait_for(lambda s: s is not S.STOPPING)
+            return
+        if self.state in DOWN or self._stop_unspawned():
             return
         proc = self.proc
         assert proc is not None
         self._cancel_readiness()
-        signame = signal.Signals(self.config.stop_signal).name
+        signame = signal_name(self.config.stop_signal)
         self._set(
             S.STOPPING,
             f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s",
@@ -602,9 +547,7 @@ class Instance:
     async def kill(self) -> None:
         """Shutdown's last resort: SIGKILL the whole tree at once, end up STOPPED."""
         self.no_restart = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if self._failing_task is not None and not self._failing_task.done():
             self._failing_task.cancel()  # its graceful end of the tree gives way to SIGKILL
         if self._dep_task is not None:
@@ -630,31 +573,14 @@ class Instance:
         return proc.send_signal(sig)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def _tcp_connects(
-    loop: asyncio.AbstractEventLoop, host: str, port: int, timeout: float
-) -> bool:
-    """One non-blocking connect attempt to each address of ``host``."""
-    import asyncio
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return False
-    for family, type_, proto, _name, address in infos:
-        with socket.socket(family, type_ | socket.SOCK_CLOEXEC, proto) as sock:
-            sock.setblocking(False)
-            try:
-                await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
-            except (OSError, TimeoutError):
-                continue
-            return True
-    return False
+def _identity(user: str | None, group: str | None, env: dict[str, str]) -> dict[str, object]:
+    """spawn()'s user, group and extra_groups for ``user``/``group``; HOME and USER into ``env``."""
+    if user is None:
+        return {} if group is None else {"group": _gid_of(group)}
+    pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    gid = pw.pw_gid if group is None else _gid_of(group)
+    env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    return {"user": pw.pw_uid, "group": gid, "extra_groups": os.getgrouplist(pw.pw_name, gid)}
 
 
 def _uid_of(user: str | None) -> int | None:
@@ -667,4 +593,3 @@ def _gid_of(group: str) -> int:
     import grp
 
     return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-
