@@ -56,7 +56,7 @@ async def settle(inst: Instance) -> None:
             await inst.wait_for(lambda s: s in SETTLED)
         else:  # RUNNING by exec, for less than min_uptime so far
             left = inst.config.min_uptime - inst.uptime()
-            await inst.wait_for_or_timeout(lambda s: s is not S.RUNNING, left)
+            await inst.wait_for(lambda s: s is not S.RUNNING, left)
 
 
 def dependents_closure(config: Config, program: str) -> set[str]:

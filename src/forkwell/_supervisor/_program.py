@@ -39,10 +39,10 @@ import os
 import pwd
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .._core import _tree
 from .._core._process import Process, spawn
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     # first programs before the event loop (and asyncio's ~12 ms import) exists.
     import asyncio
 
-    from .._core._notify import NotifyListener
     from ._config import ProgramConfig
     from ._logs import LogFile
     from ._loop import Handle, Loop
@@ -138,9 +137,10 @@ class Instance:
         self.message = ""  # why the last start failed (one line), "" if it did not
         self.colour = 0
         self._started_mono = 0.0
-        self._timer: Handle | None = None  # backoff or ready_timeout
-        self._probe_task: asyncio.Task[None] | None = None
-        self._notify: NotifyListener | None = None
+        self._timer: Handle | None = None  # the backoff delay
+        self._readiness = _probes.Readiness(
+            host, self._ready, self._ready_timeout, self._probe_failed
+        )
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
         self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
@@ -171,27 +171,20 @@ class Instance:
                 fut.set_result(None)
         self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
 
-    async def wait_for(self, pred: Callable[[ProgramState], bool]) -> None:
-        """Return once the state satisfies ``pred`` (at once if it already does)."""
-        if pred(self.state):
-            return
-        fut: asyncio.Future[None] = self.host.aio_loop.create_future()
-        self._waiters.append((pred, fut))
-        await fut
-
-    async def wait_for_or_timeout(
-        self, pred: Callable[[ProgramState], bool], timeout: float
+    async def wait_for(
+        self, pred: Callable[[ProgramState], bool], timeout: float | None = None
     ) -> None:
-        """Like :meth:`wait_for`, but give up after ``timeout`` seconds."""
+        """Return once the state satisfies ``pred`` (at once if it does), or after ``timeout``."""
         if pred(self.state):
             return
         fut: asyncio.Future[None] = self.host.aio_loop.create_future()
         self._waiters.append((pred, fut))
-        handle = self.host.loop.call_later(timeout, resolve, fut)
+        handle = None if timeout is None else self.host.loop.call_later(timeout, resolve, fut)
         try:
             await fut
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
 
     def uptime(self) -> float:
         """Seconds since the current process was spawned (0 if none)."""
@@ -267,7 +260,7 @@ class Instance:
         cfg = self.config
         env = self.host.child_env(self)
         if cfg.ready.kind == "notify":
-            self._listen_for_notify(env)
+            self._readiness.listen(cfg.user, env)
         stdout, stderr = self.output.write_ends()
         identity = _identity(cfg.user, cfg.group, env)
         try:
@@ -287,46 +280,16 @@ class Instance:
             why = str(exc)
         except OSError as exc:  # e.g. EMFILE: out of fds
             why = f"cannot start: {exc.strerror or exc}"
-        self._close_notify()
+        self._readiness.close_notify()
         self._failed_start(why)
         return None
 
-    def _listen_for_notify(self, env: dict[str, str]) -> None:
-        """``ready = "notify"``: a private socket, named in the process's environment."""
-        from .._core._notify import NotifyListener
-
-        uid = _uid_of(self.config.user)
-        self._notify = NotifyListener(uid=uid if uid and os.geteuid() == 0 else None)
-        env.update(self._notify.environ())
-        self.host.loop.add_reader(self._notify.fileno(), self._on_notify)
-
     def _await_readiness(self) -> None:
         """Just spawned: RUNNING at once for ``exec``, else a deadline and the probe."""
-        cfg = self.config
-        ready = cfg.ready
-        if ready.kind == "exec":
+        if self.config.ready.kind == "exec":
             self._ready("exec'd")
-            return
-        self._timer = self.host.loop.call_later(cfg.ready_timeout, self._ready_timeout)
-        aio = self.host.aio_loop
-        if ready.kind == "delay":
-            self._probe(_probes.delay(aio, ready.seconds or 0.0))
-        elif ready.kind == "tcp":
-            assert ready.host is not None and ready.port is not None
-            self._probe(_probes.tcp(aio, ready.host, ready.port))
-        elif ready.kind == "cmd":
-            assert ready.command is not None
-            env = functools.partial(self.host.child_env, self)
-            probe = _probes.cmd(self.host, ready.command, cfg.directory, env, self._probe_failed)
-            self._probe(probe)
-
-    def _probe(self, probe: Coroutine[Any, Any, str]) -> None:
-        async def run() -> None:
-            how = await probe
-            self._probe_task = None
-            self._ready(how)
-
-        self._probe_task = self.host.aio_loop.create_task(run())
+        else:
+            self._readiness.start(self.config, functools.partial(self.host.child_env, self))
 
     def _probe_failed(self, why: str) -> None:
         self.message = why
@@ -339,16 +302,7 @@ class Instance:
         took = self.ready_at - (self.started_at or self.ready_at)
         self._set(S.RUNNING, f"pid {self.proc.pid}, ready ({how}) after {took:.3f}s")
 
-    def _on_notify(self) -> None:
-        if self._notify is None:
-            return
-        for fields in self._notify.receive():
-            if fields.get("READY") == "1":
-                self._ready("READY=1")
-                return
-
     def _ready_timeout(self) -> None:
-        self._timer = None
         if self.state is S.STARTING and self.proc is not None and not self._failing:
             why = f"not ready within {self.config.ready_timeout:g}s (ready = {self.config.ready})"
             self._fail_running_start(why)
@@ -376,17 +330,7 @@ class Instance:
             self._timer = None
 
     def _cancel_readiness(self) -> None:
-        self._cancel_timer()
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            self._probe_task = None
-        self._close_notify()
-
-    def _close_notify(self) -> None:
-        if self._notify is not None:
-            self.host.loop.remove_reader(self._notify.fileno())
-            self._notify.close()
-            self._notify = None
+        self._readiness.cancel()
 
     def _failed_start(self, why: str) -> None:
         """Count a failed start: BACKOFF before the next attempt, or FATAL."""
@@ -432,15 +376,11 @@ class Instance:
         elif self.state is S.RUNNING:
             self._exited_running(rc, uptime)
 
-    def _is_done(self, rc: int) -> bool:
-        """A success code, and a policy that lets it stay down: a job that is done."""
-        return rc >= 0 and rc in self.config.success_exit_codes and self.config.restart != "always"
-
     def _exited_starting(self, rc: int) -> None:
         how = describe_exit(rc)
         if self.no_restart:
             self._set(S.STOPPED, f"{how} during shutdown")
-        elif self._is_done(rc):
+        elif _is_done(self.config, rc):
             self._set(S.EXITED, f"{how} before it was ready (done)")
         else:
             self._failed_start(f"{how} before it was ready")
@@ -450,25 +390,17 @@ class Instance:
         self._set(S.EXITED, f"{how} after {uptime:.3f}s")
         if self.no_restart:
             return
-        if uptime < self.config.min_uptime and not self._is_done(rc):
+        if uptime < self.config.min_uptime and not _is_done(self.config, rc):
             limit = self.config.min_uptime
             self._failed_start(f"{how} after {uptime:.3f}s (min_uptime {limit:g}s)")
-        elif self._should_restart(rc):
+        elif _should_restart(self.config, rc):
             # A crash after a good run: restart at once, this very loop iteration.
             self.failures = 0
             self.restarts += 1
             self._set(S.STARTING, f"restarting ({how})")
             self.spawn()
-        elif not (rc >= 0 and rc in self.config.success_exit_codes):
+        elif not _success(self.config, rc):
             self.message = f"{self.name} {how}"
-
-    def _should_restart(self, returncode: int) -> bool:
-        policy = self.config.restart
-        if policy == "always":
-            return True
-        if policy == "never":
-            return False
-        return not (returncode >= 0 and returncode in self.config.success_exit_codes)
 
     async def _end_leftovers(self, proc: Process) -> None:
         """After the main process exited: end what it left running (its tree), then close."""
@@ -573,6 +505,23 @@ class Instance:
         return proc.send_signal(sig)
 
 
+def _success(cfg: ProgramConfig, rc: int) -> bool:
+    return rc >= 0 and rc in cfg.success_exit_codes
+
+
+def _is_done(cfg: ProgramConfig, rc: int) -> bool:
+    """A success code, and a policy that lets it stay down: a job that is done."""
+    return _success(cfg, rc) and cfg.restart != "always"
+
+
+def _should_restart(cfg: ProgramConfig, rc: int) -> bool:
+    if cfg.restart == "always":
+        return True
+    if cfg.restart == "never":
+        return False
+    return not _success(cfg, rc)
+
+
 def _identity(user: str | None, group: str | None, env: dict[str, str]) -> dict[str, object]:
     """spawn()'s user, group and extra_groups for ``user``/``group``; HOME and USER into ``env``."""
     if user is None:
@@ -581,12 +530,6 @@ def _identity(user: str | None, group: str | None, env: dict[str, str]) -> dict[
     gid = pw.pw_gid if group is None else _gid_of(group)
     env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
     return {"user": pw.pw_uid, "group": gid, "extra_groups": os.getgrouplist(pw.pw_name, gid)}
-
-
-def _uid_of(user: str | None) -> int | None:
-    if user is None:
-        return None
-    return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
 
 
 def _gid_of(group: str) -> int:
