@@ -11,6 +11,31 @@ from pathlib import Path
 
 PY = sys.executable
 IS_ROOT = os.geteuid() == 0
+_PUBLIC: list[Path] = []
+
+
+def public_sources() -> Path:
+    """A directory any user can import forkwell from: a world-readable copy of the package.
+
+    Tests that drop to another user (``nobody``) must not depend on where the
+    checkout lives: a clone in a 0700 directory (``mktemp -d``, a private
+    home) is unreadable to that user.  Made once per session, removed at exit.
+    """
+    if not _PUBLIC:
+        import atexit
+        import shutil
+        import tempfile
+
+        import forkwell
+
+        top = Path(tempfile.mkdtemp(prefix="forkwell-public-"))
+        atexit.register(shutil.rmtree, top, ignore_errors=True)
+        shutil.copytree(Path(forkwell.__file__).parent, top / "forkwell",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [top, *top.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        _PUBLIC.append(top)
+    return _PUBLIC[0]
 
 
 def proc_state(pid: int) -> str | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import IS_ROOT, PY, running, wait_until
+from helpers import IS_ROOT, PY, public_sources, running, wait_until
 
 import forkwell
 
@@ -510,8 +510,8 @@ def test_another_user_is_refused(make_fleet: Any) -> None:
             ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
              PY, "-m", "forkwell", "down", "--socket", str(fleet.sock)],
             capture_output=True, text=True, timeout=30,
-            # nobody cannot read root's editable-install hook: point at the sources.
-            env={**os.environ, "PYTHONPATH": str(Path(forkwell.__file__).parent.parent)},
+            # nobody may read neither root's editable-install hook nor the checkout.
+            env={**os.environ, "PYTHONPATH": str(public_sources())},
         )  # fmt: skip
         assert r.returncode == 1, r
         assert "permission denied" in r.stderr and str(fleet.sock) in r.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import IS_ROOT, PY, read_pids, running, wait_until
+from helpers import IS_ROOT, PY, public_sources, read_pids, running, wait_until
 
 import forkwell
 from forkwell._core import _sys, _tree
@@ -156,7 +156,7 @@ def test_spawn_failure_under_rlimit_nproc_is_a_clear_oserror() -> None:
     argv = [PY, "-c", code]
     if IS_ROOT:
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
-    env = dict(os.environ, PYTHONPATH=str(Path(forkwell.__file__).parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(public_sources()))
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=20)
     assert out.stdout.startswith("SpawnResourceError True cannot start 'true'"), out
 

@@ -40,10 +40,12 @@ def drive(
     timeout: float = 30,
     *,
     supervisor: Supervisor | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> T:
     """Run the supervisor (as ``forkwell up`` does) around ``body``, then shut it down.
 
     ``supervisor``: one made (and perhaps prestarted) by the test, else a new one.
+    ``loop_factory``: the event loop to run in (``MockClock.event_loop`` for a fake clock).
     """
 
     async def main() -> T:
@@ -61,7 +63,8 @@ def drive(
             await sup.shutdown()
             assert await task == 0
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
 
 
 async def pause(seconds: float) -> None:

@@ -20,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     "ProgramConfig": "._supervisor._config",
     "load_config": "._supervisor._config",
     "ControlClient": "._supervisor._control._server",
-    "daemonize": "._daemon._start",
+    "daemonize": "._daemon._daemonize",
     "ChildExit": "._core._reaper",
     "Reaper": "._core._reaper",
     "fork": "._core._reaper",
@@ -77,9 +77,9 @@ if TYPE_CHECKING:
     from ._core._reaper import ChildExit as ChildExit
     from ._core._reaper import Reaper as Reaper
     from ._core._reaper import fork as fork
+    from ._daemon._daemonize import daemonize as daemonize
     from ._daemon._lock import FileLock as FileLock
     from ._daemon._pidfile import Pidfile as Pidfile
-    from ._daemon._start import daemonize as daemonize
     from ._exceptions import BindError as BindError
     from ._exceptions import CommandFailedError as CommandFailedError
     from ._exceptions import CommandNotExecutableError as CommandNotExecutableError

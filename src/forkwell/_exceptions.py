@@ -32,7 +32,12 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a Protocol class costs start-up time, and only the type checker reads it
+    from typing import Protocol
+else:
+    Protocol = object
 
 
 class _Result(Protocol):

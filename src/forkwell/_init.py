@@ -41,13 +41,14 @@ from ._core._process import Process, spawn
 from ._core._reaper import ChildExit
 from ._core._state import check
 
-# Synchronous signals are about init's own faults; KILL/STOP cannot be caught;
-# CHLD is how we learn about exits; PIPE would turn init's own write to a
-# closed stderr into a signal for the command.
-_NOT_FORWARDED = {
-    signal.SIGKILL,
-    signal.SIGSTOP,
-    signal.SIGCHLD,
+# KILL/STOP cannot be caught; CHLD is how we learn about exits.
+_NEVER = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}
+# The kernel raises these for a fault of init's own: they get no handler (a
+# handler returning to the faulting instruction would loop forever), only a
+# place in the blocked set, so ``sigwaitinfo`` takes one sent by a process
+# (``kill -SEGV 1``) to forward it, while a real fault still kills init: the
+# kernel forces a synchronous signal through even when it is blocked.
+_SYNCHRONOUS = {
     signal.SIGSEGV,
     signal.SIGBUS,
     signal.SIGILL,
@@ -55,8 +56,10 @@ _NOT_FORWARDED = {
     signal.SIGABRT,
     signal.SIGTRAP,
     signal.SIGSYS,
-    signal.SIGPIPE,
 }
+# Python's start-up ignores these before any code of ours runs, so "ignored"
+# says nothing of the caller's wish: they are caught and forwarded like the rest.
+_PYTHON_IGNORES = {signal.SIGPIPE, signal.SIGXFSZ}
 _JOB_CONTROL_STOPS = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSTOP}
 # During the grace period one of these asks init to stop waiting and kill now.
 _HURRY = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
@@ -66,8 +69,28 @@ _KILL_RESCAN = 0.05
 
 
 def forwarded_signals() -> list[int]:
-    """Every signal init passes on to the command."""
-    return sorted(int(s) for s in signal.valid_signals() if s not in _NOT_FORWARDED)
+    """Every signal init passes on to the command (those the caller ignored excepted).
+
+    A signal the caller left ignored stays ignored: init does not catch it,
+    and the command inherits the disposition, as with tini.
+    """
+    out = []
+    for sig in signal.valid_signals():
+        if sig in _NEVER:
+            continue
+        if sig not in _PYTHON_IGNORES and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
+        out.append(int(sig))
+    return sorted(out)
+
+
+def _sent_by_a_process(info: signal.struct_siginfo) -> bool:
+    """Not raised by the kernel for init's own doing (a fault, a write to a closed pipe)."""
+    if info.si_signo in _SYNCHRONOUS:
+        return info.si_code <= 0  # SI_USER, SI_QUEUE, SI_TKILL: kill(2) and friends
+    if info.si_signo == signal.SIGPIPE:
+        return info.si_pid != os.getpid()  # our own write to a closed stderr is not news
+    return True
 
 
 class InitState(enum.Enum):
@@ -149,12 +172,15 @@ class Init:
         # O_CLOEXEC: the command must not inherit the wake-up pipe.
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in [*forwarded_signals(), signal.SIGCHLD]:
+        forwarded = forwarded_signals()
+        for sig in [*forwarded, signal.SIGCHLD]:
+            if sig in _SYNCHRONOUS:
+                continue  # blocked below, never handled
             try:
                 self._old_handlers[sig] = signal.signal(sig, _wake_only)
             except (OSError, ValueError):
                 continue  # a signal this platform will not let us catch
-        self._sigset = set(self._old_handlers)
+        self._sigset = set(self._old_handlers) | (_SYNCHRONOUS & set(forwarded))
 
     def _block_signals(self) -> list[int]:
         """Block our signals (the command is started); return those caught before."""
@@ -168,15 +194,15 @@ class Init:
         take here, not 10,000 handler runs interrupting the reaping.
         """
         if timeout is None:
-            first: int | None = signal.sigwaitinfo(self._sigset).si_signo
+            first: signal.struct_siginfo | None = signal.sigwaitinfo(self._sigset)
         else:
-            info = signal.sigtimedwait(self._sigset, max(timeout, 0.0))
-            first = None if info is None else info.si_signo
-        if first is None:
-            return []
-        got = [first]
-        while (info := signal.sigtimedwait(self._sigset, 0)) is not None:
-            got.append(info.si_signo)
+            first = signal.sigtimedwait(self._sigset, max(timeout, 0.0))
+        got = []
+        info = first
+        while info is not None:
+            if _sent_by_a_process(info):
+                got.append(info.si_signo)
+            info = signal.sigtimedwait(self._sigset, 0)
         return got
 
     def _restore_signals(self) -> None:

@@ -21,12 +21,11 @@ import _thread
 import math
 import os
 import signal
-import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, ParamSpec
 
-from ._core import _process
+from ._core import _clock, _process
 from ._core._driver import Capture, Driver, Hooks, Phase, Policy, Pumps
 from ._core._process import Process, StrPath, spawn
 from ._exceptions import CommandFailedError, CommandTimedOutError
@@ -142,7 +141,7 @@ def _wait_only(proc: Process, argv: list[str], policy: Policy) -> RunResult:
         # The deadline passed, or the child may have left descendants: the loop ends them.
         return _drive(proc, argv, policy)
     proc.close()
-    duration = time.monotonic() - proc.started
+    duration = _clock.monotonic() - proc.started
     return RunResult(argv, proc.pid, proc.returncode, None, None, False, duration)
 
 
@@ -195,7 +194,7 @@ def _drive(proc: Process, argv: list[str], policy: Policy, io: _Io = _NO_IO) -> 
         stdout=out(out_cap),
         stderr=out(err_cap),
         timed_out=driver.timed_out,
-        duration=time.monotonic() - proc.started,
+        duration=_clock.monotonic() - proc.started,
         stdout_omitted=out_cap.omitted if out_cap else 0,
         stderr_omitted=err_cap.omitted if err_cap else 0,
     )

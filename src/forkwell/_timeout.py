@@ -6,9 +6,15 @@ must not do:
 
 * it becomes a child subreaper, so orphans of the command come back to it,
   are reaped here, and the tree is found by walking its own subtree;
-* it catches the signals GNU ``timeout`` passes on (TERM, INT, HUP, QUIT,
-  USR1, USR2) with handlers that only make a wake-up fd readable, and the
-  run loop forwards them;
+* it catches the signals it passes on (TERM, INT, HUP, QUIT, as GNU
+  ``timeout`` does, and USR1, USR2 unless the caller ignored them) with
+  handlers that only make a wake-up fd readable, and the run loop forwards
+  them; SIGALRM means "the time is up", as in GNU;
+* like GNU, it ignores SIGTTIN/SIGTTOU itself (a background command that
+  reads the terminal must not stop it) and gives the command their defaults;
+  every other disposition the caller left ignored stays ignored in the command,
+  except SIGPIPE and SIGXFSZ, which the command gets at their defaults (see
+  docs/run.md: Python's start-up ignores both before any code of ours runs);
 * the command gets ``PR_SET_PDEATHSIG`` (SIGKILL): if this process is
   killed, the command dies with it.
 """
@@ -18,7 +24,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from ._core import _sys, _tree
 from ._core._driver import Driver, Hooks, Policy
@@ -34,16 +39,22 @@ FORWARDED = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
+#: Forwarded only if the caller did not ignore them (GNU does not catch these at all).
+_OPTIONAL = (signal.SIGUSR1, signal.SIGUSR2)
+_TTY_STOPS = (signal.SIGTTIN, signal.SIGTTOU)
 #: Without ``-k``, what the command leaves behind when it exits gets this long.
 LEFTOVER_GRACE = 5.0
 EXIT_TIMEDOUT = 124
 
 
-class TimeoutResult(NamedTuple):
+class TimeoutResult:
     """How the command ended: ``returncode`` as ``subprocess`` has it, and why."""
 
-    returncode: int
-    timed_out: bool
+    __slots__ = ("returncode", "timed_out")
+
+    def __init__(self, returncode: int, timed_out: bool) -> None:
+        self.returncode = returncode
+        self.timed_out = timed_out
 
     def exit_status(self, *, preserve: bool = False) -> int:
         """GNU ``timeout``'s exit status for this result (``--preserve-status`` with ``preserve``).
@@ -82,7 +93,12 @@ def run_timeout(  # noqa: PLR0913 (GNU timeout's options)
     own_subtree = _sys.set_subreaper() and _tree.HAVE_CHILDREN_FILE
     wake = _WakeUp(foreground)
     try:
-        proc = spawn(argv, new_process_group=not foreground, pdeathsig=signal.SIGKILL)
+        proc = spawn(
+            argv,
+            new_process_group=not foreground,
+            pdeathsig=signal.SIGKILL,
+            preexec_fn=_default_tty_stops,
+        )
         try:
             if own_subtree and proc.tree is not None:
                 # Every descendant stays below us: no need to read all of /proc.
@@ -120,6 +136,9 @@ class _Forwarder:
 
     def __call__(self, data: bytes) -> None:
         for signum in set(data):
+            if signum == signal.SIGALRM:
+                self.driver.expire()  # GNU: SIGALRM is "the time is up"
+                continue
             if signum not in FORWARDED or self.proc.returncode is not None:
                 continue
             if self.kill_after is not None:
@@ -139,17 +158,27 @@ class _WakeUp:
         os.set_blocking(self.fd, False)
         os.set_blocking(self._w, False)
         self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
-        if foreground:
-            # The command reads the terminal; stopping it must not stop us in the background.
-            signal.signal(signal.SIGTTIN, signal.SIG_IGN)
-            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-        for sig in (*FORWARDED, signal.SIGCHLD):
+        # A background command needing the terminal must not stop us (GNU does the same).
+        for sig in _TTY_STOPS:
+            signal.signal(sig, signal.SIG_IGN)
+        for sig in (*FORWARDED, signal.SIGCHLD, signal.SIGALRM):
+            if sig in _OPTIONAL and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # the caller ignores it: so does the command, inheriting that
             signal.signal(sig, _wake_only)
 
     def restore(self) -> None:
         signal.set_wakeup_fd(self._old_fd)
         os.close(self.fd)
         os.close(self._w)
+
+
+def _default_tty_stops() -> None:
+    """In the child, before exec: SIGTTIN/SIGTTOU back to their defaults, as GNU does.
+
+    We ignore them ourselves; an ignored disposition would survive the exec.
+    """
+    for sig in _TTY_STOPS:
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _wake_only(signum: int, frame: object) -> None:

@@ -1,6 +1,6 @@
 """``forkwell daemon start|stop|status|restart``: a better ``start-stop-daemon``.
 
-Parsing and printing only; the work is in :mod:`forkwell._daemon._start` (imported
+Parsing and printing only; the work is in :mod:`forkwell._daemon._service` (imported
 when a subcommand runs, so ``--help`` stays fast).
 """
 
@@ -204,7 +204,7 @@ def _format_uptime(seconds: float) -> str:
 
 def _stop(here: str, opts: dict[str, list[str]]) -> int:
     from .._core._duration import parse_duration, parse_signal
-    from .._daemon._start import stop_daemon
+    from .._daemon._service import stop_daemon
     from .._exceptions import PidfileError
 
     path = _one(opts, "--pidfile")
@@ -239,7 +239,7 @@ def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
     import os
 
     from .._core._files import tail as log_tail
-    from .._daemon._start import start_daemon
+    from .._daemon._service import start_daemon
     from .._exceptions import DaemonStartError, PidfileError, SpawnError
 
     path = _one(opts, "--pidfile")

@@ -122,7 +122,7 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
     if args.detach:
         from pathlib import Path
 
-        from .._daemon._start import daemonize
+        from .._daemon._daemonize import daemonize
         from .._exceptions import ForkwellError
 
         try:

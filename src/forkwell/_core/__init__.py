@@ -10,6 +10,11 @@ module of the core does not pay for the rest.  The rooms:
 
 =================  ============================================================
 ``_sys``           platform: pidfds, prctl, close_range, poll; capability flags
+``_clock``         time, read and waited for through one seam (tests install a fake clock)
+``_proc``          the one ``/proc/PID/stat`` reader, and what is built on it
+``_status``        how a process ended: decoded and said once
+``_state``         the one guard of every state machine
+``_files``         the one tail of a file
 ``_duration``      durations and signal names, as every command and config spell them
 ``_process``       ``spawn()`` and ``Process``: one child, its pidfd, its tree
 ``_tree``          finding and ending a whole process tree (the cookie, /proc)

@@ -12,10 +12,9 @@ import enum
 import os
 import selectors
 import signal
-import time
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
 
+from . import _clock
 from ._process import Process
 from ._state import check
 
@@ -72,34 +71,62 @@ _TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 }
 
 
-class Policy(NamedTuple):
+# Plain classes, not NamedTuples: creating a NamedTuple class costs ~0.15 ms of
+# start-up each, and ``forkwell timeout`` imports this module.
+class Policy:
     """How a run ends: its deadline, and what the deadline sets off."""
 
-    timeout: float | None  # seconds from the spawn; None: no deadline
-    grace: float  # after the stop signal, how long until SIGKILL
-    stop_signal: int
-    # False is GNU timeout without -k: signal at the deadline, then wait for
-    # the command itself however long it takes (its leftovers still get a grace).
-    kill_after_deadline: bool = True
-    # What the command leaves running when it exits gets this grace (None: ``grace``).
-    leftover_grace: float | None = None
-    # A dedicated process (the CLI): reap every child, adopted orphans too.
-    reap_all: bool = False
+    __slots__ = ("grace", "kill_after_deadline", "leftover_grace", "reap_all", "stop_signal",
+                 "timeout")  # fmt: skip
+
+    def __init__(  # noqa: PLR0913 (one field each)
+        self,
+        timeout: float | None,
+        grace: float,
+        stop_signal: int,
+        *,
+        kill_after_deadline: bool = True,
+        leftover_grace: float | None = None,
+        reap_all: bool = False,
+    ) -> None:
+        self.timeout = timeout  # seconds from the spawn; None: no deadline
+        self.grace = grace  # after the stop signal, how long until SIGKILL
+        self.stop_signal = stop_signal
+        # False is GNU timeout without -k: signal at the deadline, then wait for
+        # the command itself however long it takes (its leftovers still get a grace).
+        self.kill_after_deadline = kill_after_deadline
+        # What the command leaves running when it exits gets this grace (None: ``grace``).
+        self.leftover_grace = leftover_grace
+        # A dedicated process (the CLI): reap every child, adopted orphans too.
+        self.reap_all = reap_all
 
 
-class Pumps(NamedTuple):
+class Pumps:
     """The bytes a run feeds the child and collects from it."""
 
-    input: bytes | None = None
-    captures: Mapping[int, Capture] | None = None  # fd -> where its output goes
+    __slots__ = ("captures", "input")
+
+    def __init__(
+        self, input: bytes | None = None, captures: Mapping[int, Capture] | None = None
+    ) -> None:
+        self.input = input
+        self.captures = captures  # fd -> where its output goes
 
 
-class Hooks(NamedTuple):
+class Hooks:
     """How the caller takes part in the loop: a wake-up fd and two callbacks."""
 
-    wake_fd: int | None = None  # readable: call ``on_wake`` with what was read
-    on_wake: Callable[[bytes], None] | None = None
-    on_timeout: Callable[[int], None] | None = None  # the deadline passed; gets the signal
+    __slots__ = ("on_timeout", "on_wake", "wake_fd")
+
+    def __init__(
+        self,
+        wake_fd: int | None = None,
+        on_wake: Callable[[bytes], None] | None = None,
+        on_timeout: Callable[[int], None] | None = None,
+    ) -> None:
+        self.wake_fd = wake_fd  # readable: call ``on_wake`` with what was read
+        self.on_wake = on_wake
+        self.on_timeout = on_timeout  # the deadline passed; gets the signal
 
 
 class Driver:
@@ -144,6 +171,11 @@ class Driver:
         if wake_fd is not None:
             self.sel.register(wake_fd, selectors.EVENT_READ, self._on_wake_fd)
 
+    def expire(self) -> None:
+        """Let the deadline pass now (``forkwell timeout`` got SIGALRM, as GNU treats it)."""
+        if self.phase is Phase.RUNNING:
+            self.deadline = _clock.monotonic()
+
     def _goto(self, phase: Phase) -> None:
         self.phase = check(_TRANSITIONS, self.phase, phase, "the run loop")
 
@@ -153,7 +185,7 @@ class Driver:
         """Send ``sig`` to the tree; SIGKILL whoever is left after ``grace`` (None: never)."""
         if self.phase is Phase.RUNNING:
             self._goto(Phase.TERMINATING)
-        now = time.monotonic()
+        now = _clock.monotonic()
         self.kill_at = None if grace is None else now + grace
         tree = self.proc.tree
         if tree is None:
@@ -249,7 +281,7 @@ class Driver:
             if self.kill_at is None:
                 # GNU semantics without -k: we waited for the command itself;
                 # what it left behind still gets the leftover grace.
-                self.kill_at = time.monotonic() + self.leftover_grace
+                self.kill_at = _clock.monotonic() + self.leftover_grace
             self._check_tree_gone()
 
     def _read(self, fd: int) -> bool:
@@ -283,7 +315,7 @@ class Driver:
                 pass
 
     def _timeout(self) -> float | None:
-        now = time.monotonic()
+        now = _clock.monotonic()
         if self.phase is Phase.RUNNING and self.deadline is not None:
             return max(0.0, self.deadline - now)
         if self.phase is Phase.TERMINATING and self.kill_at is not None:
@@ -297,7 +329,7 @@ class Driver:
     def run(self) -> None:
         try:
             while self.phase in (Phase.RUNNING, Phase.TERMINATING):
-                for key, _ in self.sel.select(self._timeout()):
+                for key, _ in _clock.select(self.sel, self._timeout()):
                     key.data(key.fd)
                     if self.phase not in (Phase.RUNNING, Phase.TERMINATING):
                         break
@@ -336,7 +368,7 @@ class Driver:
             self.on_wake(data)
 
     def _on_clock(self) -> None:
-        now = time.monotonic()
+        now = _clock.monotonic()
         no_pidfd = self.proc.fileno() < 0
         exited = no_pidfd and self.proc.returncode is None and self.proc.poll() is not None
         if exited and self.phase is Phase.RUNNING:

@@ -6,6 +6,8 @@ import math
 import signal
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# "inf" and "infinity" are durations too (GNU timeout takes them: no limit in practice).
+_INFINITY = ("inf", "infinity")
 
 
 def parse_duration(text: str) -> float:
@@ -14,7 +16,7 @@ def parse_duration(text: str) -> float:
     Raises ``ValueError`` with a message fit for a one-line error.
     """
     raw = text.strip()
-    unit = raw[-1:] if raw[-1:].isalpha() else ""
+    unit = raw[-1:] if raw[-1:].isalpha() and not raw.lower().endswith(_INFINITY) else ""
     number = raw[: len(raw) - len(unit)]
     if unit not in _UNITS:
         raise ValueError(f"invalid time interval {text!r} (unit must be s, m, h or d)")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from . import _sys
+from . import _clock, _sys
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -132,13 +132,13 @@ def wait_gone(pid: int, timeout: float, *, pidfd: int | None = None) -> bool:
     kernel has them (``pidfd``, when the caller holds one already), else by
     polling ``/proc`` every 20 ms.
     """
-    deadline = time.monotonic() + timeout
+    deadline = _clock.monotonic() + timeout
     fd = pidfd if pidfd is not None else _sys.pidfd_open(pid)
     if fd is None and pidfd is None and read_stat(pid) is None:
         return True
     try:
         while True:
-            left = max(0.0, deadline - time.monotonic())
+            left = max(0.0, deadline - _clock.monotonic())
             if fd is not None:
                 if _sys.wait_ready([fd], left):
                     return True

@@ -19,12 +19,11 @@ import os
 import signal
 import stat
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 from .._exceptions import spawn_error
-from . import _proc, _sys, _tree
+from . import _clock, _proc, _sys, _tree
 from ._status import waitid_returncode
 
 StrPath = str | os.PathLike[str]
@@ -78,7 +77,7 @@ class Process(metaclass=_FromFactory):
         self._popen = popen
         self.args = args
         self.pid = popen.pid
-        self.started = time.monotonic()
+        self.started = _clock.monotonic()
         # Open the pidfd at once: the child cannot be reaped (and its pid
         # recycled) before we wait for it, so this refers to our child.
         self._pidfd = _sys.pidfd_open(self.pid)
@@ -241,6 +240,39 @@ def find_executable(command: str, search: str) -> str | None:
     return None
 
 
+def _with_cookie(
+    env: Mapping[str, str] | None, token: str
+) -> Mapping[str, str] | Mapping[bytes, bytes]:
+    """The child's environment: ``env`` (default ours) with the tree's cookie added."""
+    if env is not None:
+        senv = dict(env)
+        senv[_tree.COOKIE_VAR] = _tree.cookie_value(senv.get(_tree.COOKIE_VAR), token)
+        return senv
+    # Bytes avoid decoding and re-encoding the whole environment on every
+    # spawn; os.environ's own bytes dict copies in C (CPython keeps it in
+    # ``_data``; other implementations take the slower public path).
+    raw = getattr(os.environ, "_data", None)
+    benv: dict[bytes, bytes] = dict(raw) if isinstance(raw, dict) else dict(os.environb)
+    key = _tree.COOKIE_VAR.encode()
+    outer = benv.get(key)
+    benv[key] = _tree.cookie_value(None if outer is None else outer.decode(), token).encode()
+    return benv
+
+
+def _then(
+    first: Callable[[], None] | None, second: Callable[[], None] | None
+) -> Callable[[], None] | None:
+    """One ``preexec_fn`` that runs ``first`` then ``second`` (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def both() -> None:
+        first()
+        second()
+
+    return both
+
+
 def spawn(  # noqa: PLR0913 (subprocess.Popen's keywords, plus the tree's)
     args: ProcessArgs,
     *,
@@ -273,37 +305,10 @@ def spawn(  # noqa: PLR0913 (subprocess.Popen's keywords, plus the tree's)
     argv = [os.fsdecode(a) for a in args]
     if not argv:
         raise ValueError("cannot spawn an empty command")
-    token: str | None = None
-    child_env: Mapping[str, str] | Mapping[bytes, bytes] | None = env
-    if track_tree:
-        token = _tree.new_token()
-        if env is None:
-            # Bytes avoid decoding and re-encoding the whole environment on every
-            # spawn; os.environ's own bytes dict copies in C (CPython keeps it
-            # in ``_data``; other implementations take the slower public path).
-            raw = getattr(os.environ, "_data", None)
-            benv: dict[bytes, bytes] = dict(raw) if isinstance(raw, dict) else dict(os.environb)
-            key = _tree.COOKIE_VAR.encode()
-            outer = benv.get(key)
-            value = _tree.cookie_value(None if outer is None else outer.decode(), token)
-            benv[key] = value.encode()
-            child_env = benv
-        else:
-            senv = dict(env)
-            senv[_tree.COOKIE_VAR] = _tree.cookie_value(senv.get(_tree.COOKIE_VAR), token)
-            child_env = senv
+    token = _tree.new_token() if track_tree else None
+    child_env = env if token is None else _with_cookie(env, token)
     if pdeathsig is not None:
-        pre = _sys.make_pdeathsig_preexec(pdeathsig)
-        if preexec_fn is not None:
-            user_pre = preexec_fn
-
-            def both() -> None:
-                pre()
-                user_pre()
-
-            preexec_fn = both
-        else:
-            preexec_fn = pre
+        preexec_fn = _then(_sys.make_pdeathsig_preexec(pdeathsig), preexec_fn)
     kwargs: dict[str, Any] = {}
     if user is not None:
         kwargs["user"] = user

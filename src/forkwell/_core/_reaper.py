@@ -33,13 +33,12 @@ import select
 import signal
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from .._exceptions import StateError
-from . import _sys
+from . import _clock, _sys
 from ._status import describe_exit, shell_status, waitid_returncode
 
 ExitCallback = Callable[["ChildExit"], object]
@@ -245,12 +244,12 @@ class Reaper:
 
         Returns ``[]`` at once when nothing is watched, and after ``timeout``.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else _clock.monotonic() + timeout
         while True:
             exits = self.reap()
             if exits or not self._pids:
                 return exits
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            remaining = None if deadline is None else max(0.0, deadline - _clock.monotonic())
             if remaining == 0.0:
                 return []
             _wait_readable(self.fileno(), remaining)
@@ -261,9 +260,9 @@ class Reaper:
         ``timeout`` bounds the whole iteration: past it, the iterator stops even
         if children are still running (they stay watched).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else _clock.monotonic() + timeout
         while self._pids:
-            remaining = None if deadline is None else deadline - time.monotonic()
+            remaining = None if deadline is None else deadline - _clock.monotonic()
             if remaining is not None and remaining <= 0:
                 return
             yield from self.wait(remaining)
@@ -311,7 +310,7 @@ def _wait_readable(fd: int, timeout: float | None) -> None:
     # poll(), not select(): in a busy server this fd may be above FD_SETSIZE.
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    poller.poll(None if timeout is None else timeout * 1000)
+    _clock.poll(poller, timeout)
 
 
 def _install_sigchld_wakeup(fd: int) -> None:

@@ -20,11 +20,12 @@ feature                        Linux    fallback
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import sys
 from typing import Any
+
+from . import _clock
 
 IS_LINUX = sys.platform.startswith("linux")
 HAVE_PIDFD = IS_LINUX and hasattr(os, "pidfd_open") and hasattr(os, "P_PIDFD")
@@ -130,8 +131,7 @@ def wait_ready(fds: list[int], timeout: float | None, *, write: bool = False) ->
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLOUT if write else select.POLLIN)
-    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
-    return [fd for fd, _ in poller.poll(ms)]
+    return [fd for fd, _ in _clock.poll(poller, timeout)]
 
 
 def pidfd_signal(pidfd: int, sig: int) -> bool:

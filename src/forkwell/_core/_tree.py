@@ -31,7 +31,7 @@ import signal
 import time
 from collections.abc import Iterable
 
-from . import _sys
+from . import _clock, _sys
 from ._proc import ProcStat, iter_pids, pin, read_stat
 
 COOKIE_VAR = "FORKWELL_TREE"
@@ -319,10 +319,10 @@ class Tree:
         for fd in pending:
             poller.register(fd, select.POLLIN)
         while pending:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - _clock.monotonic()
             if remaining <= 0:
                 return False
-            for fd, _ in poller.poll(remaining * 1000):
+            for fd, _ in _clock.poll(poller, remaining):
                 pending.discard(fd)
                 poller.unregister(fd)
         return True
@@ -332,7 +332,7 @@ class Tree:
 
         The root is left to its owner (who reaps it) unless ``include_root``.
         """
-        deadline = time.monotonic() + timeout
+        deadline = _clock.monotonic() + timeout
         while True:
             members = self.members(include_root=include_root)
             if not members:
@@ -341,7 +341,7 @@ class Tree:
             fds = self.signal(signal.SIGKILL, members)
             self.wait_gone(fds, deadline)
             self.reap_adopted()
-            if time.monotonic() >= deadline:
+            if _clock.monotonic() >= deadline:
                 return not self.members(include_root=include_root)
 
     def reap_adopted(self) -> None:
@@ -374,7 +374,7 @@ def terminate_tree(
     Returns early once every member is gone.  Processes forked during the grace
     period are found by a rescan each time the known ones have all exited.
     """
-    deadline = time.monotonic() + max(grace, 0.0)
+    deadline = _clock.monotonic() + max(grace, 0.0)
     tree.new_round()
     while True:
         members = tree.members(include_root=include_root)

@@ -209,51 +209,24 @@ class Pidfile:
         path = os.path.abspath(os.fspath(path))
         try:
             st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            return PidfileStatus(PidfileState.ABSENT)
         except OSError as exc:
-            return PidfileStatus(
-                PidfileState.UNKNOWN,
-                reason=f"cannot stat {path}: {exc.strerror}",
-                errno=exc.errno or 0,
-            )
+            return _cannot("stat", path, exc)
         mine = _held.get((st.st_dev, st.st_ino))
         if mine is not None and mine.locked:
             return PidfileStatus(PidfileState.RUNNING, os.getpid())
-        if stat.S_ISLNK(st.st_mode):
-            return PidfileStatus(
-                PidfileState.UNKNOWN, reason=f"{path} is a symlink", errno=errno.ELOOP
-            )
-        if not stat.S_ISREG(st.st_mode):
-            return PidfileStatus(
-                PidfileState.UNKNOWN, reason=f"{path} is not a regular file", errno=errno.EINVAL
-            )
+        refused = _not_a_pidfile(path, st)
+        if refused is not None:
+            return refused
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
-        except FileNotFoundError:
-            return PidfileStatus(PidfileState.ABSENT)
         except OSError as exc:
-            return PidfileStatus(
-                PidfileState.UNKNOWN,
-                reason=f"cannot open {path}: {exc.strerror}",
-                errno=exc.errno or 0,
-            )
+            return _cannot("open", path, exc)
         try:
-            held, holder = _lock_holder(fd)
-            if held:
-                return PidfileStatus(PidfileState.RUNNING, holder)
-            content = os.pread(fd, 64, 0)
+            return _status_of(fd)
         except OSError as exc:
-            return PidfileStatus(
-                PidfileState.UNKNOWN,
-                reason=f"cannot read {path}: {exc.strerror}",
-                errno=exc.errno or 0,
-            )
+            return _cannot("read", path, exc)
         finally:
             os.close(fd)
-        if not content.strip():
-            return PidfileStatus(PidfileState.ABSENT)
-        return PidfileStatus(PidfileState.STALE, _parse_pid(content))
 
     @classmethod
     def holder(cls, path: StrPath) -> int | None:
@@ -271,31 +244,61 @@ class Pidfile:
         path = os.path.abspath(os.fspath(path))
         try:
             st = os.stat(path, follow_symlinks=False)
-        except OSError:
-            return False
-        if (st.st_dev, st.st_ino) in _held or not stat.S_ISREG(st.st_mode):
-            return False
-        try:
+            if (st.st_dev, st.st_ino) in _held or not stat.S_ISREG(st.st_mode):
+                return False
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError:
             return False
         try:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return False
-            fst = os.fstat(fd)
-            now = os.stat(path, follow_symlinks=False)
-            if (now.st_dev, now.st_ino) != (fst.st_dev, fst.st_ino):
-                return False
-            if expect_pid is not None and _parse_pid(os.pread(fd, 64, 0)) != expect_pid:
-                return False
-            os.unlink(path)
-            return True
+            return _unlink_if_stale(fd, path, expect_pid)
         except OSError:
             return False
         finally:
             os.close(fd)
+
+
+def _cannot(verb: str, path: str, exc: OSError) -> PidfileStatus:
+    """What ``probe`` answers when ``verb`` failed: ABSENT if the file is gone, else UNKNOWN."""
+    if isinstance(exc, FileNotFoundError):
+        return PidfileStatus(PidfileState.ABSENT)
+    return PidfileStatus(
+        PidfileState.UNKNOWN, reason=f"cannot {verb} {path}: {exc.strerror}", errno=exc.errno or 0
+    )
+
+
+def _not_a_pidfile(path: str, st: os.stat_result) -> PidfileStatus | None:
+    """UNKNOWN for a symlink or a special file (never opened), else None."""
+    if stat.S_ISLNK(st.st_mode):
+        return PidfileStatus(PidfileState.UNKNOWN, reason=f"{path} is a symlink", errno=errno.ELOOP)
+    if not stat.S_ISREG(st.st_mode):
+        return PidfileStatus(
+            PidfileState.UNKNOWN, reason=f"{path} is not a regular file", errno=errno.EINVAL
+        )
+    return None
+
+
+def _status_of(fd: int) -> PidfileStatus:
+    """RUNNING if ``fd``'s lock is held, else what its content says."""
+    held, holder = _lock_holder(fd)
+    if held:
+        return PidfileStatus(PidfileState.RUNNING, holder)
+    content = os.pread(fd, 64, 0)
+    if not content.strip():
+        return PidfileStatus(PidfileState.ABSENT)  # emptied by an owner that could not unlink
+    return PidfileStatus(PidfileState.STALE, _parse_pid(content))
+
+
+def _unlink_if_stale(fd: int, path: str, expect_pid: int | None) -> bool:
+    """Lock ``fd`` (OSError if someone holds it), then unlink ``path`` if it is still that file."""
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fst = os.fstat(fd)
+    now = os.stat(path, follow_symlinks=False)
+    if (now.st_dev, now.st_ino) != (fst.st_dev, fst.st_ino):
+        return False
+    if expect_pid is not None and _parse_pid(os.pread(fd, 64, 0)) != expect_pid:
+        return False
+    os.unlink(path)
+    return True
 
 
 def _parse_pid(content: bytes) -> int | None:

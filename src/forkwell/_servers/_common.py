@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import logging
 import os
 import random
 import signal
@@ -27,6 +28,8 @@ from typing import Any, Self
 
 from .._core._state import check
 from .._exceptions import BindError, HandlerImportError
+
+log = logging.getLogger("forkwell.server")
 
 # What a handler may be: a socketserver.BaseRequestHandler subclass, used
 # unchanged, or any callable taking (connected socket, client address).
@@ -376,6 +379,27 @@ def reset_child_signals() -> None:
     for sig in SERVER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def try_accept(listener: socket.socket) -> tuple[socket.socket, Any] | None:
+    """One connection from a non-blocking listener, or None if none is waiting now.
+
+    A peer that gave up while queued (ECONNABORTED, EPROTO) is skipped; running
+    out of descriptors or memory is logged and answered "none now": the
+    connection stays in the backlog for the next try, and the server lives.
+    """
+    while True:
+        try:
+            return listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                continue
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.error("accept failed: %s", exc.strerror)  # noqa: TRY400 (expected; no traceback)
+                return None
+            raise
 
 
 def reseed_after_fork() -> None:

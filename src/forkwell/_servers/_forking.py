@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import selectors
@@ -44,6 +43,7 @@ from ._common import (
     child_exit,
     reseed_after_fork,
     reset_child_signals,
+    try_accept,
     unblock_signals,
     warm_up,
 )
@@ -69,7 +69,7 @@ class ForkingServer(ServerBase):
     and SIGINT/SIGQUIT (fast stop: children are killed) until it returns.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (socketserver's and gunicorn's settings)
         self,
         handler: Handler,
         bind: Binds = "127.0.0.1:8000",
@@ -91,6 +91,8 @@ class ForkingServer(ServerBase):
         super().__init__(bind, backlog=backlog)
         self._reaper: Reaper | None = None
         self._sel: selectors.BaseSelector | None = None
+        self._accepting = False  # the listeners are in the selector
+        self._stop_at = float("inf")
         self._deadlines: dict[int, float] = {}  # pid -> kill time (inf: none/already killed)
         self.served = 0  # connections handed to a child so far
 
@@ -128,81 +130,81 @@ class ForkingServer(ServerBase):
     # -- the loop
 
     def _loop(self, sel: selectors.BaseSelector, reaper: Reaper) -> None:
-        accepting = False
-        stop_at = float("inf")  # graceful stop: when the rest get killed
+        self._accepting = False
+        self._stop_at = float("inf")  # graceful stop: when the rest get killed
         while True:
-            want = self._state == ServerState.SERVING and len(self._deadlines) < self.max_children
-            if want != accepting:
-                # Back-pressure: off the selector, the listeners' backlog holds
-                # new connections until a child exits.
-                for sock in self._listeners.sockets:
-                    if want:
-                        sel.register(sock, selectors.EVENT_READ, "listen")
-                    else:
-                        sel.unregister(sock)
-                accepting = want
+            self._set_accepting(
+                sel, self._state == ServerState.SERVING and len(self._deadlines) < self.max_children
+            )
             if self._state == ServerState.STOPPING and not self._deadlines:
                 return
-            now = time.monotonic()
-            wake_at = min(stop_at, min(self._deadlines.values(), default=float("inf")))
-            timeout = None if wake_at == float("inf") else max(0.0, wake_at - now)
+            wake_at = min(self._stop_at, min(self._deadlines.values(), default=float("inf")))
+            timeout = None if wake_at == float("inf") else max(0.0, wake_at - time.monotonic())
             for key, _ in sel.select(timeout):
                 if key.data == "listen":
                     self._accept(key.fileobj, reaper)  # type: ignore[arg-type]
                 elif key.data == "reaper":
-                    for ex in reaper.reap():
-                        self._deadlines.pop(ex.pid, None)
-                        if ex.returncode < 0 and ex.signal != signal.SIGKILL:
-                            log.warning(
-                                "connection child %d died of signal %d", ex.pid, -ex.returncode
-                            )
+                    self._reaped(reaper)
                 else:
                     self._signals.drain()
             while self._signals.pending:
-                what = self._signals.pending.popleft()
-                if what in (STOP_FAST, signal.SIGINT, signal.SIGQUIT):
+                if self._on_signal(sel, self._signals.pending.popleft()):
                     return  # serve_forever's finally kills and reaps the children
-                if what in (STOP_GRACEFUL, signal.SIGTERM) and self._state == ServerState.SERVING:
-                    self._set_state(ServerState.STOPPING)
-                    stop_at = time.monotonic() + self.graceful_timeout
-                    if accepting:
-                        for sock in self._listeners.sockets:
-                            sel.unregister(sock)
-                        accepting = False
-                    self._listeners.close()
-                    log.info(
-                        "stopping: waiting up to %gs for %d children",
-                        self.graceful_timeout,
-                        len(self._deadlines),
-                    )
-            now = time.monotonic()
-            for pid, deadline in self._deadlines.items():
-                if deadline <= now:
-                    log.warning(
-                        "connection child %d exceeded its %gs limit: killed", pid, self.timeout
-                    )
-                    self._kill(pid, signal.SIGKILL)
-                    self._deadlines[pid] = float("inf")
-            if now >= stop_at:
-                self._kill_all(signal.SIGKILL)
-                stop_at = float("inf")
+            self._enforce_deadlines()
+
+    def _set_accepting(self, sel: selectors.BaseSelector, want: bool) -> None:
+        """Back-pressure: off the selector, the backlog holds connections until a child exits."""
+        if want == self._accepting:
+            return
+        for sock in self._listeners.sockets:
+            if want:
+                sel.register(sock, selectors.EVENT_READ, "listen")
+            else:
+                sel.unregister(sock)
+        self._accepting = want
+
+    def _reaped(self, reaper: Reaper) -> None:
+        for ex in reaper.reap():
+            self._deadlines.pop(ex.pid, None)
+            if ex.returncode < 0 and ex.signal != signal.SIGKILL:
+                log.warning("connection child %d died of signal %d", ex.pid, -ex.returncode)
+
+    def _on_signal(self, sel: selectors.BaseSelector, what: int) -> bool:
+        """Act on one queued signal; True means stop now."""
+        if what in (STOP_FAST, signal.SIGINT, signal.SIGQUIT):
+            return True
+        if what in (STOP_GRACEFUL, signal.SIGTERM) and self._state == ServerState.SERVING:
+            self._set_state(ServerState.STOPPING)
+            self._stop_at = time.monotonic() + self.graceful_timeout
+            self._set_accepting(sel, False)
+            self._listeners.close()
+            log.info(
+                "stopping: waiting up to %gs for %d children",
+                self.graceful_timeout,
+                len(self._deadlines),
+            )
+        return False
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for pid, deadline in self._deadlines.items():
+            if deadline <= now:
+                log.warning("connection child %d exceeded its %gs limit: killed", pid, self.timeout)
+                self._kill(pid, signal.SIGKILL)
+                self._deadlines[pid] = float("inf")
+        if now >= self._stop_at:
+            self._kill_all(signal.SIGKILL)
+            self._stop_at = float("inf")
 
     def _accept(self, listener: socket.socket, reaper: Reaper) -> None:
         # A few per wake-up keeps one busy listener from starving the others.
         for _ in range(16):
             if len(self._deadlines) >= self.max_children:
                 return
-            try:
-                conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
+            accepted = try_accept(listener)
+            if accepted is None:
                 return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept failed: %s", exc.strerror)  # noqa: TRY400 (expected; no traceback)
-                    return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                raise
+            conn, address = accepted
             try:
                 self._fork(conn, address, reaper)
             finally:

@@ -36,16 +36,11 @@ import contextlib
 import enum
 import errno
 import logging
-import mmap
 import os
-import random
 import select
 import selectors
 import signal
-import socket
-import struct
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,85 +56,25 @@ from ._common import (
     Handler,
     ServerBase,
     ServerState,
-    SignalQueue,
     block_signals,
-    call_handler,
     check_handler,
-    child_exit,
-    flush_stdio,
     load_handler,
-    make_listener,
-    reseed_after_fork,
-    reset_child_signals,
     unblock_signals,
     warm_up,
+)
+from ._workers import (
+    _MAX_WORKERS,
+    _SLOT_BOOTING,
+    _SLOT_RETIRED,
+    _SLOT_RUNNING,
+    Worker,
+    _Slots,
+    reopen_logs,
 )
 
 log = logging.getLogger("forkwell.server")
 
 RELOAD = -3  # pseudo-signal queued by reload()
-
-# Exit status of a worker that failed before it was ready (gunicorn uses 3 too).
-WORKER_BOOT_ERROR = 3
-
-# The shared heartbeat area: one fixed-size slot per live worker.
-_SLOT_SIZE = 256
-_MAX_WORKERS = 512
-_HB = struct.Struct("d")  # offset 0: last heartbeat, time.monotonic()
-_OFF_STATE = 8  # one byte, below
-_OFF_REQUESTS = 12  # uint32: connections served
-_OFF_REASON = 16  # uint16 length + utf-8 text: why the boot failed
-_REASON_MAX = _SLOT_SIZE - _OFF_REASON - 2
-
-_SLOT_BOOTING, _SLOT_RUNNING, _SLOT_RETIRED = 0, 1, 2
-
-
-class _Slots:
-    def __init__(self) -> None:
-        self.mem = mmap.mmap(-1, _SLOT_SIZE * _MAX_WORKERS)  # MAP_SHARED|MAP_ANONYMOUS
-        self.free = list(range(_MAX_WORKERS - 1, -1, -1))
-
-    def take(self, now: float) -> int:
-        slot = self.free.pop()
-        base = slot * _SLOT_SIZE
-        self.mem[base : base + _SLOT_SIZE] = bytes(_SLOT_SIZE)
-        _HB.pack_into(self.mem, base, now)
-        return slot
-
-    def give_back(self, slot: int) -> None:
-        self.free.append(slot)
-
-    def beat(self, slot: int) -> None:
-        _HB.pack_into(self.mem, slot * _SLOT_SIZE, time.monotonic())
-
-    def heartbeat(self, slot: int) -> float:
-        value: float = _HB.unpack_from(self.mem, slot * _SLOT_SIZE)[0]
-        return value
-
-    def state(self, slot: int) -> int:
-        return self.mem[slot * _SLOT_SIZE + _OFF_STATE]
-
-    def set_state(self, slot: int, state: int) -> None:
-        self.mem[slot * _SLOT_SIZE + _OFF_STATE] = state
-
-    def set_requests(self, slot: int, count: int) -> None:
-        struct.pack_into("I", self.mem, slot * _SLOT_SIZE + _OFF_REQUESTS, count & 0xFFFFFFFF)
-
-    def requests(self, slot: int) -> int:
-        value: int = struct.unpack_from("I", self.mem, slot * _SLOT_SIZE + _OFF_REQUESTS)[0]
-        return value
-
-    def set_reason(self, slot: int, reason: str) -> None:
-        data = reason.encode(errors="replace")[:_REASON_MAX]
-        base = slot * _SLOT_SIZE + _OFF_REASON
-        struct.pack_into("H", self.mem, base, len(data))
-        self.mem[base + 2 : base + 2 + len(data)] = data
-
-    def reason(self, slot: int) -> str:
-        base = slot * _SLOT_SIZE + _OFF_REASON
-        (length,) = struct.unpack_from("H", self.mem, base)
-        return bytes(self.mem[base + 2 : base + 2 + length]).decode(errors="replace")
-
 
 class WorkerState(enum.Enum):
     BOOTING = "booting"  # forked, not yet accepting
@@ -171,32 +106,6 @@ class _Worker:
         self.state = check(_WORKER_TRANSITIONS, self.state, new, f"worker {self.pid}")
 
 
-def reopen_logs(log_file: str | None) -> None:
-    """SIGUSR1: point stdout/stderr at ``log_file`` anew and reopen logging's files.
-
-    After logrotate renamed the file, writes would otherwise keep going to the
-    renamed one.  ``logging.FileHandler`` reopens lazily once its stream is None.
-    """
-    if log_file is not None:
-        flush_stdio()
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-        finally:
-            os.close(fd)
-    loggers: list[Any] = [logging.getLogger()]
-    loggers += list(logging.Logger.manager.loggerDict.values())
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", ()):
-            if isinstance(handler, logging.FileHandler):
-                with handler.lock or contextlib.nullcontext():
-                    if handler.stream is not None:
-                        with contextlib.suppress(OSError):
-                            handler.stream.close()
-                        handler.stream = None
-
-
 class PreforkServer(ServerBase):
     """A master process and ``workers`` pre-forked workers serving one handler.
 
@@ -214,7 +123,7 @@ class PreforkServer(ServerBase):
     stop, INT/QUIT fast stop, USR1 reopen log files.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (gunicorn's settings, by their names)
         self,
         handler: Handler | str,
         bind: Binds = "127.0.0.1:8000",
@@ -519,6 +428,17 @@ class PreforkServer(ServerBase):
         delay = 0.0 if self._crashes == 1 else min(0.1 * 2 ** (self._crashes - 2), 10.0)
         self._spawn_at = now + delay
 
+    def _drop_master_state(self) -> None:
+        """In a new worker: what the master holds and a worker must not.
+
+        Its selector, its reaper (pidfds of the siblings) and its signal pipe.
+        """
+        self._signals.close()
+        if self._sel is not None:
+            self._sel.close()
+        if self._reaper is not None:
+            self._reaper.close()
+
     def _forget(self, pid: int) -> None:
         w = self._workers.pop(pid, None)
         if w is not None:
@@ -548,128 +468,10 @@ class PreforkServer(ServerBase):
                 self._spawn_at = now + min(0.1 * 2**self._crashes, 10.0)
                 return False
             if pid == 0:
-                self._worker_main(slot, old)  # never returns
+                Worker(self, slot).main(old)  # never returns
         finally:
             unblock_signals(old)
         self._workers[pid] = _Worker(pid, slot, self._generation, now)
         return True
 
     # -- worker
-
-    def _worker_main(self, slot: int, old_mask: set[int]) -> None:
-        code = WORKER_BOOT_ERROR
-        booted = False
-        try:
-            reset_child_signals()
-            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                signal.signal(sig, signal.SIG_IGN)
-            # What the master holds and a worker must not: its selector, its
-            # reaper (pidfds of the siblings) and its signal pipe.
-            self._signals.close()
-            if self._sel is not None:
-                self._sel.close()
-            if self._reaper is not None:
-                self._reaper.close()
-            signals = SignalQueue()
-            signals.install((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1))
-            unblock_signals(old_mask)
-            # Die with the master even if it is SIGKILLed (graceful: TERM).
-            if self._pdeathsig is not None:
-                self._pdeathsig()
-            reseed_after_fork()
-            listeners = self._worker_listeners()
-            poller = select.epoll()
-            for sock in listeners:
-                poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            poller.register(signals.wake_r, select.EPOLLIN)
-            if self.worker_init is not None:
-                self.worker_init()
-            self._slots.beat(slot)
-            self._slots.set_state(slot, _SLOT_RUNNING)
-            booted = True
-            code = self._worker_loop(slot, listeners, poller, signals)
-        except SystemExit as exc:
-            if not booted:
-                self._slots.set_reason(slot, f"SystemExit({exc.code!r}) during boot")
-            code = exc.code if isinstance(exc.code, int) else 1
-            if not booted and code == 0:
-                code = WORKER_BOOT_ERROR
-        except BaseException as exc:
-            if not booted:
-                self._slots.set_reason(slot, f"{type(exc).__name__}: {exc}")
-            else:
-                code = 1
-            traceback.print_exc()
-        finally:
-            child_exit(code)
-
-    def _worker_listeners(self) -> list[socket.socket]:
-        if not self.reuse_port:
-            return list(self._listeners.sockets)
-        own: list[socket.socket] = []
-        for spec, shared in zip(self._listeners.specs, self._listeners.sockets, strict=True):
-            if spec.family == socket.AF_UNIX:
-                own.append(shared)
-            else:
-                own.append(make_listener(spec, backlog=self._backlog, reuse_port=True))
-                shared.close()  # the master's port reservation: not ours to keep
-        return own
-
-    def _worker_loop(
-        self,
-        slot: int,
-        listeners: list[socket.socket],
-        poller: select.epoll,
-        signals: SignalQueue,
-    ) -> int:
-        limit = 0
-        if self.max_requests:
-            limit = self.max_requests + random.randint(0, self.max_requests_jitter)
-        idle_wait = 1.0 if self.timeout is None else min(self.timeout / 4, 1.0)
-        served = 0
-        stopping = False
-        while True:
-            while signals.pending:
-                sig = signals.pending.popleft()
-                if sig == signal.SIGQUIT:
-                    return 0
-                if sig == signal.SIGTERM:
-                    stopping = True
-                elif sig == signal.SIGUSR1:
-                    reopen_logs(self.log_file)
-            conn = None
-            for sock in listeners:
-                try:
-                    conn, address = sock.accept()
-                    break
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:
-                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                        continue
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.error("accept failed: %s", exc.strerror)  # noqa: TRY400
-                        break
-                    raise
-            if conn is not None:
-                self._slots.beat(slot)
-                conn.setblocking(True)
-                try:
-                    call_handler(self.handler, conn, address, self)
-                except Exception:
-                    traceback.print_exc()
-                served += 1
-                self._slots.set_requests(slot, served)
-                self._slots.beat(slot)
-                if limit and served >= limit:
-                    self._slots.set_state(slot, _SLOT_RETIRED)
-                    return 0
-                continue
-            # Nothing queued.  Only now may a stopping worker leave: it was
-            # perhaps the one woken for the last connection.
-            if stopping or os.getppid() != self._master_pid:
-                return 0
-            self._slots.beat(slot)
-            for fd, _ in poller.poll(idle_wait):
-                if fd == signals.wake_r:
-                    signals.drain()

@@ -1,0 +1,276 @@
+"""A pre-fork worker's life, and the shared slots the workers report in.
+
+The master (:mod:`forkwell._servers._prefork`) forks; the child becomes a
+:class:`Worker` and never returns.  It drops what is the master's (its
+selector, its reaper, its signal pipe), accepts from the shared listeners in
+an epoll set of its own with ``EPOLLEXCLUSIVE`` (or its own ``SO_REUSEPORT``
+socket), and reports through its slot of a shared anonymous ``mmap``: a
+heartbeat, its state (booting, running, retired), how many connections it
+served and, if it fails to boot, why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ._common import (
+    Handler,
+    Listeners,
+    SignalQueue,
+    call_handler,
+    child_exit,
+    flush_stdio,
+    make_listener,
+    reseed_after_fork,
+    reset_child_signals,
+    try_accept,
+    unblock_signals,
+)
+
+log = logging.getLogger("forkwell.server")
+
+# Exit status of a worker that failed before it was ready (gunicorn uses 3 too).
+WORKER_BOOT_ERROR = 3
+
+# The shared heartbeat area: one fixed-size slot per live worker.
+_SLOT_SIZE = 256
+_MAX_WORKERS = 512
+_HB = struct.Struct("d")  # offset 0: last heartbeat, time.monotonic()
+_OFF_STATE = 8  # one byte, below
+_OFF_REQUESTS = 12  # uint32: connections served
+_OFF_REASON = 16  # uint16 length + utf-8 text: why the boot failed
+_REASON_MAX = _SLOT_SIZE - _OFF_REASON - 2
+
+_SLOT_BOOTING, _SLOT_RUNNING, _SLOT_RETIRED = 0, 1, 2
+
+
+class _Slots:
+    def __init__(self) -> None:
+        self.mem = mmap.mmap(-1, _SLOT_SIZE * _MAX_WORKERS)  # MAP_SHARED|MAP_ANONYMOUS
+        self.free = list(range(_MAX_WORKERS - 1, -1, -1))
+
+    def take(self, now: float) -> int:
+        slot = self.free.pop()
+        base = slot * _SLOT_SIZE
+        self.mem[base : base + _SLOT_SIZE] = bytes(_SLOT_SIZE)
+        _HB.pack_into(self.mem, base, now)
+        return slot
+
+    def give_back(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def beat(self, slot: int) -> None:
+        _HB.pack_into(self.mem, slot * _SLOT_SIZE, time.monotonic())
+
+    def heartbeat(self, slot: int) -> float:
+        value: float = _HB.unpack_from(self.mem, slot * _SLOT_SIZE)[0]
+        return value
+
+    def state(self, slot: int) -> int:
+        return self.mem[slot * _SLOT_SIZE + _OFF_STATE]
+
+    def set_state(self, slot: int, state: int) -> None:
+        self.mem[slot * _SLOT_SIZE + _OFF_STATE] = state
+
+    def set_requests(self, slot: int, count: int) -> None:
+        struct.pack_into("I", self.mem, slot * _SLOT_SIZE + _OFF_REQUESTS, count & 0xFFFFFFFF)
+
+    def requests(self, slot: int) -> int:
+        value: int = struct.unpack_from("I", self.mem, slot * _SLOT_SIZE + _OFF_REQUESTS)[0]
+        return value
+
+    def set_reason(self, slot: int, reason: str) -> None:
+        data = reason.encode(errors="replace")[:_REASON_MAX]
+        base = slot * _SLOT_SIZE + _OFF_REASON
+        struct.pack_into("H", self.mem, base, len(data))
+        self.mem[base + 2 : base + 2 + len(data)] = data
+
+    def reason(self, slot: int) -> str:
+        base = slot * _SLOT_SIZE + _OFF_REASON
+        (length,) = struct.unpack_from("H", self.mem, base)
+        return bytes(self.mem[base + 2 : base + 2 + length]).decode(errors="replace")
+
+
+def reopen_logs(log_file: str | None) -> None:
+    """SIGUSR1: point stdout/stderr at ``log_file`` anew and reopen logging's files.
+
+    After logrotate renamed the file, writes would otherwise keep going to the
+    renamed one.  ``logging.FileHandler`` reopens lazily once its stream is None.
+    """
+    if log_file is not None:
+        flush_stdio()
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+        finally:
+            os.close(fd)
+    loggers: list[Any] = [logging.getLogger()]
+    loggers += list(logging.Logger.manager.loggerDict.values())
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.FileHandler):
+                with handler.lock or contextlib.nullcontext():
+                    if handler.stream is not None:
+                        with contextlib.suppress(OSError):
+                            handler.stream.close()
+                        handler.stream = None
+
+
+class Master(Protocol):
+    """What a worker takes from the master it was forked from (a ``PreforkServer``)."""
+
+    handler: Handler
+    reuse_port: bool
+    max_requests: int
+    max_requests_jitter: int
+    timeout: float | None
+    worker_init: Any
+    log_file: str | None
+    _listeners: Listeners
+    _backlog: int
+    _master_pid: int
+    _pdeathsig: Callable[[], None] | None
+    _slots: _Slots
+
+    def _drop_master_state(self) -> None: ...
+
+
+class Worker:
+    """The child side of one worker: boot, then accept and serve until told to stop."""
+
+    def __init__(self, server: Master, slot: int) -> None:
+        self.server = server
+        self.slot = slot
+        self.slots = server._slots
+
+    def main(self, old_mask: set[int]) -> None:
+        code = WORKER_BOOT_ERROR
+        booted = False
+        try:
+            listeners, poller, signals = self._boot(old_mask)
+            if self.server.worker_init is not None:
+                self.server.worker_init()
+            self.slots.beat(self.slot)
+            self.slots.set_state(self.slot, _SLOT_RUNNING)
+            booted = True
+            code = self._loop(listeners, poller, signals)
+        except SystemExit as exc:
+            if not booted:
+                self.slots.set_reason(self.slot, f"SystemExit({exc.code!r}) during boot")
+            code = exc.code if isinstance(exc.code, int) else 1
+            if not booted and code == 0:
+                code = WORKER_BOOT_ERROR
+        except BaseException as exc:
+            if not booted:
+                self.slots.set_reason(self.slot, f"{type(exc).__name__}: {exc}")
+            else:
+                code = 1
+            traceback.print_exc()
+        finally:
+            child_exit(code)
+
+    def _boot(
+        self, old_mask: set[int]
+    ) -> tuple[list[socket.socket], select.epoll, SignalQueue]:
+        """A new worker drops what is the master's and sets up its own listeners and signals."""
+        reset_child_signals()
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        self.server._drop_master_state()
+        signals = SignalQueue()
+        signals.install((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1))
+        unblock_signals(old_mask)
+        # Die with the master even if it is SIGKILLed (graceful: TERM).
+        if self.server._pdeathsig is not None:
+            self.server._pdeathsig()
+        reseed_after_fork()
+        listeners = self._listeners()
+        poller = select.epoll()
+        for sock in listeners:
+            poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        poller.register(signals.wake_r, select.EPOLLIN)
+        return listeners, poller, signals
+
+    def _listeners(self) -> list[socket.socket]:
+        if not self.server.reuse_port:
+            return list(self.server._listeners.sockets)
+        own: list[socket.socket] = []
+        listeners = self.server._listeners
+        for spec, shared in zip(listeners.specs, listeners.sockets, strict=True):
+            if spec.family == socket.AF_UNIX:
+                own.append(shared)
+            else:
+                own.append(make_listener(spec, backlog=self.server._backlog, reuse_port=True))
+                shared.close()  # the master's port reservation: not ours to keep
+        return own
+
+    def _loop(
+        self,
+        listeners: list[socket.socket],
+        poller: select.epoll,
+        signals: SignalQueue,
+    ) -> int:
+        limit = 0
+        if self.server.max_requests:
+            limit = self.server.max_requests + random.randint(0, self.server.max_requests_jitter)
+        idle_wait = 1.0 if self.server.timeout is None else min(self.server.timeout / 4, 1.0)
+        served = 0
+        stopping = False
+        while True:
+            action = self._signals(signals)
+            if action == signal.SIGQUIT:
+                return 0
+            stopping = stopping or action == signal.SIGTERM
+            accepted = next(filter(None, map(try_accept, listeners)), None)
+            if accepted is not None:
+                served += 1
+                self._serve_one(served, *accepted)
+                if limit and served >= limit:
+                    self.slots.set_state(self.slot, _SLOT_RETIRED)
+                    return 0
+                continue
+            # Nothing queued.  Only now may a stopping worker leave: it was
+            # perhaps the one woken for the last connection.
+            if stopping or os.getppid() != self.server._master_pid:
+                return 0
+            self.slots.beat(self.slot)
+            for fd, _ in poller.poll(idle_wait):
+                if fd == signals.wake_r:
+                    signals.drain()
+
+    def _signals(self, signals: SignalQueue) -> int | None:
+        """Take the worker's queued signals: SIGQUIT (leave now) or SIGTERM (finish), if any."""
+        action: int | None = None
+        while signals.pending:
+            sig = signals.pending.popleft()
+            if sig == signal.SIGQUIT:
+                return sig
+            if sig == signal.SIGTERM:
+                action = sig
+            elif sig == signal.SIGUSR1:
+                reopen_logs(self.server.log_file)
+        return action
+
+    def _serve_one(self, served: int, conn: socket.socket, address: Any) -> None:
+        """One connection, heartbeats around it; a failing handler costs only it."""
+        self.slots.beat(self.slot)
+        conn.setblocking(True)
+        try:
+            call_handler(self.server.handler, conn, address, self.server)
+        except Exception:
+            traceback.print_exc()
+        self.slots.set_requests(self.slot, served)
+        self.slots.beat(self.slot)
