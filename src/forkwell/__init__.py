@@ -62,7 +62,7 @@ _EXPORTS: dict[str, str] = {
     "ForkingServer": "._servers._forking",
     "InstanceInfo": "._supervisor._engine",
     "OpResult": "._supervisor._engine",
-    "ReloadReport": "._supervisor._engine",
+    "ReloadReport": "._supervisor._fleet",
     "Supervisor": "._supervisor._engine",
 }
 
@@ -114,8 +114,8 @@ if TYPE_CHECKING:
     from ._supervisor._control._server import ControlClient as ControlClient
     from ._supervisor._engine import InstanceInfo as InstanceInfo
     from ._supervisor._engine import OpResult as OpResult
-    from ._supervisor._engine import ReloadReport as ReloadReport
     from ._supervisor._engine import Supervisor as Supervisor
+    from ._supervisor._fleet import ReloadReport as ReloadReport
     from ._supervisor._program import ProgramState as ProgramState
 
 

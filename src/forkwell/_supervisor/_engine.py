@@ -31,28 +31,26 @@ starting anything.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from .._core import _sys, _tree
+from .._core import _tree
 from .._core._files import tail
 from .._core._process import Process
 from .._exceptions import ForkwellError, UnknownProgramError
-from . import _statefile
 from ._childenv import ChildEnv
-from ._config import Config, ProgramConfig, load_config
+from ._config import Config, load_config
 from ._events import EventLog
-from ._fleet import Fleet, dep_ok, settle, settled
+from ._fleet import Fleet, ReloadReport, compare, dep_ok, settle, settled
 from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
+from ._session import Session
 from ._tracking import Tracker, TreeEnder
-from ._watchdog import Keeper, Watchdog
 
 if TYPE_CHECKING:
     # Imported at run time only where a coroutine needs it: ``forkwell up``
@@ -94,16 +92,6 @@ class OpResult(NamedTuple):
     log_tail: list[str]  # last lines of its log when it failed, else []
 
 
-class ReloadReport(NamedTuple):
-    """Program names, by what a reload did to them."""
-
-    added: list[str]
-    removed: list[str]
-    changed: list[str]
-    unchanged: list[str]
-    scaled: list[str]
-
-
 class Supervisor:
     """Runs the programs of a :class:`~forkwell.Config`.
 
@@ -118,23 +106,19 @@ class Supervisor:
         self._loops = Loops()
         self._log = EventLog(None if quiet else Console(sys.stdout.buffer))
         self.events: collections.deque[Event] = self._log.events
-        self._fleet = Fleet(self, config)
+        self._fleet = Fleet(self, config, self._recolour)
         self._token = _tree.new_token()
         cookie = _tree.cookie_value(os.environ.get(_tree.COOKIE_VAR), self._token)
         self._env = ChildEnv(cookie, self._loops)
-        self._watchdog = Watchdog(self._token)
-        self._keeper = Keeper(
-            self._watchdog, self._loops, self._note, lambda: self._fleet.closed, self._new_watchdog
-        )
-        self._tracker = Tracker(self._loops, self._watchdog)
         self._trees = TreeEnder(self._loops, self._note)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session = Session(
+            self._token, self._loops, self._log, self._trees, lambda: self._fleet.closed
+        )
+        self._watchdog = self._session.watchdog
+        self._tracker = Tracker(self._loops, self._watchdog)
         self._early = EarlySignals()
-        self._prepared = False
-        self._made_subreaper = False
         self._done: asyncio.Future[int] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
-        self._graceful: asyncio.Task[None] | None = None
         self.startup_failures: list[OpResult] = []
         # --detach: an autostart failure ends the run (the caller is told why).
         self.fail_fast = False
@@ -175,15 +159,10 @@ class Supervisor:
     def background(self, coro: object) -> None:
         """Run a coroutine as a task the supervisor keeps a reference to."""
         assert isinstance(coro, Coroutine)
-        task = self.aio_loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        self._loops.background(coro, self._internal_error)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            self._note(f"internal error: {type(exc).__name__}: {exc}")
+    def _internal_error(self, exc: BaseException) -> None:
+        self._note(f"internal error: {type(exc).__name__}: {exc}")
 
     # -- services for instances (the _Host protocol) --------------------------
 
@@ -296,13 +275,10 @@ class Supervisor:
 
     def send_signal(self, instances: list[str], sig: int, *, tree: bool = False) -> list[OpResult]:
         """Send ``sig`` to each instance's process (``tree``: to its whole tree)."""
-        results = []
-        for inst in self._fleet.lookup(instances):
-            if inst.signal(sig, tree):
-                results.append(_result(inst, True))
-            else:
-                results.append(_result(inst, False, f"{inst.name} is not running"))
-        return results
+        insts = self._fleet.lookup(instances)
+        sent = [i.signal(sig, tree) for i in insts]
+        why = "is not running"
+        return [_result(i, ok, f"{i.name} {why}") for i, ok in zip(insts, sent, strict=True)]
 
     # -- reload and scale ----------------------------------------------------
 
@@ -322,50 +298,17 @@ class Supervisor:
         restarted with the new settings; removed ones are stopped.
         """
         new = load_config(self.config_path)
-        report = _compare(self.config, new)
-        added, removed, changed, unchanged, scaled = report
+        report = compare(self.config, new)
+        added, removed, changed, _, scaled = report
         self._note(
             f"reload {self.config_path}: added {added or '-'}, removed {removed or '-'}, "
             f"changed {changed or '-'}, scaled {scaled or '-'}"
         )
-        programs = self._fleet.programs
-        was_up = {name: any(i.state not in DOWN for i in programs[name]) for name in changed}
-        # Stop what goes away under the old config (its dependency order).
-        going = [i for name in (*removed, *changed) for i in programs[name]]
-        if going:
-            await self._fleet.remove(going)
-        self._fleet.rebuild(new._replace(supervisor=self.config.supervisor), unchanged, scaled)
+        to_start = await self._fleet.reload(new, report)
         self.config_path = new.path
-        self._recolour()
-        to_start = await self._grow(scaled, new) + [
-            i
-            for name in (*added, *changed)
-            if new.programs[name].autostart or was_up.get(name, False)
-            for i in self._fleet.programs[name]
-        ]
         if to_start:
             await self.start([i.name for i in to_start])
         return report
-
-    async def _grow(self, scaled: list[str], new: Config) -> list[Instance]:
-        """Scale the programs whose numprocs changed; return new instances meant to run."""
-        grown: list[Instance] = []
-        for name in scaled:
-            prog = new.programs[name]
-            before = len(self._fleet.programs[name])
-            kept = self._fleet.programs[name][: prog.numprocs]
-            touched = await self._resize(name, prog)
-            # New instances run if the program is meant to (autostart, or its others run).
-            if prog.numprocs > before and (
-                prog.autostart or any(i.state not in DOWN for i in kept)
-            ):
-                grown.extend(touched)
-        return grown
-
-    async def _resize(self, name: str, prog: ProgramConfig) -> list[Instance]:
-        touched = await self._fleet.resize(name, prog)
-        self._recolour()
-        return touched
 
     async def scale(self, program: str, n: int) -> list[OpResult]:
         """Run ``n`` instances of ``program``: new ones are started, surplus ones stopped.
@@ -374,15 +317,14 @@ class Supervisor:
         """
         programs = self._fleet.programs
         if program not in programs:
-            known = ", ".join(programs) or "(none)"
-            raise UnknownProgramError(f"unknown program {program!r} (programs: {known})")
+            raise self._fleet.unknown_program(program)
         if n < 0:
             raise ValueError(f"cannot scale {program} to {n} instances (must be >= 0)")
         prog = self.config.programs[program]._replace(numprocs=n)
         self.config = self.config._replace(programs={**self.config.programs, program: prog})
         before = len(programs[program])
         self._note(f"scale {program} from {before} to {n}")
-        touched = await self._resize(program, prog)
+        touched = await self._fleet.resize(program, prog)
         if n > before:
             return await self.start([i.name for i in touched])
         return [_result(i, i.state in DOWN) for i in touched]
@@ -398,30 +340,8 @@ class Supervisor:
         await asyncio.shield(self._shutdown_task)
 
     async def _shutdown(self) -> None:
-        import asyncio
-
-        insts = self._all()
-        self._fleet.closed = True  # from now on nothing starts
-        for inst in insts:
-            inst.no_restart = True
-        self._note("shutting down: stopping every program, dependents first")
         timeout = self.config.supervisor.shutdown_timeout
-        graceful = self.aio_loop.create_task(self._fleet.stop_ordered(insts))
-        self._graceful = graceful
-        done, _ = await asyncio.wait({graceful}, timeout=timeout)
-        if not done:
-            self._note(f"shutdown_timeout ({timeout:g}s) passed: SIGKILL to what is left")
-        if not graceful.done():
-            graceful.cancel()
-        try:
-            await graceful
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:  # whatever it was, the SIGKILL pass below still runs
-            self._note(f"graceful stop failed: {type(exc).__name__}: {exc}")
-        await asyncio.gather(*(i.kill() for i in insts if i.state not in DOWN))
-        for inst in insts:
-            inst.close_io()
+        insts = await self._fleet.shutdown(timeout, self._note)
         if self._log.console is not None:
             for inst in insts:
                 self._log.console.flush_partial(inst.name)
@@ -431,10 +351,9 @@ class Supervisor:
     def _request_shutdown(self) -> None:
         if self._shutdown_task is None:
             self._shutdown_task = self.aio_loop.create_task(self._shutdown())
-        elif self._graceful is not None and not self._graceful.done():
+        elif self._fleet.hurry():
             # A second Ctrl-C: do not wait for graceful stops any more.
             self._note("second stop request: SIGKILL to every tree now")
-            self._graceful.cancel()
 
     def _request_reload(self) -> None:
         async def reload() -> None:
@@ -464,48 +383,12 @@ class Supervisor:
         become a subreaper: everything that must precede the first spawn.
         Raises :class:`~forkwell.StateError` when another supervisor runs.
         """
-        if self._prepared:
+        if self._session.opened:
             return
         self._env.snapshot()
-        log_dir = self.config.supervisor.log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self._log.open(log_dir / "forkwell.log")
-        try:
-            # Before touching anything process-wide: refuse to run twice.
-            self.state_file_survivors = _statefile.take_over(
-                self.config.supervisor.state_file, self.config_path, self._note
-            )
-            self._note(
-                f"forkwell up: pid {os.getpid()}, {len(self._all())} instances "
-                f"of {len(self._fleet.programs)} programs from {self.config_path}"
-            )
-            # Before anything is spawned: from here on the fleet dies with us.
-            self._keeper.start()
-            self._write_state()
-        except BaseException:
-            self._keeper.stop()
-            self._log.close()
-            raise
-        _raise_fd_limit()
-        was_subreaper = _sys.is_subreaper()
-        self._made_subreaper = not was_subreaper and _sys.set_subreaper()
-        # Every descendant then stays in our own subtree: scans walk it, not all of /proc.
-        self._trees.own_subtree = _tree.HAVE_CHILDREN_FILE and (
-            was_subreaper or self._made_subreaper
+        self.state_file_survivors = self._session.open(
+            self.config, self.config_path, len(self._all()), len(self._fleet.programs)
         )
-        self._prepared = True
-
-    def _write_state(self) -> None:
-        _statefile.write(
-            self.config.supervisor.state_file,
-            token=self._token,
-            config_path=self.config_path,
-            watchdog=self._watchdog.pid,
-        )
-
-    def _new_watchdog(self) -> None:
-        with contextlib.suppress(OSError):
-            self._write_state()
 
     def prestart(self) -> int:
         """Spawn, before any event loop exists, what needs none; return how many.
@@ -590,7 +473,7 @@ class Supervisor:
         if failed and self.fail_fast:
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise ForkwellError(f"{failed[0].message}{more}")
-        self._notify_ready(failed)
+        _notify_ready(failed, len(self._all()), self._note)
         self.up.set()
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -598,14 +481,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             loop.remove_signal_handler(sig)
         self._tracker.reap()
-        self._trees.own_subtree = False
-        self._keeper.stop()
-        if self._made_subreaper:
-            _sys.set_subreaper(False)
-        _statefile.remove(self.config.supervisor.state_file)
+        self._session.close()
         self._env.close()
-        self._note("forkwell up: all stopped, exiting")
-        self._log.close()
 
     def _control_server(self) -> ControlServer:
         """The control socket server (imported here: asyncio must exist first)."""
@@ -613,20 +490,20 @@ class Supervisor:
 
         return ControlServer(self, self.socket_path)
 
-    def _notify_ready(self, failed: list[OpResult]) -> None:
-        """Tell a waiting ``forkwell up --detach`` (or systemd Type=notify) we are up."""
-        from .._core._notify import notify
 
-        status = (
-            f"{len(failed)} instance(s) failed to start: {failed[0].message}"
-            if failed
-            else f"forkwell up: supervisor running (pid {os.getpid()}), "
-            f"{len(self._all())} instances up"
-        )
-        try:
-            notify(READY=1, STATUS=status, MAINPID=os.getpid())
-        except (OSError, ValueError) as exc:
-            self._note(f"cannot notify readiness: {exc}")
+def _notify_ready(failed: list[OpResult], instances: int, note: Callable[[str], None]) -> None:
+    """Tell a waiting ``forkwell up --detach`` (or systemd Type=notify) we are up."""
+    from .._core._notify import notify
+
+    status = (
+        f"{len(failed)} instance(s) failed to start: {failed[0].message}"
+        if failed
+        else f"forkwell up: supervisor running (pid {os.getpid()}), {instances} instances up"
+    )
+    try:
+        notify(READY=1, STATUS=status, MAINPID=os.getpid())
+    except (OSError, ValueError) as exc:
+        note(f"cannot notify readiness: {exc}")
 
 
 def _info(i: Instance) -> InstanceInfo:
@@ -659,39 +536,3 @@ def _result(inst: Instance, ok: bool, message: str = "") -> OpResult:
         last_exit=inst.last_exit,
         log_tail=log_tail,
     )
-
-
-def _compare(old: Config, new: Config) -> ReloadReport:
-    """What a reload from ``old`` to ``new`` does to each program."""
-    report = ReloadReport(
-        added=[n for n in new.programs if n not in old.programs],
-        removed=[n for n in old.programs if n not in new.programs],
-        changed=[],
-        unchanged=[],
-        scaled=[],
-    )
-    for name, b in new.programs.items():
-        a = old.programs.get(name)
-        if a is None:
-            continue
-        if a == b:
-            report.unchanged.append(name)
-        elif a.same_except_numprocs(b):
-            report.scaled.append(name)
-        else:
-            report.changed.append(name)
-    return report
-
-
-def _raise_fd_limit() -> None:
-    """Each instance holds ~7 fds (pidfd, 2 pipes, 2 log files): use the hard limit.
-
-    supervisord's "Too many open files" around 200 programs (its issue 489)
-    came from a soft limit of 1024.
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

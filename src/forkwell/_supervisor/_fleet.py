@@ -2,22 +2,57 @@
 
 A program starts after the programs it ``depends_on`` are up (RUNNING, or a
 one-shot job that finished successfully), and stops after the programs that
-depend on it are stopped; everything else starts and stops in parallel.
+depend on it are stopped; everything else starts and stops in parallel.  A
+reload changes only the programs whose settings changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._exceptions import UnknownProgramError
 from ._program import DOWN, SETTLED, Instance, ProgramState
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._config import Config, ProgramConfig
     from ._program import _Host
 
 S = ProgramState
+
+
+class ReloadReport(NamedTuple):
+    """Program names, by what a reload did to them."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    scaled: list[str]
+
+
+def compare(old: Config, new: Config) -> ReloadReport:
+    """What a reload from ``old`` to ``new`` does to each program."""
+    report = ReloadReport(
+        added=[n for n in new.programs if n not in old.programs],
+        removed=[n for n in old.programs if n not in new.programs],
+        changed=[],
+        unchanged=[],
+        scaled=[],
+    )
+    for name, b in new.programs.items():
+        a = old.programs.get(name)
+        if a is None:
+            continue
+        if a == b:
+            report.unchanged.append(name)
+        elif a.same_except_numprocs(b):
+            report.scaled.append(name)
+        else:
+            report.changed.append(name)
+    return report
 
 
 def dep_ok(dep: Instance) -> bool:
@@ -72,15 +107,20 @@ def dependents_closure(config: Config, program: str) -> set[str]:
 
 
 class Fleet:
-    """The instances of a config's programs, started and stopped in dependency order."""
+    """The instances of a config's programs, started and stopped in dependency order.
 
-    def __init__(self, host: _Host, config: Config) -> None:
+    ``on_change()`` is told whenever programs or instances come or go.
+    """
+
+    def __init__(self, host: _Host, config: Config, on_change: Callable[[], None]) -> None:
         self.host = host
         self.config = config
+        self._on_change = on_change
         self.programs: dict[str, list[Instance]] = {
             prog.name: self.new_instances(prog, 0) for prog in config.programs.values()
         }
         self.closed = False  # shutting down: from now on nothing starts
+        self._graceful: asyncio.Task[None] | None = None
 
     def new_instances(self, prog: ProgramConfig, first: int) -> list[Instance]:
         """Instances ``first`` .. ``numprocs - 1`` of ``prog``."""
@@ -119,6 +159,9 @@ class Fleet:
                 if count
                 else f"unknown instance {name!r}: {program} has no instances (numprocs 0)"
             )
+        return self.unknown_program(name)
+
+    def unknown_program(self, name: str) -> UnknownProgramError:
         known = ", ".join(self.programs) or "(none)"
         return UnknownProgramError(f"unknown program {name!r} (programs: {known})")
 
@@ -189,8 +232,69 @@ class Fleet:
             for task in tasks.values():
                 task.cancel()
 
-    def rebuild(self, config: Config, unchanged: list[str], scaled: list[str]) -> None:
-        """Take a reloaded ``config``: new instances, but for unchanged and scaled programs."""
+    async def remove(self, insts: list[Instance]) -> None:
+        """Stop ``insts`` for good: their pipes and log files are closed too."""
+        await self.stop_ordered(insts)
+        for inst in insts:
+            inst.close_io()
+
+    async def shutdown(self, timeout: float, note: Callable[[str], None]) -> list[Instance]:
+        """Stop everything, dependents first; after ``timeout``, SIGKILL what is left.
+
+        From now on nothing starts.  Returns the instances, all STOPPED.
+        """
+        import asyncio
+
+        insts = self.all()
+        self.closed = True
+        for inst in insts:
+            inst.no_restart = True
+        note("shutting down: stopping every program, dependents first")
+        graceful = self.host.aio_loop.create_task(self.stop_ordered(insts))
+        self._graceful = graceful
+        done, _ = await asyncio.wait({graceful}, timeout=timeout)
+        if not done:
+            note(f"shutdown_timeout ({timeout:g}s) passed: SIGKILL to what is left")
+        if not graceful.done():
+            graceful.cancel()
+        try:
+            await graceful
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # whatever it was, the SIGKILL pass below still runs
+            note(f"graceful stop failed: {type(exc).__name__}: {exc}")
+        await asyncio.gather(*(i.kill() for i in insts if i.state not in DOWN))
+        for inst in insts:
+            inst.close_io()
+        return insts
+
+    def hurry(self) -> bool:
+        """A second stop request: give up the graceful stops; False if there are none."""
+        if self._graceful is None or self._graceful.done():
+            return False
+        self._graceful.cancel()
+        return True
+
+    # -- reload and scale ------------------------------------------------------
+
+    async def reload(self, new: Config, report: ReloadReport) -> list[Instance]:
+        """Apply ``report`` (see :func:`compare`); return the instances to start now."""
+        added, removed, changed, unchanged, scaled = report
+        was_up = {name: any(i.state not in DOWN for i in self.programs[name]) for name in changed}
+        # Stop what goes away under the old config (its dependency order).
+        going = [i for name in (*removed, *changed) for i in self.programs[name]]
+        if going:
+            await self.remove(going)
+        self._rebuild(new._replace(supervisor=self.config.supervisor), unchanged, scaled)
+        return await self._grow(scaled, new) + [
+            i
+            for name in (*added, *changed)
+            if new.programs[name].autostart or was_up.get(name, False)
+            for i in self.programs[name]
+        ]
+
+    def _rebuild(self, config: Config, unchanged: list[str], scaled: list[str]) -> None:
+        """Take ``config``: new instances, but for the unchanged and scaled programs."""
         programs: dict[str, list[Instance]] = {}
         for name, prog in config.programs.items():
             if name in unchanged or name in scaled:
@@ -202,12 +306,22 @@ class Fleet:
                 programs[name] = self.new_instances(prog, 0)
         self.config = config
         self.programs = programs
+        self._on_change()
 
-    async def remove(self, insts: list[Instance]) -> None:
-        """Stop ``insts`` for good: their pipes and log files are closed too."""
-        await self.stop_ordered(insts)
-        for inst in insts:
-            inst.close_io()
+    async def _grow(self, scaled: list[str], new: Config) -> list[Instance]:
+        """Scale the programs whose numprocs changed; return the new instances meant to run."""
+        grown: list[Instance] = []
+        for name in scaled:
+            prog = new.programs[name]
+            before = len(self.programs[name])
+            kept = self.programs[name][: prog.numprocs]
+            touched = await self.resize(name, prog)
+            # New instances run if the program is meant to (autostart, or its others run).
+            if prog.numprocs > before and (
+                prog.autostart or any(i.state not in DOWN for i in kept)
+            ):
+                grown.extend(touched)
+        return grown
 
     async def resize(self, name: str, prog: ProgramConfig) -> list[Instance]:
         """Run ``prog.numprocs`` instances of ``name``; return the ones added or removed."""
@@ -219,7 +333,9 @@ class Fleet:
             victims = insts[n:]
             await self.remove(victims)
             del insts[n:]
+            self._on_change()
             return victims
         fresh = self.new_instances(prog, len(insts))
         insts.extend(fresh)
+        self._on_change()
         return fresh

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -83,11 +83,15 @@ class PreLoop:
 
 
 class Loops:
-    """The loop the supervisor's parts use: the pre-loop during prestart, then asyncio's."""
+    """The loop the supervisor's parts use: the pre-loop during prestart, then asyncio's.
+
+    It also holds the background tasks (asyncio keeps only weak references).
+    """
 
     def __init__(self) -> None:
         self._pre: PreLoop | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def taken(self) -> bool:
@@ -107,6 +111,21 @@ class Loops:
 
             self._aio = asyncio.get_running_loop()
         return self._aio
+
+    def background(
+        self, coro: Coroutine[Any, Any, Any], failed: Callable[[BaseException], None]
+    ) -> None:
+        """Run ``coro`` as a task kept until it ends; ``failed`` hears of its exception."""
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None:
+                failed(exc)
+
+        task = self.aio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(done)
 
     def use_preloop(self) -> None:
         self._pre = PreLoop()
