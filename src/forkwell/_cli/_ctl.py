@@ -26,7 +26,8 @@ from .._core._files import tail_bytes
 from .._core._proc import wait_gone
 from .._core._status import exit_label
 from .._exceptions import ControlRequestError, SupervisorUnreachableError
-from .._supervisor._control._server import ControlClient, find_socket
+from .._supervisor._control._client import ControlClient
+from .._supervisor._control._discovery import find_socket
 
 if TYPE_CHECKING:
     import argparse
