@@ -49,7 +49,6 @@ from .._core._process import Process, spawn
 from .._core._state import check
 from .._core._status import describe_exit, signal_name
 from .._exceptions import SpawnError
-from . import _probes
 from ._logs import Output
 from ._loop import resolve
 
@@ -61,6 +60,7 @@ if TYPE_CHECKING:
     from ._config import ProgramConfig
     from ._logs import LogFile
     from ._loop import Handle, Loop
+    from ._probes import Readiness
 
 
 class ProgramState(Enum):
@@ -138,9 +138,7 @@ class Instance:
         self.colour = 0
         self._started_mono = 0.0
         self._timer: Handle | None = None  # the backoff delay
-        self._readiness = _probes.Readiness(
-            host, self._ready, self._ready_timeout, self._probe_failed
-        )
+        self._readiness: Readiness | None = None  # made for the first start not by exec
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
         self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
@@ -260,7 +258,7 @@ class Instance:
         cfg = self.config
         env = self.host.child_env(self)
         if cfg.ready.kind == "notify":
-            self._readiness.listen(cfg.user, env)
+            self._readiness_of().listen(cfg.user, env)
         stdout, stderr = self.output.write_ends()
         identity = _identity(cfg.user, cfg.group, env)
         try:
@@ -280,7 +278,8 @@ class Instance:
             why = str(exc)
         except OSError as exc:  # e.g. EMFILE: out of fds
             why = f"cannot start: {exc.strerror or exc}"
-        self._readiness.close_notify()
+        if self._readiness is not None:
+            self._readiness.close_notify()
         self._failed_start(why)
         return None
 
@@ -289,7 +288,17 @@ class Instance:
         if self.config.ready.kind == "exec":
             self._ready("exec'd")
         else:
-            self._readiness.start(self.config, functools.partial(self.host.child_env, self))
+            self._readiness_of().start(self.config, functools.partial(self.host.child_env, self))
+
+    def _readiness_of(self) -> Readiness:
+        if self._readiness is None:
+            # Here: ``ready = "exec"`` programs, the quickest to start, never need it.
+            from ._probes import Readiness
+
+            self._readiness = Readiness(
+                self.host, self._ready, self._ready_timeout, self._probe_failed
+            )
+        return self._readiness
 
     def _probe_failed(self, why: str) -> None:
         self.message = why
@@ -330,7 +339,8 @@ class Instance:
             self._timer = None
 
     def _cancel_readiness(self) -> None:
-        self._readiness.cancel()
+        if self._readiness is not None:
+            self._readiness.cancel()
 
     def _failed_start(self, why: str) -> None:
         """Count a failed start: BACKOFF before the next attempt, or FATAL."""
