@@ -16,11 +16,12 @@ nothing happens (no timers tick in steady state):
 * SIGTERM/SIGINT shut down, SIGHUP reloads.
 
 :class:`Supervisor` orchestrates; its parts live in their own modules: the
-instances and their dependency order (:mod:`._fleet`), the children and
-their trees (:mod:`._tracking`), the event log (:mod:`._events`), what a
-child is spawned with (:mod:`._childenv`), the state file
-(:mod:`._statefile`), the watchdog (:mod:`._watchdog`) and the stand-in loop
-of :meth:`Supervisor.prestart` (:mod:`._preloop`).
+instances, their dependency order and reloads (:mod:`._fleet`), the
+children and their trees (:mod:`._tracking`), the event log
+(:mod:`._events`), what a child is spawned with (:mod:`._childenv`), what
+``run()`` takes of the process (:mod:`._session`: the state file, the
+watchdog, the subreaper flag) and the stand-in loop of
+:meth:`Supervisor.prestart` (:mod:`._preloop`).
 
 A SIGKILLed supervisor takes its programs along: its watchdog
 (:mod:`forkwell._supervisor._watchdog`) sees it die and kills every process carrying the

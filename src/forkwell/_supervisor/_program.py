@@ -29,6 +29,8 @@ plain callbacks, so a crash is handled and the replacement spawned in the
 same loop iteration that saw the exit.  Stopping is a coroutine because it
 waits for the whole tree.  The :class:`Supervisor` owns the loop, the
 reaping, tree scanning and the logs; the instance asks it through ``_Host``.
+What decides readiness is in :mod:`._probes`, its pipes and log files are an
+:class:`~forkwell._supervisor._logs.Output`.
 """
 
 from __future__ import annotations
