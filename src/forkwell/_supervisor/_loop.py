@@ -1,8 +1,9 @@
 """The loop the supervisor's parts register their fds and timers with, as a type.
 
-Spawning an instance and handling its exit ask a loop for readers and timers
-only.  asyncio's loop offers them, and so does the pre-loop that stands in for
-it while ``forkwell up`` spawns its first programs before asyncio is imported
+Spawning an instance and handling its exit ask a loop for readers, timers
+and the time only (the loop's clock: a test's fake clock moves it).
+asyncio's loop offers them, and so does the pre-loop that stands in for it
+while ``forkwell up`` spawns its first programs before asyncio is imported
 (:mod:`forkwell._supervisor._preloop`): both are a :class:`Loop`.  Futures and
 tasks need asyncio's loop itself, and code that makes them asks for that one.
 """
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
         def cancel(self) -> None: ...
 
     class Loop(Protocol):
-        """Readers and timers: the part of an event loop a spawn and an exit use."""
+        """Readers, timers and the time: the part of an event loop a spawn and an exit use."""
 
+        def time(self) -> float: ...
         def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
         def remove_reader(self, fd: int) -> bool: ...
         def call_soon(self, callback: Callable[..., object], *args: Any) -> Handle: ...

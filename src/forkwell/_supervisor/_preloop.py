@@ -65,11 +65,15 @@ class PreLoop:
     def remove_reader(self, fd: int) -> bool:
         return self.readers.pop(fd, None) is not None
 
+    def time(self) -> float:
+        """The clock of asyncio's loop, which replays these timers."""
+        return time.monotonic()
+
     def call_soon(self, callback: Callable[..., object], *args: Any) -> _PreTimer:
         return self.call_later(0.0, callback, *args)
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> _PreTimer:
-        timer = _PreTimer(time.monotonic() + delay, callback, args)
+        timer = _PreTimer(self.time() + delay, callback, args)
         self.timers.append(timer)
         return timer
 

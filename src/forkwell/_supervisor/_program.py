@@ -188,7 +188,7 @@ class Instance:
 
     def uptime(self) -> float:
         """Seconds since the current process was spawned (0 if none)."""
-        return 0.0 if self.proc is None else time.monotonic() - self._started_mono
+        return 0.0 if self.proc is None else self.host.loop.time() - self._started_mono
 
     # -- output --------------------------------------------------------------
 
@@ -250,7 +250,7 @@ class Instance:
             return
         self.proc = proc
         self.started_at = time.time()
-        self._started_mono = time.monotonic()
+        self._started_mono = self.host.loop.time()
         self.ready_at = None
         self.host.track(proc, self._on_exit)
         self._await_readiness()
@@ -381,7 +381,7 @@ class Instance:
             return  # the stopping coroutine finishes the job
         self._cancel_readiness()
         self.proc = None
-        uptime = time.monotonic() - self._started_mono
+        uptime = self.host.loop.time() - self._started_mono
         self.host.background(self._end_leftovers(proc))
         if self.state is S.STARTING:
             self._exited_starting(rc)
