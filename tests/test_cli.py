@@ -109,7 +109,7 @@ def test_the_cli_defaults_are_the_librarys() -> None:
     from forkwell._servers._forking import ForkingServer
     from forkwell._servers._prefork import PreforkServer
     from forkwell._supervisor._config import DEFAULT_FILE
-    from forkwell._supervisor._control._server import DEFAULT_CONFIG
+    from forkwell._supervisor._control._discovery import DEFAULT_CONFIG
     from forkwell._timeout import LEFTOVER_GRACE, run_timeout
 
     def default(func: object, name: str) -> object:

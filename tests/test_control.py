@@ -1,4 +1,4 @@
-"""The control socket and protocol layer (forkwell._supervisor._control._server), and the ctl CLI's own logic.
+"""The control socket and protocol layer (forkwell._supervisor._control), and the ctl CLI's own logic.
 
 These tests drive a real ``ControlServer`` on a real Unix socket, served by a
 real asyncio loop in a thread, but with a small in-test double of the
@@ -37,7 +37,7 @@ from forkwell._cli._ctl import format_bytes, format_uptime
 from forkwell._core._files import tail_bytes as tail_lines
 from forkwell._core._status import exit_label
 from forkwell._exceptions import UnknownProgramError
-from forkwell._supervisor._control import _server as _control
+from forkwell._supervisor._control import _discovery, _server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -200,7 +200,7 @@ class Served:
         self.sup = sup
         self.path = path
         self.loop = asyncio.new_event_loop()
-        self.server = _control.ControlServer(sup, path, **kwargs)  # type: ignore[arg-type]
+        self.server = _server.ControlServer(sup, path, **kwargs)  # type: ignore[arg-type]
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(self.server.start())
@@ -280,14 +280,14 @@ def test_refuses_a_directory_others_can_write(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    server = _control.ControlServer(FakeSupervisor(tmp_path), shared / "ctl.sock")  # type: ignore[arg-type]
+    server = _server.ControlServer(FakeSupervisor(tmp_path), shared / "ctl.sock")  # type: ignore[arg-type]
     with pytest.raises(forkwell.ControlSocketError, match="writable by other users"):
         asyncio.run(server.start())
     assert not (shared / "ctl.sock").exists()
 
 
 def test_a_second_server_on_a_live_socket_is_refused_and_keeps_the_first(served: Served) -> None:
-    second = _control.ControlServer(served.sup, served.path)  # type: ignore[arg-type]
+    second = _server.ControlServer(served.sup, served.path)  # type: ignore[arg-type]
 
     async def start_then_close() -> None:
         # What Supervisor.run() does: close() in its finally, also after a failed start().
@@ -331,7 +331,7 @@ def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
 def test_a_regular_file_in_the_way_is_not_deleted(tmp_path: Path) -> None:
     path = tmp_path / "ctl.sock"
     path.write_text("precious")
-    server = _control.ControlServer(FakeSupervisor(tmp_path), path)  # type: ignore[arg-type]
+    server = _server.ControlServer(FakeSupervisor(tmp_path), path)  # type: ignore[arg-type]
     with pytest.raises(forkwell.ControlSocketError, match="non-socket"):
         asyncio.run(server.start())
     assert path.read_text() == "precious"
@@ -735,7 +735,7 @@ def test_find_socket_agrees_with_the_config_loader(tmp_path: Path, setting: str 
     sup = "" if setting is None else f"[supervisor]\nsocket = {setting}\n\n"
     cfg.write_text(f'# fleet\n{sup}[programs.web]\ncommand = "true"\n')
     expected = str(forkwell.load_config(cfg).supervisor.socket)
-    assert _control.find_socket(None, str(cfg), env={}) == expected
+    assert _discovery.find_socket(None, str(cfg), env={}) == expected
 
 
 @pytest.mark.parametrize(
@@ -749,28 +749,28 @@ def test_find_socket_agrees_with_the_config_loader(tmp_path: Path, setting: str 
 def test_unusual_toml_falls_back_to_a_real_parse(tmp_path: Path, text: str) -> None:
     cfg = tmp_path / "forkwell.toml"
     cfg.write_text(text)
-    with pytest.raises(_control._Unsure):
-        _control.scan_socket_setting(text)
+    with pytest.raises(_discovery._Unsure):
+        _discovery.scan_socket_setting(text)
     expected = str(forkwell.load_config(cfg).supervisor.socket)
-    assert _control.find_socket(None, str(cfg), env={}) == expected
+    assert _discovery.find_socket(None, str(cfg), env={}) == expected
 
 
 def test_socket_option_beats_environment_beats_config(tmp_path: Path) -> None:
     cfg = tmp_path / "forkwell.toml"
     cfg.write_text('[supervisor]\nsocket = "from-config.sock"\n')
     env = {"FORKWELL_SOCKET": str(tmp_path / "from-env.sock")}
-    assert _control.find_socket(str(tmp_path / "opt.sock"), str(cfg), env) == str(
+    assert _discovery.find_socket(str(tmp_path / "opt.sock"), str(cfg), env) == str(
         tmp_path / "opt.sock"
     )
-    assert _control.find_socket(None, str(cfg), env) == str(tmp_path / "from-env.sock")
-    assert _control.find_socket(None, str(cfg), {}) == str(tmp_path / "from-config.sock")
+    assert _discovery.find_socket(None, str(cfg), env) == str(tmp_path / "from-env.sock")
+    assert _discovery.find_socket(None, str(cfg), {}) == str(tmp_path / "from-config.sock")
 
 
 def test_a_broken_config_still_finds_the_socket(tmp_path: Path) -> None:
     """After a refused reload the file on disk is invalid, but ps must still work."""
     cfg = tmp_path / "forkwell.toml"
     cfg.write_text('[supervisor]\nsocket = "s.sock"\n[programs.web]\nready = "tcp:x"\n')
-    assert _control.find_socket(None, str(cfg), {}) == str(tmp_path / "s.sock")
+    assert _discovery.find_socket(None, str(cfg), {}) == str(tmp_path / "s.sock")
 
 
 # -- the CLI against the served socket --------------------------------------------------

@@ -20,11 +20,8 @@ from typing import Any
 from .._core._proc import wait_gone
 from .._core._status import exit_label
 from .._exceptions import ControlRequestError, SupervisorUnreachableError
-from .._supervisor._control._server import ControlClient
-
-# isort: split
-# One line each: the client and the socket discovery are moving to modules of their own.
-from .._supervisor._control._server import find_socket
+from .._supervisor._control._client import ControlClient
+from .._supervisor._control._discovery import find_socket
 from ._options import (
     CONFIG,
     FLOAT,
