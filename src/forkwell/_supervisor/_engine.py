@@ -322,6 +322,11 @@ class Supervisor:
         if n < 0:
             raise ValueError(f"cannot scale {program} to {n} instances (must be >= 0)")
         prog = self.config.programs[program]._replace(numprocs=n)
+        if n > 1 and len(set(prog.instance_names())) < n:
+            raise ValueError(
+                f"cannot scale {program} to {n} instances: its instance_name "
+                f"{prog.instance_name!r} has no {{index}} or {{number}}"
+            )
         self.config = self.config._replace(programs={**self.config.programs, program: prog})
         before = len(programs[program])
         self._note(f"scale {program} from {before} to {n}")
