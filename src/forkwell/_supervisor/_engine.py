@@ -102,6 +102,8 @@ class Supervisor:
 
     def __init__(self, config: Config, *, quiet: bool = False) -> None:
         self.config_path: Path = config.path
+        # How reload reads the config again: forkwell.toml, or the format it came in.
+        self.reader: Callable[[Path], Config] = load_config
         self.socket_path: Path = config.supervisor.socket
         self.quiet = quiet
         self._loops = Loops()
@@ -298,7 +300,7 @@ class Supervisor:
         only change is ``numprocs`` is scaled in place; changed programs are
         restarted with the new settings; removed ones are stopped.
         """
-        new = load_config(self.config_path)
+        new = self.reader(self.config_path)
         report = compare(self.config, new)
         added, removed, changed, _, scaled = report
         self._note(
