@@ -43,7 +43,7 @@ _PLAIN = re.compile(r"[\t\n\r !#-&(-\[\]-~]*")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 DEFAULT_INSTANCE_NAME = "{program}:{index}"
-_INSTANCE_FIELDS = ("program", "index", "number", "group")
+_INSTANCE_FIELDS = ("program", "index", "number", "process_group")
 _READY_FORMS = "'exec', 'notify', 'tcp:HOST:PORT', 'delay:SECONDS' or 'cmd:COMMAND'"
 
 
@@ -82,7 +82,7 @@ class ProgramConfig(NamedTuple):
     log_max_bytes: int
     log_backups: int
     priority: int
-    group: str | None
+    process_group: str | None
     instance_name: str
     port: int | None
     name_variables: tuple[str, ...]
@@ -96,7 +96,8 @@ class ProgramConfig(NamedTuple):
         if self.instance_name == DEFAULT_INSTANCE_NAME:
             return f"{self.name}:{index}"
         return self.instance_name.format(
-            program=self.name, index=index, number=index + 1, group=self.group or self.name
+            program=self.name, index=index, number=index + 1,
+            process_group=self.process_group or self.name,
         )
 
     def instance_names(self) -> list[str]:
@@ -377,7 +378,7 @@ def _group_name(value: Any, ctx: _Context) -> str:
 
 def _instance_name(value: Any, ctx: _Context) -> str:
     text = _str(value, ctx)
-    fields = {"program": "p", "index": 0, "number": 1, "group": "g"}
+    fields = {"program": "p", "index": 0, "number": 1, "process_group": "g"}
     expected = "expected a name like '{program}.{number}' (fields: " + ", ".join(
         "{" + f + "}" for f in _INSTANCE_FIELDS) + ")"
     try:
@@ -446,11 +447,11 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         "rotated files kept (NAME.0.stdout.log.1 is the newest)"),
     Key("priority", "integer", _int, 999,
         "lower starts first and stops last (supervisord's); dependencies still come first"),
-    Key("group", "string", _group_name, None,
-        "a group name: the control commands take GROUP and GROUP:* for all its programs"),
+    Key("process_group", "string", _group_name, None,
+        "supervisord's group: the control commands take GROUP and GROUP:* for all its programs"),
     Key("instance_name", "string", _instance_name, DEFAULT_INSTANCE_NAME,
         "how instances are named: '{program}', '{index}' (from 0), '{number}' (from 1), "
-        "'{group}'; e.g. '{program}.{number}' for honcho's web.1"),
+        "'{process_group}'; e.g. '{program}.{number}' for honcho's web.1"),
     Key("port", "integer", _port, None,
         "instance I gets PORT=port+I in its environment (foreman's and honcho's PORT)"),
     Key("name_variables", "array", _variable_names, [],
@@ -557,10 +558,10 @@ def _programs(
 def _naming_errors(programs: Mapping[str, ProgramConfig]) -> list[str]:
     """Instance names that repeat, or that a program's or group's name would shadow."""
     errors: list[str] = []
-    groups = {p.group: p.name for p in programs.values() if p.group is not None}
-    for name, group in groups.items():
-        if name in programs and programs[name].group != name:
-            errors.append(f"programs.{group}.group: {name!r} is also a program's name")
+    groups = {p.process_group: p.name for p in programs.values() if p.process_group is not None}
+    for name, member in groups.items():
+        if name in programs and programs[name].process_group != name:
+            errors.append(f"programs.{member}.process_group: {name!r} is also a program's name")
     owners: dict[str, str] = {}
     for prog in programs.values():
         key = f"programs.{prog.name}.instance_name"
@@ -571,10 +572,10 @@ def _naming_errors(programs: Mapping[str, ProgramConfig]) -> list[str]:
         for inst in prog.instance_names():
             other = owners.setdefault(inst, prog.name)
             shadowed = inst in programs and inst != prog.name
-            shadowed |= inst in groups and inst != prog.group
+            shadowed |= inst in groups and inst != prog.process_group
             if other != prog.name or shadowed:
-                errors.append(f"{key}: instance name {inst!r} is also the name of "
-                              f"{'program ' + other if other != prog.name else 'a program or group'}")
+                owner = f"program {other}" if other != prog.name else "a program or group"
+                errors.append(f"{key}: instance name {inst!r} is also the name of {owner}")
                 break
     return errors
 

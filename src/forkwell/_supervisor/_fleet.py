@@ -162,7 +162,7 @@ class Fleet:
 
     def group(self, name: str) -> list[Instance]:
         """Every instance of the programs whose ``group`` is ``name``."""
-        return [i for insts in self.programs.values() for i in insts if i.config.group == name]
+        return [i for i in self.all() if i.config.process_group == name]
 
     def _unknown(self, name: str) -> UnknownProgramError:
         program, colon, _ = name.partition(":")
@@ -178,7 +178,7 @@ class Fleet:
 
     def unknown_program(self, name: str) -> UnknownProgramError:
         known = ", ".join(self.programs) or "(none)"
-        groups = sorted({i.config.group for i in self.all() if i.config.group})
+        groups = sorted({i.config.process_group for i in self.all() if i.config.process_group})
         also = f"; groups: {', '.join(groups)}" if groups else ""
         return UnknownProgramError(f"unknown program {name!r} (programs: {known}{also})")
 

@@ -37,7 +37,8 @@ class Reading:
         self.errors: list[str] = []
 
     def error(self, where: str, message: str) -> None:
-        self.errors.append(f"{self.label}: {where}: {message}" if where else f"{self.label}: {message}")
+        head = f"{self.label}: {where}" if where else self.label
+        self.errors.append(f"{head}: {message}")
 
     def ignore(self, what: str) -> None:
         """``what`` has no forkwell meaning: said once, by name."""
@@ -45,7 +46,7 @@ class Reading:
             self.ignored.append(what)
 
     def program(self, name: str) -> dict[str, Any]:
-        programs: dict[str, Any] = self.data["programs"]
+        programs: dict[str, dict[str, Any]] = self.data["programs"]
         return programs.setdefault(name, {})
 
     def put(self, path: str, value: Any, origin: str, note: str = "") -> None:

@@ -11,6 +11,7 @@ is reported once, by name; what maps with a difference says so in
 
 from __future__ import annotations
 
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def _text(value: Any, where: str) -> str:
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise _Bad(f"{where}: expected a number, got {value!r}")
     return float(value)
 
@@ -129,8 +130,10 @@ def _env_cmds(value: Any, directory: Path) -> dict[str, str]:
     for key, command in _mapping(value, "env_cmds").items():
         text = _text(command, f"env_cmds.{key}")
         try:
-            done = subprocess.run([*SHELL, text], capture_output=True, text=True, cwd=directory,
-                                  timeout=ENV_CMD_TIMEOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+            done = subprocess.run(
+                [*SHELL, text], capture_output=True, text=True, cwd=directory,
+                timeout=ENV_CMD_TIMEOUT, stdin=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise _Bad(f"env_cmds.{key}: {text!r} failed: {exc}") from None
         if done.returncode != 0:

@@ -120,8 +120,8 @@ def read(path: Path, label: str, environ: Mapping[str, str] | None = None) -> Im
     for section in ini.sections():
         kind, _, name = section.partition(":")
         if kind == "program":
-            _program(ini, section, name, groups.get(name, (name, None)), {**base, **env},
-                     global_env, reading)  # fmt: skip
+            names = {**base, **env}
+            _program(ini, section, groups.get(name, (name, None)), (names, global_env), reading)
         elif kind == "fcgi-program":
             reading.error(f"[{section}]", "forkwell does not open FastCGI sockets for its "
                           "programs; run it as a [program:x] that opens its own socket")
@@ -257,14 +257,21 @@ def _environment(text: str, where: str, reading: Reading) -> dict[str, str]:
     return out
 
 
-def _program(ini: _Sections, section: str, name: str, group: tuple[str, str | None],
-             names: dict[str, Any], global_env: Mapping[str, str], reading: Reading) -> None:  # fmt: skip
-    """Every process of ``[program:name]``: one forkwell program of one instance each."""
+def _program(ini: _Sections, section: str, group: tuple[str, str | None],
+             env: tuple[dict[str, Any], Mapping[str, str]], reading: Reading) -> None:  # fmt: skip
+    """Every process of ``[program:name]``: one forkwell program of one instance each.
+
+    ``env``: the expansions so far, and ``[supervisord] environment``.
+    """
     from ._supervisord_program import Process, processes
 
+    name = section.partition(":")[2]
+    names, global_env = env
     for key in ini.keys(section):
         if key in UNMAPPED_PROGRAM_KEYS:
             reading.ignore(f"[{section}] {key}: ignored (no forkwell equivalent)")
+        elif key in ("stopasgroup", "killasgroup"):
+            reading.ignore(f"[{section}] {key}: accepted; forkwell always stops the whole tree")
         elif key not in PROGRAM_KEYS:
             reading.ignore(f"[{section}] {key}: ignored (supervisord does not know it either)")
     values = {key: ini.get(section, key) for key in ini.keys(section)}

@@ -45,7 +45,7 @@ class Process(NamedTuple):
     def put(self, reading: Reading, section: str, program: str) -> None:
         prefix = f"programs.{program}"
         reading.origins[prefix] = f"[{section}]"
-        reading.put(f"{prefix}.group", self.group, f"[{section}]")
+        reading.put(f"{prefix}.process_group", self.group, f"[{section}]")
         reading.put(f"{prefix}.instance_name", self.namespec.replace("{", "{{").replace("}", "}}"),
                     f"[{section}] process_name", "supervisorctl's name for it")  # fmt: skip
         for key, value in self.values.items():
@@ -160,14 +160,15 @@ def processes(section: str, values: Mapping[str, str | None], common: dict[str, 
     for num in range(start, start + numprocs):
         names = common  # supervisord extends this one dict as it goes: so do we
         names.update(process_num=num, numprocs=numprocs)
-        env = _expanded_env(env_text, names, section, parse_environment)
+        env = _expanded_env(env_text, names, parse_environment)
         names.update({f"ENV_{k}": v for k, v in env.items()})
         found.append(_process(get, section, process_name, fixed, {**global_env, **env}))
     return found
 
 
-def _expanded_env(text: str, names: Mapping[str, Any], section: str,
-                  parse: Callable[[str, str, Reading], dict[str, str]]) -> dict[str, str]:  # fmt: skip
+def _expanded_env(
+    text: str, names: Mapping[str, Any], parse: Callable[[str, str, Reading], dict[str, str]]
+) -> dict[str, str]:
     from ._supervisord import expand
 
     try:
