@@ -24,13 +24,13 @@ import configparser
 import glob
 import os
 import re
-import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..._exceptions import ConfigError
 from ._common import Imported, Reading, read_text
+from ._supervisord_program import Process, expand, parse_environment, processes
 
 TRUTHY = ("yes", "true", "on", "1")
 FALSY = ("no", "false", "off", "0")
@@ -136,18 +136,6 @@ def read(path: Path, label: str, environ: Mapping[str, str] | None = None) -> Im
     return reading.done()
 
 
-def expand(value: str, names: Mapping[str, Any], where: str) -> str:
-    """supervisord's expansion: ``value % names``, its errors in supervisord's words."""
-    try:
-        return value % names
-    except KeyError as exc:
-        raise ValueError(
-            f"format string {value!r} contains names ({exc}) which cannot be expanded; "
-            f"available names: {', '.join(sorted(names))}"
-        ) from None
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"format string {value!r} is badly formatted: {exc}") from None
-
 
 def _includes(ini: _Sections, path: Path, names: Mapping[str, Any], reading: Reading) -> None:
     """``[include] files``: every glob relative to the including file, sorted, once."""
@@ -190,7 +178,7 @@ def _supervisord(ini: _Sections, names: Mapping[str, Any], reading: Reading) -> 
             elif key == "childlogdir":
                 reading.put("supervisor.log_dir", value, f"[{section}] childlogdir")
             elif key == "environment":
-                out = _environment(value, f"[{section}] environment", reading)
+                out = parse_environment(value, f"[{section}] environment", reading)
             elif key in SUPERVISORD_KEYS:
                 reading.ignore(f"[{section}] {key}: {SUPERVISORD_KEYS[key]}")
             else:
@@ -237,25 +225,6 @@ def _value(ini: _Sections, section: str, key: str, names: Mapping[str, Any],
         return None
 
 
-def _environment(text: str, where: str, reading: Reading) -> dict[str, str]:
-    """supervisord's ``KEY="value",KEY2=value2`` (shell-like quotes allow commas)."""
-    lexer = shlex.shlex(text)
-    lexer.wordchars += "/.+-():"
-    try:
-        tokens = list(lexer)
-    except ValueError as exc:
-        reading.error(where, f"cannot parse {text!r}: {exc}")
-        return {}
-    out: dict[str, str] = {}
-    for i in range(0, len(tokens), 4):
-        triple = tokens[i : i + 3]
-        if len(triple) != 3 or triple[1] != "=" or (i + 3 < len(tokens) and tokens[i + 3] != ","):
-            reading.error(where, f"unexpected end of key/value pairs in value {text!r} "
-                          "(expected KEY=\"value\",KEY2=\"value2\")")  # fmt: skip
-            return {}
-        out[triple[0]] = triple[2].strip("'\"")
-    return out
-
 
 def _program(ini: _Sections, section: str, group: tuple[str, str | None],
              env: tuple[dict[str, Any], Mapping[str, str]], reading: Reading) -> None:  # fmt: skip
@@ -263,8 +232,6 @@ def _program(ini: _Sections, section: str, group: tuple[str, str | None],
 
     ``env``: the expansions so far, and ``[supervisord] environment``.
     """
-    from ._supervisord_program import Process, processes
-
     name = section.partition(":")[2]
     names, global_env = env
     for key in ini.keys(section):

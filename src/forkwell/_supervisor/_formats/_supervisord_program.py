@@ -10,6 +10,7 @@ is a ``ValueError("KEY: what is wrong")``.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -26,6 +27,39 @@ _LOG_NOTES = {
     "auto": "",
     "syslog": "forkwell does not log to syslog: it writes log_dir/NAME.0.STREAM.log",
 }
+
+
+def expand(value: str, names: Mapping[str, Any], where: str) -> str:
+    """supervisord's expansion: ``value % names``, its errors in supervisord's words."""
+    try:
+        return value % names
+    except KeyError as exc:
+        raise ValueError(
+            f"format string {value!r} contains names ({exc}) which cannot be expanded; "
+            f"available names: {', '.join(sorted(names))}"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"format string {value!r} is badly formatted: {exc}") from None
+
+
+def parse_environment(text: str, where: str, reading: Reading) -> dict[str, str]:
+    """supervisord's ``KEY="value",KEY2=value2`` (shell-like quotes allow commas)."""
+    lexer = shlex.shlex(text)
+    lexer.wordchars += "/.+-():"
+    try:
+        tokens = list(lexer)
+    except ValueError as exc:
+        reading.error(where, f"cannot parse {text!r}: {exc}")
+        return {}
+    out: dict[str, str] = {}
+    for i in range(0, len(tokens), 4):
+        triple = tokens[i : i + 3]
+        if len(triple) != 3 or triple[1] != "=" or (i + 3 < len(tokens) and tokens[i + 3] != ","):
+            reading.error(where, f"unexpected end of key/value pairs in value {text!r} "
+                          "(expected KEY=\"value\",KEY2=\"value2\")")  # fmt: skip
+            return {}
+        out[triple[0]] = triple[2].strip("'\"")
+    return out
 
 
 class Process(NamedTuple):
@@ -110,15 +144,13 @@ class _Getter:
         self.names = names
 
     def __call__(self, key: str, default: str | None, kind: Callable[[str], Any] = str,
-                 expand: bool = True) -> Any:  # fmt: skip
-        from ._supervisord import expand as expand_value
-
+                 expanding: bool = True) -> Any:  # fmt: skip
         raw = self.values.get(key)
         text = default if raw is None else raw
         if text is None:
             return None
         try:
-            return kind(expand_value(text, self.names, key) if expand else text)
+            return kind(expand(text, self.names, key) if expanding else text)
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
 
@@ -126,8 +158,6 @@ class _Getter:
 def processes(section: str, values: Mapping[str, str | None], common: dict[str, Any],
               global_env: Mapping[str, str]) -> list[Process]:  # fmt: skip
     """Every process of the program, in supervisord's order of reading and typing."""
-    from ._supervisord import _environment as parse_environment
-
     get = _Getter(values, common)
     fixed: dict[str, Any] = {
         "priority": get("priority", "999", _integer),
@@ -145,12 +175,12 @@ def processes(section: str, values: Mapping[str, str | None], common: dict[str, 
         raise ValueError("killasgroup: cannot set stopasgroup=true and killasgroup=false")
     numprocs = get("numprocs", "1", _integer)
     start = get("numprocs_start", "0", _integer)
-    env_text = get("environment", "", expand=False)
+    env_text = get("environment", "", expanding=False)
     for key, kind in (("user", str), ("umask", _umask)):
         value = get(key, None, kind)
         if value is not None:
             fixed[key] = value
-    process_name = get("process_name", "%(program_name)s", expand=False)
+    process_name = get("process_name", "%(program_name)s", expanding=False)
     if numprocs > 1 and "%(process_num)" not in process_name:
         raise ValueError("process_name: %(process_num) must be present within process_name "
                          "when numprocs > 1")
@@ -169,8 +199,6 @@ def processes(section: str, values: Mapping[str, str | None], common: dict[str, 
 def _expanded_env(
     text: str, names: Mapping[str, Any], parse: Callable[[str, str, Reading], dict[str, str]]
 ) -> dict[str, str]:
-    from ._supervisord import expand
-
     try:
         expanded = expand(text, names, "environment")
     except ValueError as exc:
@@ -185,8 +213,6 @@ def _expanded_env(
 def _process(get: _Getter, section: str, process_name: str, fixed: Mapping[str, Any],
              env: Mapping[str, str]) -> Process:  # fmt: skip
     """One process: what is expanded per process, and the environment supervisord gives it."""
-    from ._supervisord import expand
-
     try:
         name = expand(process_name, get.names, "process_name").strip()
     except ValueError as exc:
