@@ -20,6 +20,7 @@ docs/formats.md.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import glob
 import os
@@ -84,7 +85,11 @@ class _Sections:
                                f"got {exc.line.strip()!r}"]) from None  # fmt: skip
         except configparser.ParsingError as exc:
             line, bad = exc.errors[0]
-            raise ConfigError([f"{label}: line {line}: cannot parse {bad.strip()!r} "
+            try:  # the line, as repr() shows it (Python 3.11 and 3.12)
+                bad = ast.literal_eval(bad)
+            except (ValueError, SyntaxError):
+                pass
+            raise ConfigError([f"{label}: line {line}: cannot parse {str(bad).strip()!r} "
                                "(expected 'key = value')"]) from None  # fmt: skip
         except configparser.Error as exc:
             raise ConfigError([f"{label}: {exc.message.splitlines()[0]}"]) from None
@@ -117,7 +122,7 @@ def read(path: Path, label: str, environ: Mapping[str, str] | None = None) -> Im
     global_env = _supervisord(ini, {**base, **env}, reading)
     env.update({f"ENV_{k}": v for k, v in global_env.items()})
     groups = _groups(ini, reading)
-    for section in ini.sections():
+    for section in _in_supervisords_order(ini, groups):
         kind, _, name = section.partition(":")
         if kind == "program":
             names = {**base, **env}
@@ -135,6 +140,30 @@ def read(path: Path, label: str, environ: Mapping[str, str] | None = None) -> Im
         reading.error("", "no [program:x] section")
     return reading.done()
 
+
+
+def _in_supervisords_order(
+    ini: _Sections, groups: Mapping[str, tuple[str, str | None]]
+) -> list[str]:
+    """Sections with ``[program:x]`` as supervisord orders them: by group priority and name,
+    then by program priority and name (a value that is no integer sorts as 999: its error
+    is reported where it is read)."""
+
+    def number(text: str | None) -> int:
+        try:
+            return int(text or "999")
+        except ValueError:
+            return 999
+
+    def key(section: str) -> tuple[int, str, int, str]:
+        name = section.partition(":")[2]
+        group, group_priority = groups.get(name, (name, None))
+        priority = number(ini.get(section, "priority"))
+        own = number(group_priority) if group != name else priority
+        return (own, group, priority, name)
+
+    programs = [s for s in ini.sections() if s.startswith("program:")]
+    return sorted(programs, key=key) + [s for s in ini.sections() if s not in programs]
 
 
 def _includes(ini: _Sections, path: Path, names: Mapping[str, Any], reading: Reading) -> None:
