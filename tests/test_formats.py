@@ -365,3 +365,20 @@ def test_the_readme_procfile_tour(tmp_path: Path) -> None:
     lines = out.splitlines()
     assert any(line.endswith(" web.1    | web listening on 5000") for line in lines), out
     assert any(line.endswith(" worker.1 | worker worker.1") for line in lines), out
+
+
+def test_a_program_that_exits_before_autostart_is_not_started_again(tmp_path: Path) -> None:
+    """prestart() spawns exec-ready programs before the loop; one that has exited by the time
+    autostart runs was handled by its restart policy (a Procfile's: never), not run twice."""
+    (tmp_path / "forkwell.toml").write_text(textwrap.dedent("""\
+        [programs.web]
+        command = "sleep 1000"
+        [programs.once]
+        command = ["sh", "-c", "echo ran; exit 3"]
+        restart = "never"
+        min_uptime = 0
+    """))
+    up = fw("up", "--exit-after", "1.5", cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.count("| ran") == 1, up.stdout
+    assert "once:0 RUNNING -> EXITED (exited with status 3" in up.stdout

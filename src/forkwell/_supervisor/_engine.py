@@ -479,7 +479,10 @@ class Supervisor:
 
     async def _autostart(self) -> None:
         """Start every autostart instance; report, and tell a waiting caller we are up."""
-        auto = [i.name for i in self._all() if i.config.autostart]
+        # One that prestart() spawned may have exited already: its exit was
+        # handled by its restart policy; starting it here would run a
+        # restart = "never" program (a Procfile's) twice.
+        auto = [i.name for i in self._all() if i.config.autostart and i.state is not S.EXITED]
         results = await self.start(auto) if auto else []
         failed = [r for r in results if not r.ok]
         for r in failed:
