@@ -192,6 +192,9 @@ def test_supervisord_groups_and_environment_quoting(tmp_path: Path) -> None:
     assert api.environment["SPACES"] == "a b" and api.environment["COMMA"] == "x,y"
     assert api.environment["SUPERVISOR_GROUP_NAME"] == "web"
     assert config.programs["solo"].user == getpass.getuser()
+    # [supervisord] umask is supervisord's own, which every program inherits
+    assert {p.umask for p in config.programs.values()} == {0o027}
+    assert not [i for i in load(d / "supervisord.conf").ignored if "nodaemon" in i or "umask" in i]
 
 
 # -- process-compose.yaml ------------------------------------------------------------------

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import configparser
 import getpass
 import os
 import shlex
@@ -106,7 +107,8 @@ def test_honcho_and_forkwell_give_each_process_the_same_environment(
     assert ours["worker.1"]["GREETING"] == "hello world"
 
 
-def _supervisor_processes(conf: Path) -> dict[str, object]:
+def _supervisor_processes(conf: Path) -> tuple[dict[str, object], int | None]:
+    """supervisord's processes by supervisorctl name, and its own umask (they inherit it)."""
     options = supervisor_options.ServerOptions()
     options.configfile = str(conf)
     options.here = str(conf.parent)
@@ -120,7 +122,10 @@ def _supervisor_processes(conf: Path) -> dict[str, object]:
         for p in sorted(group.process_configs, key=lambda p: p.priority):
             name = p.name if p.name == group.name else f"{group.name}:{p.name}"
             found[name] = (group.name, p)
-    return found
+    # supervisord sets its umask to 022 when none is given; forkwell then leaves it alone.
+    told = configparser.RawConfigParser(strict=False)
+    told.read(conf)
+    return found, section.umask if told.has_option("supervisord", "umask") else None
 
 
 @pytest.mark.parametrize("name", ["supervisord-sample", "supervisord-include",
@@ -134,7 +139,7 @@ def test_supervisor_options_and_forkwell_compute_the_same_processes(
     for sub in ("logs", "run"):
         (d / sub).mkdir(exist_ok=True)
     conf = d / "supervisord.conf"
-    theirs = _supervisor_processes(conf)
+    theirs, daemon_umask = _supervisor_processes(conf)
     ours = {p.instance_names()[0]: p for p in load(conf).config.programs.values()}
     assert list(ours) == list(theirs)  # the same names, numprocs, in the same order
     for spec, (group, p) in theirs.items():
@@ -153,7 +158,7 @@ def test_supervisor_options_and_forkwell_compute_the_same_processes(
         assert mine.start_retries == p.startretries + 1
         assert mine.success_exit_codes == frozenset(p.exitcodes)
         assert mine.redirect_stderr == p.redirect_stderr
-        assert mine.umask == p.umask
+        assert mine.umask == (daemon_umask if p.umask is None else p.umask)
         if p.directory is not None:
             assert mine.directory == Path(p.directory).resolve()
         assert mine.user == (None if p.uid is None else getpass.getuser())

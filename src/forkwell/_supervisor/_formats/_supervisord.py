@@ -31,7 +31,7 @@ from typing import Any
 
 from ..._exceptions import ConfigError
 from ._common import Imported, Reading, read_text
-from ._supervisord_program import Process, expand, parse_environment, processes
+from ._supervisord_program import Process, expand, octal_umask, parse_environment, processes
 
 TRUTHY = ("yes", "true", "on", "1")
 FALSY = ("no", "false", "off", "0")
@@ -53,9 +53,8 @@ UNMAPPED_PROGRAM_KEYS = frozenset({
 SUPERVISORD_KEYS = {
     "childlogdir": "log_dir: every instance's log files go there",
     "environment": "added to every program's environment",
-    "nodaemon": "forkwell up runs in the foreground; --detach daemonizes",
+    "nodaemon": "forkwell up stays in the foreground unless given --detach",
     "logfile": "forkwell writes its own log to log_dir/forkwell.log",
-    "umask": "the umask of every program that sets none",
 }
 # Sections whose keys all have no forkwell meaning, and why.
 IGNORED_SECTIONS = {
@@ -138,7 +137,20 @@ def read(path: Path, label: str, environ: Mapping[str, str] | None = None) -> Im
             reading.ignore(f"[{section}]: ignored ({why})")
     if not reading.data["programs"] and not reading.errors:
         reading.error("", "no [program:x] section")
+    umask = reading.data["supervisor"].pop("umask", None)
+    for name, table in reading.data["programs"].items():
+        if umask is not None and "umask" not in table:
+            reading.put(f"programs.{name}.umask", umask, "[supervisord] umask",
+                        "supervisord's own umask, which its programs inherit")
     return reading.done()
+
+
+def _default_umask(value: str, reading: Reading) -> None:
+    """``[supervisord] umask``: kept aside until the programs are read (they inherit it)."""
+    try:
+        reading.data["supervisor"]["umask"] = octal_umask(value)
+    except ValueError as exc:
+        reading.error("[supervisord] umask", str(exc))
 
 
 
@@ -198,21 +210,27 @@ def _supervisord(ini: _Sections, names: Mapping[str, Any], reading: Reading) -> 
             if value is None:
                 continue
             if section == "unix_http_server":
-                if key == "file":
-                    reading.put("supervisor.socket", value, f"[{section}] file",
-                                "supervisord's socket path; forkwell's protocol is its own")
-                else:
-                    reading.ignore(f"[{section}] {key}: ignored (the socket is 0600, "
-                                   "checked with SO_PEERCRED)")
+                _socket_key(key, value, reading)
             elif key == "childlogdir":
                 reading.put("supervisor.log_dir", value, f"[{section}] childlogdir")
             elif key == "environment":
                 out = parse_environment(value, f"[{section}] environment", reading)
-            elif key in SUPERVISORD_KEYS:
-                reading.ignore(f"[{section}] {key}: {SUPERVISORD_KEYS[key]}")
+            elif key == "umask":
+                _default_umask(value, reading)
+            elif key == "nodaemon" and value.strip().lower() in TRUTHY:
+                pass  # what forkwell up does anyway: nothing to say
             else:
-                reading.ignore(f"[{section}] {key}: ignored")
+                reading.ignore(f"[{section}] {key}: {SUPERVISORD_KEYS.get(key, 'ignored')}")
     return out
+
+
+def _socket_key(key: str, value: str, reading: Reading) -> None:
+    if key == "file":
+        reading.put("supervisor.socket", value, "[unix_http_server] file",
+                    "supervisord's socket path; forkwell's protocol is its own")
+    else:
+        reading.ignore(f"[unix_http_server] {key}: ignored (the socket is 0600, "
+                       "checked with SO_PEERCRED)")
 
 
 def _groups(ini: _Sections, reading: Reading) -> dict[str, tuple[str, str | None]]:

@@ -128,7 +128,7 @@ def _restart(text: str) -> str:
         raise ValueError(f"invalid 'autorestart' value {text.lower()!r}") from None
 
 
-def _umask(text: str) -> str:
+def octal_umask(text: str) -> str:
     try:
         int(text, 8)
     except ValueError:
@@ -176,7 +176,7 @@ def processes(section: str, values: Mapping[str, str | None], common: dict[str, 
     numprocs = get("numprocs", "1", _integer)
     start = get("numprocs_start", "0", _integer)
     env_text = get("environment", "", expanding=False)
-    for key, kind in (("user", str), ("umask", _umask)):
+    for key, kind in (("user", str), ("umask", octal_umask)):
         value = get(key, None, kind)
         if value is not None:
             fixed[key] = value
