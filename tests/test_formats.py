@@ -385,3 +385,21 @@ def test_a_program_that_exits_before_autostart_is_not_started_again(tmp_path: Pa
     assert up.returncode == 0, up.stderr
     assert up.stdout.count("| ran") == 1, up.stdout
     assert "once:0 RUNNING -> EXITED (exited with status 3" in up.stdout
+
+
+def test_docs_formats_names_every_key_the_readers_know() -> None:
+    """docs/formats.md has a row for every key a reader maps, notes or ignores by name."""
+    from forkwell._cli._options import PROCFILE_OPTIONS
+    from forkwell._supervisor._formats import _compose, _supervisord
+
+    doc = (Path(__file__).parent.parent / "docs" / "formats.md").read_text()
+    keys = {*_supervisord.PROGRAM_KEYS, *_supervisord.UNMAPPED_PROGRAM_KEYS,
+            *_supervisord.SUPERVISORD_KEYS, *_compose.TOP_KEYS, *_compose.PROCESS_KEYS,
+            *_compose._CONDITIONS, *_compose._RESTART}  # fmt: skip
+    missing = sorted(k for k in keys if f"`{k}" not in doc and f"{k}`" not in doc)
+    assert not missing, f"docs/formats.md does not name {missing}"
+    sections = [f"[{s}" for s in (*_supervisord.IGNORED_SECTIONS, "eventlistener",
+                                  "fcgi-program", "include", "group")]  # fmt: skip
+    assert not [s for s in sections if s not in doc]
+    flags = [flag for option in PROCFILE_OPTIONS for flag in option.names]
+    assert not [f for f in flags if f"`{f}" not in doc and f"/{f}`" not in doc]
