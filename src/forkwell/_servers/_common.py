@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from .._core._state import check
 from .._exceptions import BindError, HandlerImportError
@@ -265,10 +265,70 @@ def check_handler(handler: object) -> None:
         raise TypeError(f"handler {handler!r} is neither a request-handler class nor callable")
 
 
-def call_handler(handler: Handler, conn: socket.socket, address: Any, server: object) -> None:
+class Lifeline(Protocol):
+    """What a pre-fork worker offers the service that serves one of its connections.
+
+    A connection may carry many requests (HTTP keep-alive) and last long: the
+    service reports progress (``beat``, the heartbeat the master watches),
+    asks whether the worker was told to stop (then it ends the connection at
+    the next request boundary), and counts requests (``max_requests``).
+    """
+
+    def beat(self) -> None: ...
+
+    def stopping(self) -> bool: ...
+
+    def request_done(self) -> bool:
+        """Count one request; True once the worker should leave after it."""
+        ...
+
+
+class _Unattended:
+    """The lifeline of a connection outside a pre-fork worker: nobody watches, nothing stops."""
+
+    def beat(self) -> None:
+        pass
+
+    def stopping(self) -> bool:
+        return False
+
+    def request_done(self) -> bool:
+        return False
+
+
+UNATTENDED = _Unattended()
+
+
+class ConnectionService:
+    """A handler that serves whole connections and takes part in the worker's life.
+
+    Plain handlers see a socket and are done; a service (the WSGI server) also
+    loads its application in each new worker (``boot``), re-imports it in the
+    master on reload (``reload``), and serves a connection with the worker's
+    :class:`Lifeline` (``serve``).  It stays a ``handler(sock, address)`` too.
+    """
+
+    def boot(self) -> None:
+        """In a new pre-fork worker, before it accepts: an exception is a boot failure."""
+
+    def reload(self) -> None:
+        """In the master on HUP, before the new workers fork: raise to keep the old ones."""
+
+    def serve(self, conn: socket.socket, address: Any, life: Lifeline) -> None:
+        raise NotImplementedError
+
+    def __call__(self, conn: socket.socket, address: Any) -> None:
+        self.serve(conn, address, UNATTENDED)
+
+
+def call_handler(
+    handler: Handler, conn: socket.socket, address: Any, server: object, life: Lifeline = UNATTENDED
+) -> None:
     """Run ``handler`` on one connection, then close it the way socketserver does."""
     try:
-        if isinstance(handler, type):
+        if isinstance(handler, ConnectionService):
+            handler.serve(conn, address, life)
+        elif isinstance(handler, type):
             # http.server's handlers log address[0]; AF_UNIX peers have no
             # address (''), so give them a readable stand-in.
             if not isinstance(address, tuple):

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._common import (
+    ConnectionService,
     Handler,
     Listeners,
     SignalQueue,
@@ -149,24 +150,36 @@ class Master(Protocol):
 
 
 class Worker:
-    """The child side of one worker: boot, then accept and serve until told to stop."""
+    """The child side of one worker: boot, then accept and serve until told to stop.
+
+    It is also the :class:`~forkwell._servers._common.Lifeline` of the
+    connection it serves: a service beats, asks whether to stop and counts
+    requests through it.
+    """
 
     def __init__(self, server: Master, slot: int) -> None:
         self.server = server
         self.slot = slot
         self.slots = server._slots
+        self.served = 0  # requests (connections, for a plain handler)
+        self.limit = 0  # max_requests with this worker's jitter; 0: none
+        self._queue: SignalQueue | None = None
+        self._stopping = False  # SIGTERM: finish, drain the backlog, leave
+        self._quit = False  # SIGQUIT: leave after the current connection
 
     def main(self, old_mask: set[int]) -> None:
         code = WORKER_BOOT_ERROR
         booted = False
         try:
-            listeners, poller, signals = self._boot(old_mask)
+            listeners, poller = self._boot(old_mask)
             if self.server.worker_init is not None:
                 self.server.worker_init()
+            if isinstance(self.server.handler, ConnectionService):
+                self.server.handler.boot()
             self.slots.beat(self.slot)
             self.slots.set_state(self.slot, _SLOT_RUNNING)
             booted = True
-            code = self._loop(listeners, poller, signals)
+            code = self._loop(listeners, poller)
         except SystemExit as exc:
             if not booted:
                 self.slots.set_reason(self.slot, f"SystemExit({exc.code!r}) during boot")
@@ -182,27 +195,28 @@ class Worker:
         finally:
             child_exit(code)
 
-    def _boot(
-        self, old_mask: set[int]
-    ) -> tuple[list[socket.socket], select.epoll, SignalQueue]:
+    def _boot(self, old_mask: set[int]) -> tuple[list[socket.socket], select.epoll]:
         """A new worker drops what is the master's and sets up its own listeners and signals."""
         reset_child_signals()
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)
         self.server._drop_master_state()
-        signals = SignalQueue()
+        signals = self._queue = SignalQueue()
         signals.install((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1))
         unblock_signals(old_mask)
         # Die with the master even if it is SIGKILLed (graceful: TERM).
         if self.server._pdeathsig is not None:
             self.server._pdeathsig()
         reseed_after_fork()
+        if self.server.max_requests:
+            jitter = random.randint(0, self.server.max_requests_jitter)
+            self.limit = self.server.max_requests + jitter
         listeners = self._listeners()
         poller = select.epoll()
         for sock in listeners:
             poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
         poller.register(signals.wake_r, select.EPOLLIN)
-        return listeners, poller, signals
+        return listeners, poller
 
     def _listeners(self) -> list[socket.socket]:
         if not self.server.reuse_port:
@@ -217,60 +231,67 @@ class Worker:
                 shared.close()  # the master's port reservation: not ours to keep
         return own
 
-    def _loop(
-        self,
-        listeners: list[socket.socket],
-        poller: select.epoll,
-        signals: SignalQueue,
-    ) -> int:
-        limit = 0
-        if self.server.max_requests:
-            limit = self.server.max_requests + random.randint(0, self.server.max_requests_jitter)
+    def _loop(self, listeners: list[socket.socket], poller: select.epoll) -> int:
+        assert self._queue is not None
+        wake_r = self._queue.wake_r
         idle_wait = 1.0 if self.server.timeout is None else min(self.server.timeout / 4, 1.0)
-        served = 0
-        stopping = False
         while True:
-            action = self._signals(signals)
-            if action == signal.SIGQUIT:
+            self._take_signals()
+            if self._quit:
                 return 0
-            stopping = stopping or action == signal.SIGTERM
             accepted = next(filter(None, map(try_accept, listeners)), None)
             if accepted is not None:
-                served += 1
-                self._serve_one(served, *accepted)
-                if limit and served >= limit:
+                self._serve_one(*accepted)
+                if self.limit and self.served >= self.limit:
                     self.slots.set_state(self.slot, _SLOT_RETIRED)
                     return 0
                 continue
             # Nothing queued.  Only now may a stopping worker leave: it was
             # perhaps the one woken for the last connection.
-            if stopping or os.getppid() != self.server._master_pid:
+            if self._stopping or os.getppid() != self.server._master_pid:
                 return 0
             self.slots.beat(self.slot)
             for fd, _ in poller.poll(idle_wait):
-                if fd == signals.wake_r:
-                    signals.drain()
+                if fd == wake_r:
+                    self._queue.drain()
 
-    def _signals(self, signals: SignalQueue) -> int | None:
-        """Take the worker's queued signals: SIGQUIT (leave now) or SIGTERM (finish), if any."""
-        action: int | None = None
-        while signals.pending:
-            sig = signals.pending.popleft()
+    def _take_signals(self) -> None:
+        """Act on the worker's queued signals: SIGQUIT, SIGTERM (noted), SIGUSR1 (logs reopened)."""
+        queue = self._queue
+        while queue is not None and queue.pending:
+            sig = queue.pending.popleft()
             if sig == signal.SIGQUIT:
-                return sig
-            if sig == signal.SIGTERM:
-                action = sig
+                self._quit = True
+            elif sig == signal.SIGTERM:
+                self._stopping = True
             elif sig == signal.SIGUSR1:
                 reopen_logs(self.server.log_file)
-        return action
 
-    def _serve_one(self, served: int, conn: socket.socket, address: Any) -> None:
+    def _serve_one(self, conn: socket.socket, address: Any) -> None:
         """One connection, heartbeats around it; a failing handler costs only it."""
         self.slots.beat(self.slot)
-        conn.setblocking(True)
+        service = isinstance(self.server.handler, ConnectionService)
+        if not service:
+            conn.setblocking(True)
         try:
-            call_handler(self.server.handler, conn, address, self.server)
+            call_handler(self.server.handler, conn, address, self.server, self)
         except Exception:
             traceback.print_exc()
-        self.slots.set_requests(self.slot, served)
+        if not service:  # a service counts its requests itself (request_done)
+            self.served += 1
+            self.slots.set_requests(self.slot, self.served)
         self.slots.beat(self.slot)
+
+    # -- the Lifeline of the connection being served
+
+    def beat(self) -> None:
+        self.slots.beat(self.slot)
+
+    def stopping(self) -> bool:
+        self._take_signals()
+        return self._stopping or self._quit
+
+    def request_done(self) -> bool:
+        self.served += 1
+        self.slots.set_requests(self.slot, self.served)
+        return bool(self.limit) and self.served >= self.limit
