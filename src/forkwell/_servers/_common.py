@@ -15,12 +15,14 @@ import errno
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import socketserver
 import stat
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -299,13 +301,39 @@ class _Unattended:
 UNATTENDED = _Unattended()
 
 
+# What Session.resume() says about its connection.
+PARK = 0  # waiting for the client: poll the connection, resume when it is readable
+AGAIN = 1  # a complete request is buffered: resume it without waiting
+DONE = 2  # closed
+
+
+class Session(Protocol):
+    """One connection a service serves a request at a time, parked in between."""
+
+    deadline: float  # time.monotonic() by which it must be readable, else expire()
+
+    def fileno(self) -> int: ...
+
+    def resume(self) -> int:
+        """Serve what has arrived, without waiting for more: PARK, AGAIN or DONE."""
+        ...
+
+    def expire(self) -> None:
+        """The client was silent past ``deadline``: close (answering 408 if mid-request)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class ConnectionService:
     """A handler that serves whole connections and takes part in the worker's life.
 
     Plain handlers see a socket and are done; a service (the WSGI server) also
     loads its application in each new worker (``boot``), re-imports it in the
-    master on reload (``reload``), and serves a connection with the worker's
-    :class:`Lifeline` (``serve``).  It stays a ``handler(sock, address)`` too.
+    master on reload (``reload``), and turns a connection into a
+    :class:`Session` (``open``) that a pre-fork worker parks between requests
+    beside its listeners, so an idle keep-alive connection never holds a
+    worker.  It stays a ``handler(sock, address)`` too (served blocking).
     """
 
     def boot(self) -> None:
@@ -314,11 +342,24 @@ class ConnectionService:
     def reload(self) -> None:
         """In the master on HUP, before the new workers fork: raise to keep the old ones."""
 
-    def serve(self, conn: socket.socket, address: Any, life: Lifeline) -> None:
+    def open(self, conn: socket.socket, address: Any, life: Lifeline) -> Session:
         raise NotImplementedError
 
+    def serve(self, conn: socket.socket, address: Any, life: Lifeline = UNATTENDED) -> None:
+        """The whole connection, blocking: for a server that gives each connection a process."""
+        session = self.open(conn, address, life)
+        poller = select.poll()
+        poller.register(session.fileno(), select.POLLIN)
+        while (state := session.resume()) != DONE:
+            if state == AGAIN:
+                continue
+            left = session.deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                session.expire()
+                return
+
     def __call__(self, conn: socket.socket, address: Any) -> None:
-        self.serve(conn, address, UNATTENDED)
+        self.serve(conn, address)
 
 
 def call_handler(

@@ -1,26 +1,31 @@
-"""One HTTP/1.1 connection of the WSGI server: its requests in order, each answered before the next.
+"""One HTTP/1.1 connection of the WSGI server: a session its worker resumes once per request.
 
 The worker that accepted a connection serves all of it (keep-alive and
-pipelined requests alike); requests are read from a non-blocking socket and
-every wait is a ``poll`` bounded by a deadline, in slices short enough to
-keep the worker's heartbeat going (a connection that makes progress is never
-taken for a stuck worker; an application stuck in one request is, after
-``timeout``, and the master replaces the worker).
+pipelined requests alike), one request at a time.  Between requests the
+connection is parked in the worker's epoll set beside the listeners
+(:class:`~forkwell._servers._common.Session`), so an idle keep-alive
+client or one that sends its head slowly holds no worker: the worker serves
+whichever of its connections has a complete request, and accepts new ones
+when it is idle, as gunicorn's gthread worker does with one thread.
+
+Inside a request, reading the body and writing the response wait with
+``poll`` in slices short enough to keep the heartbeat going: a request that
+makes progress is never taken for a stuck worker; an application stuck in
+one request is, after ``timeout``, and the master replaces the worker.
 
 Deadlines, which bound slow and idle clients:
 
 * the head of the first request must be complete within ``timeout`` of the
   accept; a later one must start within ``keep_alive`` of the previous
-  response and be complete within ``timeout`` of its first byte (a slowloris
-  client holds a worker for ``timeout`` at most, then gets a 408);
+  response and be complete within ``timeout`` of its first byte (then 408);
 * each read of the body and each write of the response must progress within
   ``timeout``.
 
 Stopping (SIGTERM, reload, ``max_requests``): the request being served is
 finished, and its response, or the next one on this connection, says
-``Connection: close``.  An idle keep-alive connection is never closed under
-a client that may be sending (that race costs a failed request); it ends
-when the client leaves it idle for ``keep_alive``.
+``Connection: close``.  An idle keep-alive connection is not closed under a
+client that may be sending (that race costs a failed request); it ends when
+the client leaves it idle for ``keep_alive``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._common import AGAIN, DONE, PARK
 from ._http import HTTPError, Message, RequestParser, error_response
 from ._wsgi import BadBody, Input, Response, base_environ, request_environ
 
@@ -73,6 +79,8 @@ class Connection:
         self._continued = False
         self._msg: Message | None = None
         self._gone = False
+        self._started = False  # bytes of a request head have arrived
+        self.deadline = time.monotonic() + self.timeout  # for the first request's head
         peer = address if isinstance(address, tuple) else None
         self.trusted = service.proxies.trusts(peer[0] if peer else "")
         self.base = base_environ(
@@ -84,49 +92,64 @@ class Connection:
         if peer is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    # -- the request loop
+    # -- the session: a request at a time, parked by the worker in between
 
-    def run(self) -> None:
-        deadline = time.monotonic() + self.timeout
+    def fileno(self) -> int:
+        return self.fd
+
+    def resume(self) -> int:
+        """Serve the request that has arrived, if one has: PARK, AGAIN or DONE."""
         try:
-            while not self._last:
-                msg = self._next_head(deadline)
-                if msg is None:
-                    return
-                if msg.error is not None:
-                    self._refuse(msg.error)
-                    return
-                if not self._exchange(msg):
-                    return
-                deadline = time.monotonic() + self.service.keep_alive
+            msg = self._ready_head()
+            if msg is None:
+                return PARK
+            if msg.error is not None:
+                self._refuse(msg.error)
+                return DONE
+            if not self._exchange(msg):
+                return DONE
         except ClientGone:
             self._gone = True
-        finally:
-            self._close()
+            return DONE
+        # Pipelined bytes of the next head already count against its deadline.
+        self._started = bool(self.parser.messages)
+        wait = self.timeout if self._started else self.service.keep_alive
+        self.deadline = time.monotonic() + wait
+        return AGAIN if self._head_buffered() else PARK
 
-    def _next_head(self, idle_deadline: float) -> Message | None:
-        """The next request whose head is complete (or refused); None when the client is done."""
+    def expire(self) -> None:
+        if self._started:  # a head begun and not finished in time: a slow client
+            self._refuse(HTTPError(408, "request head not received in time"))
+
+    def _head_buffered(self) -> bool:
+        messages = self.parser.messages
+        return bool(messages) and (messages[0].head_done or messages[0].error is not None)
+
+    def _ready_head(self) -> Message | None:
+        """The next request whose head is complete (or refused), from what has arrived.
+
+        None: wait for more (parked).  At EOF or after an unparseable stream,
+        raises ClientGone.
+        """
         parser = self.parser
-        started = bool(parser.messages)
-        deadline = idle_deadline if not started else time.monotonic() + self.timeout
-        while True:
-            if parser.messages:
-                msg = parser.messages[0]
-                if msg.head_done or msg.error is not None:
-                    return msg
+        while not self._head_buffered():
             if parser.dead:
+                raise ClientGone("nothing more can be parsed")
+            try:
+                data = self.sock.recv(_RECV)
+            except BlockingIOError:
                 return None
-            data = self._recv(deadline, idle=not started)
-            if data is None:  # idle too long, or the head took too long
-                if started:
-                    self._refuse(HTTPError(408, "request head not received in time"))
-                return None
+            except OSError as exc:
+                raise ClientGone(str(exc)) from None
             if not data:
-                return None
-            if not started:
-                started = True
-                deadline = time.monotonic() + self.timeout
+                raise ClientGone("the client closed the connection")
+            if not self._started:
+                # The head must now be complete within timeout: a client that
+                # sends it a byte at a time gets a 408, not a worker's time.
+                self._started = True
+                self.deadline = time.monotonic() + self.timeout
             parser.feed(data)
+        return parser.messages[0]
 
     def _exchange(self, msg: Message) -> bool:
         """Answer one request; True if the connection carries on."""
@@ -266,7 +289,7 @@ class Connection:
 
     # -- the socket
 
-    def _recv(self, deadline: float, *, idle: bool = False) -> bytes | None:
+    def _recv(self, deadline: float) -> bytes | None:
         """Bytes, ``b""`` at EOF, None at the deadline."""
         while True:
             try:
@@ -274,8 +297,6 @@ class Connection:
             except BlockingIOError:
                 pass
             except OSError as exc:
-                if idle:
-                    return b""  # reset while idle: the client is gone, nothing lost
                 raise ClientGone(str(exc)) from None
             try:
                 self._wait(select.POLLIN, deadline)
@@ -298,8 +319,10 @@ class Connection:
                 return
             self.life.beat()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         sock = self.sock
+        if sock.fileno() < 0:
+            return
         if not self._gone and self.parser.messages:
             # Unread bytes would make the kernel answer with a reset that can
             # destroy the response in flight: half-close and linger briefly.

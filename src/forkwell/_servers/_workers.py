@@ -26,9 +26,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._common import (
+    AGAIN,
+    DONE,
     ConnectionService,
     Handler,
     Listeners,
+    Session,
     SignalQueue,
     call_handler,
     child_exit,
@@ -149,6 +152,62 @@ class Master(Protocol):
     def _drop_master_state(self) -> None: ...
 
 
+class _Parked:
+    """A worker's connections between requests, in its epoll set beside the listeners."""
+
+    def __init__(self, poller: select.epoll) -> None:
+        self.poller = poller
+        self.sessions: dict[int, Session] = {}
+        self.ready: set[int] = set()  # a complete request is buffered: no need to wait
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def run(self, session: Session) -> None:
+        """Resume ``session``; keep it parked or let it go, as it says."""
+        fd = session.fileno()
+        self.ready.discard(fd)
+        try:
+            state = session.resume()
+        except Exception:
+            traceback.print_exc()
+            state = DONE
+        if state == DONE:
+            if self.sessions.pop(fd, None) is not None:
+                self.poller.unregister(fd)
+            session.close()
+            return
+        if fd not in self.sessions:
+            self.sessions[fd] = session
+            self.poller.register(fd, select.EPOLLIN)
+        if state == AGAIN:
+            self.ready.add(fd)
+
+    def wait(self, longest: float) -> float:
+        """How long the worker may sleep: not past a parked deadline; 0 with work ready."""
+        if self.ready:
+            return 0.0
+        if not self.sessions:
+            return longest
+        soonest = min(s.deadline for s in self.sessions.values())
+        return max(0.0, min(longest, soonest - time.monotonic()))
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for fd, session in list(self.sessions.items()):
+            if session.deadline <= now and fd not in self.ready:
+                del self.sessions[fd]
+                self.poller.unregister(fd)
+                session.expire()
+                session.close()
+
+    def close_all(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+        self.sessions.clear()
+        self.ready.clear()
+
+
 class Worker:
     """The child side of one worker: boot, then accept and serve until told to stop.
 
@@ -164,6 +223,7 @@ class Worker:
         self.served = 0  # requests (connections, for a plain handler)
         self.limit = 0  # max_requests with this worker's jitter; 0: none
         self._queue: SignalQueue | None = None
+        self._parked: _Parked | None = None
         self._stopping = False  # SIGTERM: finish, drain the backlog, leave
         self._quit = False  # SIGQUIT: leave after the current connection
 
@@ -232,28 +292,49 @@ class Worker:
         return own
 
     def _loop(self, listeners: list[socket.socket], poller: select.epoll) -> int:
-        assert self._queue is not None
-        wake_r = self._queue.wake_r
+        parked = self._parked = _Parked(poller)
+        accepting = True
         idle_wait = 1.0 if self.server.timeout is None else min(self.server.timeout / 4, 1.0)
         while True:
             self._take_signals()
             if self._quit:
+                parked.close_all()
                 return 0
-            accepted = next(filter(None, map(try_accept, listeners)), None)
+            recycled = bool(self.limit) and self.served >= self.limit
+            accepted = None
+            if accepting and not recycled:
+                accepted = next(filter(None, map(try_accept, listeners)), None)
             if accepted is not None:
                 self._serve_one(*accepted)
-                if self.limit and self.served >= self.limit:
-                    self.slots.set_state(self.slot, _SLOT_RETIRED)
-                    return 0
                 continue
-            # Nothing queued.  Only now may a stopping worker leave: it was
-            # perhaps the one woken for the last connection.
-            if self._stopping or os.getppid() != self.server._master_pid:
+            # Nothing queued.  Only now may a leaving worker stop accepting: it
+            # was perhaps the one woken for the last connection.  Its parked
+            # connections end at their next response or idle deadline.
+            leaving = recycled or self._stopping or os.getppid() != self.server._master_pid
+            if leaving and accepting:
+                accepting = False
+                for sock in listeners:
+                    poller.unregister(sock.fileno())
+            if leaving and not parked:
+                if recycled:
+                    self.slots.set_state(self.slot, _SLOT_RETIRED)
                 return 0
             self.slots.beat(self.slot)
-            for fd, _ in poller.poll(idle_wait):
-                if fd == wake_r:
-                    self._queue.drain()
+            self._wait(poller, parked, idle_wait)
+
+    def _wait(self, poller: select.epoll, parked: _Parked, idle_wait: float) -> None:
+        """Sleep until a connection, a signal or a parked client; serve the parked ones ready."""
+        assert self._queue is not None
+        for fd, _ in poller.poll(parked.wait(idle_wait)):
+            if fd == self._queue.wake_r:
+                self._queue.drain()
+            elif fd in parked.sessions:
+                parked.ready.add(fd)
+        for fd in list(parked.ready):
+            session = parked.sessions.get(fd)
+            if session is not None:
+                parked.run(session)
+        parked.expire()
 
     def _take_signals(self) -> None:
         """Act on the worker's queued signals: SIGQUIT, SIGTERM (noted), SIGUSR1 (logs reopened)."""
@@ -270,16 +351,25 @@ class Worker:
     def _serve_one(self, conn: socket.socket, address: Any) -> None:
         """One connection, heartbeats around it; a failing handler costs only it."""
         self.slots.beat(self.slot)
-        service = isinstance(self.server.handler, ConnectionService)
-        if not service:
-            conn.setblocking(True)
+        handler = self.server.handler
+        if isinstance(handler, ConnectionService):
+            # Served a request at a time, parked in between (it counts its requests).
+            assert self._parked is not None
+            try:
+                session = handler.open(conn, address, self)
+            except Exception:
+                traceback.print_exc()
+                conn.close()
+                return
+            self._parked.run(session)
+            return
+        conn.setblocking(True)
         try:
-            call_handler(self.server.handler, conn, address, self.server, self)
+            call_handler(handler, conn, address, self.server, self)
         except Exception:
             traceback.print_exc()
-        if not service:  # a service counts its requests itself (request_done)
-            self.served += 1
-            self.slots.set_requests(self.slot, self.served)
+        self.served += 1
+        self.slots.set_requests(self.slot, self.served)
         self.slots.beat(self.slot)
 
     # -- the Lifeline of the connection being served
@@ -289,7 +379,8 @@ class Worker:
 
     def stopping(self) -> bool:
         self._take_signals()
-        return self._stopping or self._quit
+        recycled = bool(self.limit) and self.served >= self.limit
+        return self._stopping or self._quit or recycled
 
     def request_done(self) -> bool:
         self.served += 1

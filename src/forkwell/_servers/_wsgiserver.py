@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import HandlerImportError
-from ._common import Binds, ConnectionService, Lifeline
+from ._common import Binds, ConnectionService, Lifeline, Session
 from ._forwarded import TrustedProxies
 
 if TYPE_CHECKING:
@@ -164,10 +164,11 @@ class WSGIService(ConnectionService):
             ) from exc
         self.app = load_app(self.spec)
 
-    def serve(self, conn: socket.socket, address: Any, life: Lifeline) -> None:
+    def open(self, conn: socket.socket, address: Any, life: Lifeline) -> Session:
         if self.app is None:  # served outside a pre-fork worker (ForkingServer)
             self.boot()
-        self._connection(self, conn, address, life).run()
+        connection: Session = self._connection(self, conn, address, life)
+        return connection
 
     def log_access(self, environ: dict[str, Any], response: Response, duration: float) -> None:
         if self._access is not None:
