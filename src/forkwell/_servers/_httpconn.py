@@ -256,6 +256,7 @@ class Connection:
             sent = 0
         except OSError as exc:
             raise ClientGone(str(exc)) from None
+        self.life.beat()  # progress: a slow but steady response is not a stuck worker
         if sent == len(data):
             return
         view = memoryview(data)[sent:]
