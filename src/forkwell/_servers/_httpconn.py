@@ -36,7 +36,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._common import AGAIN, DONE, PARK
 from ._http import HTTPError, Message, RequestParser, error_response
@@ -44,13 +44,28 @@ from ._wsgi import BadBody, Input, Response, base_environ, request_environ
 
 if TYPE_CHECKING:
     from ._common import Lifeline
-    from ._wsgiserver import WSGIService
+    from ._forwarded import TrustedProxies
 
 log = logging.getLogger("forkwell.server")
 
 _RECV = 65536
 _DRAIN_MAX = 1 << 20  # unread body bytes read and dropped to keep a connection; more: close
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Service(Protocol):
+    """What a connection takes from the service it serves (a ``WSGIService``)."""
+
+    app: Callable[..., Any] | None
+    limit_request_line: int
+    limit_request_fields: int
+    limit_request_field_size: int
+    keep_alive: float
+    io_timeout: float
+    script_name: str
+    proxies: TrustedProxies
+
+    def log_access(self, environ: dict[str, Any], response: Response, duration: float) -> None: ...
 
 
 class ClientGone(ConnectionError):
@@ -61,7 +76,7 @@ class Connection:
     """One client connection of a WSGI worker."""
 
     def __init__(
-        self, service: WSGIService, sock: socket.socket, address: Any, life: Lifeline
+        self, service: Service, sock: socket.socket, address: Any, life: Lifeline
     ) -> None:
         self.service = service
         self.sock = sock
