@@ -107,6 +107,24 @@ def load_app(spec: str) -> WSGIApp:
     return app
 
 
+def looks_like_wsgi(obj: object) -> bool:
+    """Whether ``obj`` is called as ``app(environ, start_response)`` (by its parameters' names).
+
+    A ``handler(sock, address)`` callable names its parameters otherwise;
+    Flask, Django, Werkzeug, Bottle and plain functions all say
+    ``environ, start_response``.
+    """
+    if isinstance(obj, type) or not callable(obj):
+        return False
+    import inspect
+
+    try:
+        params = list(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[:2] == ["environ", "start_response"] or params[1:2] == ["start_response"]
+
+
 class WSGIService(ConnectionService):
     """A WSGI application and the HTTP settings it is served with, one per server."""
 
