@@ -442,3 +442,23 @@ def test_json_of_environ_is_what_the_client_sent() -> None:
         env = json.loads(data.partition(b"\r\n\r\n")[2])
         assert env["HTTP_X_A"] == "1,2" and env["HTTP_COOKIE"] == "a=1; b=2"
         assert env["SERVER_NAME"] == "127.0.0.1"
+
+
+def test_worker_connections_caps_what_one_worker_holds() -> None:
+    with WSGIServed("wsgi_apps:plain", workers=1, worker_connections=2, keep_alive=30) as srv:
+        srv.ready()
+        held = [client(srv), client(srv)]
+        try:
+            for c in held:
+                assert c.get("/a").status_code == 200  # two idle keep-alive connections: full
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as third:
+                third.sendall(GET % b"/third")
+                third.settimeout(0.3)
+                with pytest.raises(TimeoutError):  # queued in the backlog, not accepted
+                    third.recv(100)
+                held.pop().close()  # a connection ends: room for the third
+                third.settimeout(10)
+                assert third.recv(100).startswith(b"HTTP/1.1 200 OK")
+        finally:
+            for c in held:
+                c.close()

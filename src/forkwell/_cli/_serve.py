@@ -47,6 +47,8 @@ _WSGI_OPTIONS: list[tuple[tuple[str, ...], dict[str, object]]] = [
     (("--keep-alive",), {"type": "duration", "metavar": "S",
                          "help": "WSGI: keep an idle connection S for its next request "
                                  "(default 2s; 0: one request per connection)"}),
+    (("--worker-connections",), {"type": "positive", "metavar": "N",
+                                 "help": "WSGI: at most N connections per worker (default 1000)"}),
     (("--limit-request-line",), {"type": "count", "metavar": "N",
                                  "help": "WSGI: longest request target (default 4094; 0: none)"}),
     (("--limit-request-fields",), {"type": "count", "metavar": "N",
@@ -61,9 +63,9 @@ _WSGI_OPTIONS: list[tuple[tuple[str, ...], dict[str, object]]] = [
                                   "help": "WSGI: proxies trusted for X-Forwarded-*/Forwarded "
                                           "(default 127.0.0.1,::1; '*': all)"}),
 ]
-_WSGI_ONLY = ("preload", "keep_alive", "limit_request_line", "limit_request_fields",
-              "limit_request_field_size", "access_log", "access_log_format",
-              "forwarded_allow_ips")
+_WSGI_ONLY = ("preload", "keep_alive", "worker_connections", "limit_request_line",
+              "limit_request_fields", "limit_request_field_size", "access_log",
+              "access_log_format", "forwarded_allow_ips")
 
 
 
@@ -179,7 +181,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="pre-fork: append stdout/stderr to PATH, reopened on USR1",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    types = {"duration": _duration, "count": _count}
+    types = {"duration": _duration, "count": _count, "positive": _positive_int}
     for flags, kw in _WSGI_OPTIONS:
         kind = kw.get("type")
         options = {**kw, "type": types[kind]} if isinstance(kind, str) else kw

@@ -336,6 +336,10 @@ class ConnectionService:
     worker.  It stays a ``handler(sock, address)`` too (served blocking).
     """
 
+    # At most this many connections per worker (0: no limit): at the cap the
+    # worker stops accepting until one ends (gunicorn's worker_connections).
+    max_sessions = 0
+
     def boot(self) -> None:
         """In a new pre-fork worker, before it accepts: an exception is a boot failure."""
 

@@ -273,8 +273,7 @@ class Worker:
             self.limit = self.server.max_requests + jitter
         listeners = self._listeners()
         poller = select.epoll()
-        for sock in listeners:
-            poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self._listen(poller, listeners, True)
         poller.register(signals.wake_r, select.EPOLLIN)
         return listeners, poller
 
@@ -293,7 +292,10 @@ class Worker:
 
     def _loop(self, listeners: list[socket.socket], poller: select.epoll) -> int:
         parked = self._parked = _Parked(poller)
-        accepting = True
+        handler = self.server.handler
+        cap = handler.max_sessions if isinstance(handler, ConnectionService) else 0
+        listening = True  # the listeners are in the epoll set
+        left = False  # stopped accepting for good (stopping, recycled, orphaned)
         idle_wait = 1.0 if self.server.timeout is None else min(self.server.timeout / 4, 1.0)
         while True:
             self._take_signals()
@@ -301,8 +303,11 @@ class Worker:
                 parked.close_all()
                 return 0
             recycled = bool(self.limit) and self.served >= self.limit
+            room = not cap or len(parked) < cap  # worker_connections
+            if room and not listening and not left:
+                listening = self._listen(poller, listeners, True)
             accepted = None
-            if accepting and not recycled:
+            if listening and room and not recycled:
                 accepted = next(filter(None, map(try_accept, listeners)), None)
             if accepted is not None:
                 self._serve_one(*accepted)
@@ -310,17 +315,25 @@ class Worker:
             # Nothing queued.  Only now may a leaving worker stop accepting: it
             # was perhaps the one woken for the last connection.  Its parked
             # connections end at their next response or idle deadline.
-            leaving = recycled or self._stopping or os.getppid() != self.server._master_pid
-            if leaving and accepting:
-                accepting = False
-                for sock in listeners:
-                    poller.unregister(sock.fileno())
-            if leaving and not parked:
+            left = left or recycled or self._stopping or os.getppid() != self.server._master_pid
+            if listening and (left or not room):
+                listening = self._listen(poller, listeners, False)
+            if left and not parked:
                 if recycled:
                     self.slots.set_state(self.slot, _SLOT_RETIRED)
                 return 0
             self.slots.beat(self.slot)
             self._wait(poller, parked, idle_wait)
+
+    @staticmethod
+    def _listen(poller: select.epoll, listeners: list[socket.socket], on: bool) -> bool:
+        """Put the listeners in the epoll set or take them out; returns ``on``."""
+        for sock in listeners:
+            if on:
+                poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            else:
+                poller.unregister(sock.fileno())
+        return on
 
     def _wait(self, poller: select.epoll, parked: _Parked, idle_wait: float) -> None:
         """Sleep until a connection, a signal or a parked client; serve the parked ones ready."""

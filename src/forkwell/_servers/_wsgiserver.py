@@ -52,6 +52,7 @@ class WSGISettings:
     timeout: float | None = 30.0
     graceful_timeout: float = 30.0
     keep_alive: float = 2.0
+    worker_connections: int = 1000
     limit_request_line: int = 4094
     limit_request_fields: int = 100
     limit_request_field_size: int = 8190
@@ -138,6 +139,9 @@ class WSGIService(ConnectionService):
                 raise ValueError(f"{name} must be between {low} and {high}, got {value}")
         if settings.keep_alive < 0:
             raise ValueError("keep_alive must be >= 0")
+        if settings.worker_connections < 1:
+            raise ValueError("worker_connections must be >= 1")
+        self.max_sessions = settings.worker_connections
         self.settings = settings
         self.limit_request_line = settings.limit_request_line
         self.limit_request_fields = settings.limit_request_fields
@@ -236,6 +240,7 @@ def serve_wsgi(  # noqa: PLR0913 (gunicorn's settings, by their names)
     timeout: float | None = 30.0,
     graceful_timeout: float = 30.0,
     keep_alive: float = 2.0,
+    worker_connections: int = 1000,
     limit_request_line: int = 4094,
     limit_request_fields: int = 100,
     limit_request_field_size: int = 8190,
@@ -270,6 +275,7 @@ def serve_wsgi(  # noqa: PLR0913 (gunicorn's settings, by their names)
         timeout=timeout,
         graceful_timeout=graceful_timeout,
         keep_alive=keep_alive,
+        worker_connections=worker_connections,
         limit_request_line=limit_request_line,
         limit_request_fields=limit_request_fields,
         limit_request_field_size=limit_request_field_size,
