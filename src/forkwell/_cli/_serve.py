@@ -53,7 +53,7 @@ _WSGI_OPTIONS: list[tuple[tuple[str, ...], dict[str, object]]] = [
                                  "help": "WSGI: longest request target (default 4094; 0: none)"}),
     (("--limit-request-fields",), {"type": "count", "metavar": "N",
                                    "help": "WSGI: most header fields (default 100)"}),
-    (("--limit-request-field-size",), {"type": "count", "metavar": "N",
+    (("--limit-request-field-size", "--limit-request-field_size"), {"type": "count", "metavar": "N",
                                        "help": "WSGI: largest header field, bytes (default 8190)"}),
     (("--access-log", "--access-logfile"), {"metavar": "PATH",
                                             "help": "WSGI: a line per response ('-': stdout)"}),
