@@ -12,11 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import wsgiref.validate
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from test_server_apps import TESTS_DIR, children
+from test_server_apps import TESTS_DIR, Served, children
 
 _served = 0
 
@@ -156,7 +154,7 @@ validated = wsgiref.validate.validator(plain)
 # ---------------------------------------------------------------- the harness
 
 
-class WSGIServed:
+class WSGIServed(Served):
     """``forkwell.serve_wsgi(app, <socket>, **opts)`` in a subprocess, stderr collected."""
 
     def __init__(self, app: str, *, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -171,32 +169,18 @@ class WSGIServed:
         )
         full_env["PYTHONDONTWRITEBYTECODE"] = "1"
         full_env.update(env or {})
+        argv = [sys.executable, *python_flags, "-c", LAUNCH, app, json.dumps(opts),
+                str(listener.fileno())]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, *python_flags, "-c", LAUNCH, app, json.dumps(opts),
-                 str(listener.fileno())],
-                pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL,
+                argv, pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if opts.get("access_log") == "-" else subprocess.DEVNULL,
                 stderr=subprocess.PIPE, cwd=cwd, env=full_env, start_new_session=True,
             )
         finally:
             listener.close()
-        self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._done = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._cond:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
+        self._follow()
+        self.address = f"127.0.0.1:{self.port}"
 
     def wait_for(self, pred: Any, timeout: float = 20.0, what: str = "a log line") -> None:
         deadline = time.monotonic() + timeout
@@ -206,13 +190,6 @@ class WSGIServed:
                 if self._done or remaining <= 0:
                     raise AssertionError(f"timed out waiting for {what}; stderr:\n" + self.text())
                 self._cond.wait(remaining)
-
-    def count(self, needle: str) -> int:
-        with self._cond:
-            return sum(needle in line for line in self.lines)
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
     def ready(self, workers: int | None = None, timeout: float = 20.0) -> WSGIServed:
         """Wait until ``workers`` (default: all) have booted since the start."""
@@ -224,28 +201,10 @@ class WSGIServed:
     def worker_pids(self) -> list[int]:
         return children(self.pid)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.pid, sig)
-        rc = self.proc.wait(timeout)
-        self._thread.join(timeout)
-        return rc
-
-    def __enter__(self) -> WSGIServed:
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._thread.join(10)
-        for stream in (self.proc.stderr, self.proc.stdout):
-            if stream is not None:
-                stream.close()
+        super().__exit__(*exc)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:

@@ -228,11 +228,8 @@ class Listeners:
 # ---------------------------------------------------------------- handlers
 
 
-def load_handler(spec: str) -> Handler:
-    """Import ``"package.module:name"`` and check it is a usable handler."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise HandlerImportError(f"bad handler {spec!r} (expected MODULE:HANDLER)")
+def import_object(module_name: str, attr: str) -> Any:
+    """``attr`` (``"name"``, ``"a.b"``) of the module, imported; HandlerImportError says why not."""
     from importlib import import_module
 
     try:
@@ -249,6 +246,30 @@ def load_handler(spec: str) -> Handler:
             raise HandlerImportError(
                 f"module {module_name!r} has no attribute {attr!r}", name=module_name
             ) from None
+    return obj
+
+
+def reimport(module_name: str) -> None:
+    """On reload, in the master: the module's new code, if it was imported at all."""
+    import importlib
+
+    module = sys.modules.get(module_name)
+    if module is None:
+        return
+    try:
+        importlib.reload(module)
+    except Exception as exc:  # the new code may raise anything
+        raise HandlerImportError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", name=module_name
+        ) from exc
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``"package.module:name"`` and check it is a usable handler."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise HandlerImportError(f"bad handler {spec!r} (expected MODULE:HANDLER)")
+    obj = import_object(module_name, attr)
     try:
         check_handler(obj)
     except TypeError as exc:

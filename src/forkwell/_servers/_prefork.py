@@ -60,6 +60,7 @@ from ._common import (
     block_signals,
     check_handler,
     load_handler,
+    reimport,
     unblock_signals,
     warm_up,
 )
@@ -317,17 +318,7 @@ class PreforkServer(ServerBase):
         if isinstance(self.handler, ConnectionService):
             self.handler.reload()
         elif self._handler_spec is not None:
-            import importlib
-            import sys
-
-            module_name = self._handler_spec.partition(":")[0]
-            try:
-                if module_name in sys.modules:
-                    importlib.reload(sys.modules[module_name])
-            except Exception as exc:
-                raise HandlerImportError(
-                    f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", name=module_name
-                ) from exc
+            reimport(self._handler_spec.partition(":")[0])
             self.handler = load_handler(self._handler_spec)
 
     def _watch_workers(self, now: float) -> None:

@@ -14,15 +14,13 @@ naming ``pip install 'forkwell[wsgi]'``.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import HandlerImportError
-from ._common import Binds, ConnectionService, Lifeline, Session
+from ._common import Binds, ConnectionService, Lifeline, Session, import_object, reimport
 from ._forwarded import TrustedProxies
 
 if TYPE_CHECKING:
@@ -80,21 +78,8 @@ def split_spec(spec: str) -> tuple[str, str]:
 def load_app(spec: str) -> WSGIApp:
     """Import ``"MODULE:APP"`` (``APP``: a name, or ``factory()``); it must be callable."""
     module_name, attr = split_spec(spec)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module may raise anything at import
-        raise HandlerImportError(
-            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", name=module_name
-        ) from exc
     call = attr.endswith("()")
-    obj: Any = module
-    for part in attr.removesuffix("()").split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise HandlerImportError(
-                f"module {module_name!r} has no attribute {attr!r}", name=module_name
-            ) from None
+    obj = import_object(module_name, attr.removesuffix("()"))
     if call:
         try:
             obj = obj()
@@ -177,13 +162,7 @@ class WSGIService(ConnectionService):
         """HUP with ``preload``: re-import the app's module in the master (new workers fork it)."""
         if self.spec is None or not self.settings.preload:
             return  # not imported here: each new worker imports the code afresh
-        module_name, _ = split_spec(self.spec)
-        try:
-            importlib.reload(sys.modules[module_name])
-        except Exception as exc:
-            raise HandlerImportError(
-                f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", name=module_name
-            ) from exc
+        reimport(split_spec(self.spec)[0])
         self.app = load_app(self.spec)
 
     def open(self, conn: socket.socket, address: Any, life: Lifeline) -> Session:
