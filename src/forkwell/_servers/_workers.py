@@ -311,6 +311,11 @@ class Worker:
                 accepted = next(filter(None, map(try_accept, listeners)), None)
             if accepted is not None:
                 self._serve_one(*accepted)
+                if parked:
+                    # Between accepts, the parked connections that are ready get
+                    # their turn: under load the backlog never empties, and they
+                    # would wait for it (the p99 of short connections).
+                    self._wait(poller, parked, 0.0)
                 continue
             # Nothing queued.  Only now may a leaving worker stop accepting: it
             # was perhaps the one woken for the last connection.  Its parked
