@@ -9,6 +9,8 @@ them alike; tables give medians over the rounds and ratios against gunicorn
 sync.  Then, under load, what fails while workers are replaced: HUP reloads,
 ``max_requests`` recycling and SIGKILLed workers (wrk's socket errors plus
 non-2xx answers), and how long the master takes to replace a killed worker.
+Last, an app that waits 20 ms per request (slow I/O): what gunicorn's threads
+buy there, and what more workers buy.
 
     bash bench/setup.sh && python bench/bench_wsgi.py [--rounds 3] [--duration 10]
 """
@@ -274,6 +276,32 @@ def resilience(rounds: int, duration: int, workers: int, loads: list[float]) -> 
         print(f"| {name} | {' | '.join(cells)} | {statistics.median(row['replace']):.1f} |")
 
 
+def slow_io(rounds: int, duration: int, loads: list[float]) -> None:
+    """An app that waits 20 ms per request: what threads buy, and what more workers buy."""
+    configs = [("forkwell", 2, "forkwell, 2 workers"), ("gunicorn sync", 2, "gunicorn sync, 2 workers"),
+               ("gunicorn gthread", 2, "gunicorn gthread, 2 workers x 4 threads"),
+               ("forkwell", 8, "forkwell, 8 workers"), ("gunicorn sync", 8, "gunicorn sync, 8 workers")]
+    rows: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for name, workers, label in configs:
+            srv = Server(name, "wsgi_bench_apps:slow", workers)
+            try:
+                loads.append(os.getloadavg()[0])
+                res = wrk(srv.port, duration, True)
+                res["rss"] = sum(rss_kib(p) for p in srv.workers_pids())
+            finally:
+                srv.stop()
+            rows.setdefault(label, []).append(res)
+            print(f"  slow-io {label:<40} {res['rps']:>7.0f} req/s p99 {res['p99']:.1f} ms",
+                  file=sys.stderr)
+    print("| server (app waits 20 ms, keep-alive) | req/s | p50 ms | p99 ms | errors | RSS of all workers MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, runs in rows.items():
+        med = {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99", "rss")}
+        print(f"| {label} | {med['rps']:,.0f} | {med['p50']:.1f} | {med['p99']:.1f} | "
+              f"{sum(x['errors'] for x in runs):.0f} | {med['rss'] / 1024:.0f} |")
+
+
 def machine() -> str:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
     mem = int(Path("/proc/meminfo").read_text().split()[1]) // (1 << 20)
@@ -289,6 +317,7 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds of wrk per run")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-resilience", action="store_true")
+    ap.add_argument("--skip-slow-io", action="store_true")
     args = ap.parse_args()
     loads: list[float] = []
     print(f"machine: {machine()}")
@@ -300,6 +329,9 @@ def main() -> int:
     if not args.skip_resilience:
         print()
         resilience(args.rounds, args.duration, 4, loads)
+    if not args.skip_slow_io:
+        print()
+        slow_io(args.rounds, args.duration, loads)
     print()
     print(f"load average (1 min) at the start of each run: {min(loads):.1f} to {max(loads):.1f}, "
           f"median {statistics.median(loads):.1f}")

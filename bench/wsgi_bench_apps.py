@@ -20,3 +20,11 @@ flask_app = Flask(__name__)
 @flask_app.get("/")
 def index() -> Any:
     return jsonify(message="Hello, world!", items=list(range(10)))
+
+
+def slow(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """An app waiting 20 ms on I/O (a database, an API) per request."""
+    import time
+
+    time.sleep(0.02)
+    return hello(environ, start_response)
