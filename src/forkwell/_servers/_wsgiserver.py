@@ -237,16 +237,12 @@ def serve_wsgi(  # noqa: PLR0913 (gunicorn's settings, by their names)
 ) -> None:
     """Serve a WSGI application from ``workers`` pre-forked workers until stopped.
 
-    >>> forkwell.serve_wsgi("myproject.wsgi:application", "0.0.0.0:8000", workers=4)
-
-    ``app`` is the application, or ``"MODULE:APP"`` (``APP`` may be a
-    factory call, ``create_app()``), imported in each worker, or once in the
-    master with ``preload=True``.  The keywords are gunicorn's settings of
-    the same names; the pre-fork ones are :class:`~forkwell.PreforkServer`'s.
-    Returns once every worker is reaped (SIGTERM, SIGINT, SIGQUIT); raises
-    :class:`~forkwell.BindError`, :class:`~forkwell.HandlerImportError`,
-    :class:`~forkwell.WorkerBootError`, or ``ModuleNotFoundError`` naming
-    ``pip install 'forkwell[wsgi]'`` when the HTTP parser is missing.
+    ``app``: the application, or ``"MODULE:APP"`` (``APP`` may be a factory
+    call, ``create_app()``), imported in each worker, or once in the master
+    with ``preload=True``.  The keywords are gunicorn's settings of the same
+    names (docs/servers.md).  Returns once every worker is reaped; raises
+    ``BindError``, ``HandlerImportError``, ``WorkerBootError``, or
+    ``ModuleNotFoundError`` naming ``pip install 'forkwell[wsgi]'``.
     """
     settings = WSGISettings(
         workers=workers,
