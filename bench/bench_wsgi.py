@@ -5,8 +5,8 @@ a small Flask app returning JSON), the same number of workers (2 and 4),
 Debian's ``wrk -t2 -c32 -d10s`` with keep-alive on and off (``Connection:
 close``), on 127.0.0.1.  Every round runs every configuration, the servers
 of one configuration back to back, so drift on a shared machine hits all of
-them alike; tables give medians over the rounds and ratios against gunicorn
-sync.  Then, under load, what fails while workers are replaced: HUP reloads,
+them alike; tables give medians over the rounds and, against gunicorn sync, the
+median of each round's ratio.  Then, under load, what fails while workers are replaced: HUP reloads,
 ``max_requests`` recycling and SIGKILLed workers (wrk's socket errors plus
 non-2xx answers), and how long the master takes to replace a killed worker.
 Last, an app that waits 20 ms per request (slow I/O): what gunicorn's threads
@@ -190,12 +190,14 @@ def print_throughput(results: dict[tuple[Any, ...], list[dict[str, float]]]) -> 
         rps = statistics.median(x["rps"] for x in runs)
         p50 = statistics.median(x["p50"] for x in runs)
         p99 = statistics.median(x["p99"] for x in runs)
-        base_rps = statistics.median(x["rps"] for x in base)
-        base_p99 = statistics.median(x["p99"] for x in base)
+        # Ratios pair each run with gunicorn sync's of the same round (run back
+        # to back): the median of those is steadier than a ratio of medians.
+        vs_rps = statistics.median(x["rps"] / b["rps"] for x, b in zip(runs, base, strict=True))
+        vs_p99 = statistics.median(x["p99"] / b["p99"] for x, b in zip(runs, base, strict=True))
         errors = sum(x["errors"] for x in runs)
         rss = statistics.median(x["rss"] for x in runs) / 1024
         print(f"| {app_name} | {'on' if keep_alive else 'off'} | {workers} | {name} | {rps:,.0f} | "
-              f"{rps / base_rps:.2f}x | {p50:.2f} | {p99:.2f} | {p99 / base_p99:.2f}x | "
+              f"{vs_rps:.2f}x | {p50:.2f} | {p99:.2f} | {vs_p99:.2f}x | "
               f"{errors:.0f} | {rss:.1f} |")
 
 
