@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -55,3 +56,86 @@ def test_help_imports_no_feature_module() -> None:
     )
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.stderr.strip() == "['forkwell', 'forkwell._cli']"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_takes_version(name: str) -> None:
+    r = fw(name, "--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"forkwell {forkwell.__version__}\n", "")
+
+
+def test_every_command_is_declared_in_the_module_that_runs_it() -> None:
+    from importlib import import_module
+
+    for name, (module, _) in COMMANDS.items():
+        declared = import_module(module, "forkwell._cli").DECLARED
+        assert declared[name].name == name, name
+
+
+def test_every_help_has_one_layout_with_aligned_options() -> None:
+    from forkwell._cli._docs import declared
+    from forkwell._cli._help import render
+
+    for name, command in declared().items():
+        text = render(command, f"forkwell {name}")
+        assert text.startswith(f"usage: forkwell {name} "), name
+        assert "\nexit status:\n" in text and "  -h, --help " in text, name
+        for section in text.split("\n\n"):
+            if not section.split("\n", 1)[0].endswith("options:"):
+                continue
+            # The help column starts at the same place on every row (or on the next line).
+            rows = [re.match(r"(  -\S|      --\S).*?  +(\S)", ln) for ln in section.split("\n")]
+            starts = {row.start(2) for row in rows if row}
+            assert len(starts) == 1, (name, section)
+
+
+def test_docs_cli_md_is_made_from_the_declarations() -> None:
+    from pathlib import Path
+
+    from forkwell._cli._docs import REGENERATE, render
+
+    page = Path(__file__).parent.parent / "docs" / "cli.md"
+    assert page.read_text() == render(), f"docs/cli.md is stale: regenerate it with `{REGENERATE}`"
+
+
+def test_the_cli_defaults_are_the_librarys() -> None:
+    """What the help shows and what the parser gives when an option is left out."""
+    import inspect
+
+    from forkwell._cli import _daemon, _help, _init, _options, _serve, _timeout
+    from forkwell._cli._parser import parse
+    from forkwell._daemon._service import start_daemon, stop_daemon
+    from forkwell._init import Init
+    from forkwell._servers._forking import ForkingServer
+    from forkwell._servers._prefork import PreforkServer
+    from forkwell._supervisor._config import DEFAULT_FILE
+    from forkwell._supervisor._control._discovery import DEFAULT_CONFIG
+    from forkwell._timeout import LEFTOVER_GRACE, run_timeout
+
+    def default(func: object, name: str) -> object:
+        return inspect.signature(func).parameters[name].default  # type: ignore[arg-type]
+
+    assert parse(_timeout.TIMEOUT, ["5", "true"]).signal == default(run_timeout, "stop_signal")
+    assert f"({LEFTOVER_GRACE:g} s\nwithout it)" in _help.render(_timeout.TIMEOUT, "t")
+    assert parse(_init.INIT, ["true"]).grace == default(Init, "grace") == 5.0
+    stop = parse(_daemon.STOP, ["--pidfile", "p"])
+    assert (stop.signal, stop.timeout) == (default(stop_daemon, "stop_signal"), 10.0)
+    assert stop.timeout == default(stop_daemon, "timeout")
+    start = parse(_daemon.START, ["--pidfile", "p", "true"])
+    for key in ("workdir", "umask", "ready", "ready_timeout"):
+        assert getattr(start, key) == default(start_daemon, key), key
+    assert start.ready_timeout == 60.0
+    # serve passes only what was given: the servers apply their own defaults,
+    # which its help shows.
+    serve = parse(_serve.SERVE, ["m:h"])
+    assert serve.timeout is serve.graceful_timeout is serve.max_children is None
+    known = _help.facts(_serve.SERVE)
+    assert default(PreforkServer, "graceful_timeout") == 30.0 == default(ForkingServer, "graceful_timeout")
+    assert known["graceful"] == "30s" and known["timeout"] == "30s"
+    assert default(PreforkServer, "timeout") == 30.0
+    assert known["max_children"] == str(default(ForkingServer, "max_children"))
+    assert known["boot_failures"] == str(default(PreforkServer, "max_boot_failures"))
+    assert known["bind"] == default(ForkingServer, "bind") == default(PreforkServer, "bind")
+    # -c's default is the supervisor's, written in the help (reading it would cost tomllib).
+    assert DEFAULT_FILE == DEFAULT_CONFIG
+    assert f"(default ./{DEFAULT_FILE})" in _options.CONFIG.help

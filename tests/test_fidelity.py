@@ -11,6 +11,7 @@ docs/init.md end with the tables of differences).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -157,3 +158,47 @@ def test_a_real_fault_in_init_kills_it_instead_of_hanging() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     assert r.returncode == -signal.SIGSEGV
+
+
+# ---------------------------------------------------------------- timeout: signal 0, -v
+
+
+@pytest.mark.parametrize("args", [["-s", "0", "0.2", "sleep", "0.6"],
+                                  ["-s", "EXIT", "0.2", "sh", "-c", "sleep 0.6; exit 3"],
+                                  ["-s", "0", "-k", "0.3", "0.2", "sleep", "30"],
+                                  ["-v", "-s", "0", "-k", "0.3", "0.2", "sleep", "30"]])
+def test_signal_zero_is_accepted_and_k_does_the_killing(args: list[str]) -> None:
+    gnu = subprocess.run([need("timeout"), *args], capture_output=True, text=True, timeout=30)
+    ours = subprocess.run([*FORKWELL, "timeout", *args], capture_output=True, text=True, timeout=30)
+    # GNU's KILL kills its own process group, itself included: the shell sees -9.
+    gnu_status = 128 + signal.SIGKILL if gnu.returncode == -signal.SIGKILL else gnu.returncode
+    assert ours.returncode == gnu_status
+    normalise = str.maketrans("\u2018\u2019", "''")  # GNU quotes with curly quotes in a UTF-8 locale
+    gnu_says = gnu.stderr.translate(normalise).replace(need("timeout") + ":", "timeout:")
+    assert ours.stderr.replace("forkwell timeout:", "timeout:") == gnu_says
+
+
+def _with_stderr(argv: list[str], how: str) -> int:
+    """Run ``argv`` with stderr closed or broken; end what a dying peer leaves (its group)."""
+    read, write = os.pipe()
+    os.close(read)  # broken: the reader is gone
+    kwargs: dict[str, object] = (
+        {"preexec_fn": lambda: os.close(2)} if how == "closed" else {"stderr": write}
+    )
+    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+    os.close(write)
+    try:
+        return int(proc.wait(30))
+    finally:
+        # GNU timeout killed by SIGPIPE leaves its command running (before coreutils 9.10).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["closed", "broken"])
+def test_verbose_with_a_closed_or_broken_stderr_still_reports_the_timeout(how: str) -> None:
+    """Intentional difference: GNU exits 125 (closed) or dies of SIGPIPE (broken), losing
+    the status a script tests for; forkwell drops the message and exits 124 (docs/run.md)."""
+    argv = ["-v", "0.1", "sleep", "5"]
+    assert _with_stderr([*FORKWELL, "timeout", *argv], how) == 124
+    assert _with_stderr([need("timeout"), *argv], how) in (125, -signal.SIGPIPE)

@@ -11,16 +11,20 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakeclock import MockClock
 from helpers import running, wait_until
 from test_supervisor_harness import (
+    LONG,
     all_gone,
     cmd,
     config,
     drive,
     info,
+    jump_past,
     log_text,
     pause,
     py,
@@ -33,6 +37,14 @@ import forkwell
 from forkwell import Supervisor
 
 pytestmark = pytest.mark.timeout(40)
+
+
+@pytest.fixture
+def clock() -> Iterator[MockClock]:
+    """For the tests of long timeouts: the loop's clock, which the test moves."""
+    c = MockClock()
+    yield c
+    c.close()
 
 
 def test_crash_after_min_uptime_is_restarted_at_once(tmp_path: Path) -> None:
@@ -265,7 +277,9 @@ def test_delay_readiness(tmp_path: Path) -> None:
     drive(cfg, body)
 
 
-def test_not_ready_in_time_is_a_failed_start_and_its_tree_is_ended(tmp_path: Path) -> None:
+def test_not_ready_in_time_is_a_failed_start_and_its_tree_is_ended(
+    tmp_path: Path, clock: MockClock
+) -> None:
     pids = tmp_path / "pids"
     script = f"sh -c 'echo $$ >> {pids}; exec sleep 1000' & echo $$ >> {pids}; exec sleep 1000"
     cfg = config(
@@ -274,20 +288,25 @@ def test_not_ready_in_time_is_a_failed_start_and_its_tree_is_ended(tmp_path: Pat
         [programs.mute]
         command = {cmd("sh", "-c", script)}
         ready = "notify"
-        ready_timeout = 0.3
+        ready_timeout = 30
         start_retries = 1
         autostart = false
         """,
     )
 
-    async def body(sup: Supervisor) -> None:
-        [result] = await sup.start(["mute"])
-        assert not result.ok and result.state == "FATAL"
-        assert "not ready within 0.3s (ready = notify)" in result.message
-        started = [int(p) for p in pids.read_text().split()]
-        assert len(started) == 2 and all_gone(started)
+    def started() -> list[int]:
+        return [int(p) for p in pids.read_text().split()] if pids.exists() else []
 
-    drive(cfg, body)
+    async def body(sup: Supervisor) -> None:
+        start = asyncio.create_task(sup.start(["mute"]))
+        await until(lambda: len(started()) == 2, 10, "2 pids")
+        await jump_past(clock, 30, lambda: not start.done() and all(map(running, started())))
+        [result] = await asyncio.wait_for(start, 10)
+        assert not result.ok and result.state == "FATAL"
+        assert "not ready within 30s (ready = notify)" in result.message
+        assert len(started()) == 2 and all_gone(started())
+
+    drive(cfg, body, LONG, loop_factory=clock.event_loop)
 
 
 def test_stop_while_a_readiness_probe_runs_ends_the_probe_too(tmp_path: Path) -> None:
@@ -454,7 +473,9 @@ def test_shutdown_stops_dependents_first(tmp_path: Path) -> None:
     assert web_stopped <= when(sup, "db:0", "STOPPING")
 
 
-def test_stop_ends_the_whole_tree_including_setsid_and_sigterm_ignoring(tmp_path: Path) -> None:
+def test_stop_ends_the_whole_tree_including_setsid_and_sigterm_ignoring(
+    tmp_path: Path, clock: MockClock
+) -> None:
     pids = tmp_path / "pids"
     tree = f"""
     import os, signal, subprocess, sys
@@ -478,7 +499,7 @@ def test_stop_ends_the_whole_tree_including_setsid_and_sigterm_ignoring(tmp_path
         f"""
         [programs.tree]
         command = {cmd(PYTHON, "-c", _dedent(tree))}
-        stop_timeout = 0.5
+        stop_timeout = 10
         """,
     )
 
@@ -486,16 +507,19 @@ def test_stop_ends_the_whole_tree_including_setsid_and_sigterm_ignoring(tmp_path
         await until(lambda: pids.exists() and len(pids.read_text().split()) == 3, what="3 pids")
         members = [int(p) for p in pids.read_text().split()]
         assert all(running(p) for p in members)
-        began = time.monotonic()
-        [result] = await sup.stop(["tree"])
-        took = time.monotonic() - began
+        began = clock.monotonic()
+        stop = asyncio.create_task(sup.stop(["tree"]))
+        await until(lambda: info(sup, "tree:0").state == "STOPPING", what="STOPPING")
+        await jump_past(clock, 10, lambda: not stop.done() and all(map(running, members)))
+        [result] = await asyncio.wait_for(stop, 10)
+        took = clock.monotonic() - began
         assert result.ok and result.state == "STOPPED"
         assert all_gone(members), [p for p in members if running(p)]
         # SIGTERM was ignored, so it took the stop_timeout and then SIGKILL.
-        assert 0.5 <= took < 4.0
+        assert 10 <= took < 14.0
         assert result.last_exit == -signal.SIGKILL
 
-    drive(cfg, body)
+    drive(cfg, body, LONG, loop_factory=clock.event_loop)
 
 
 def test_orphans_handed_to_the_supervisor_are_reaped_without_stealing_statuses(
@@ -770,23 +794,30 @@ def test_second_supervisor_for_the_same_config_is_refused(tmp_path: Path) -> Non
     drive(cfg, body)
 
 
-def test_shutdown_timeout_kills_what_ignores_the_stop_signal(tmp_path: Path) -> None:
+def test_shutdown_timeout_kills_what_ignores_the_stop_signal(
+    tmp_path: Path, clock: MockClock
+) -> None:
     path = tmp_path / "forkwell.toml"
     script = "trap '' TERM; while :; do read -t 1 x < /dev/zero; done"
     path.write_text(
-        "[supervisor]\nshutdown_timeout = 0.5\n"
-        f"[programs.stubborn]\ncommand = {cmd('sh', '-c', script)}\nstop_timeout = 30\n"
+        "[supervisor]\nshutdown_timeout = 30\n"
+        f"[programs.stubborn]\ncommand = {cmd('sh', '-c', script)}\nstop_timeout = 60\n"
     )
     cfg = forkwell.load_config(path)
     seen: dict[str, float] = {}
 
     async def body(sup: Supervisor) -> None:
-        seen["pid"] = float(info(sup, "stubborn:0").pid or 0)
-        seen["began"] = time.monotonic()
+        pid = info(sup, "stubborn:0").pid or 0
+        seen["pid"] = float(pid)
+        seen["began"] = clock.monotonic()
+        shutdown = asyncio.create_task(sup.shutdown())
+        await until(lambda: info(sup, "stubborn:0").state == "STOPPING", what="STOPPING")
+        await jump_past(clock, 30, lambda: not shutdown.done() and running(pid))
+        await asyncio.wait_for(shutdown, 10)
 
-    drive(cfg, body)
-    took = time.monotonic() - seen["began"]
-    assert 0.5 <= took < 4.0
+    drive(cfg, body, LONG, loop_factory=clock.event_loop)
+    took = clock.monotonic() - seen["began"]
+    assert 30 <= took < 34.0
     assert not running(int(seen["pid"]))
 
 
@@ -1021,14 +1052,14 @@ def test_a_refused_prestart_starts_nothing_and_restores_the_signal_handlers(tmp_
     assert info(sup, "plain:0").state == "STOPPED" and sup._watchdog.pid is None
 
 
-def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:
+def test_nothing_starts_once_shutdown_began(tmp_path: Path, clock: MockClock) -> None:
     script = "trap '' TERM; while :; do read -t 1 x < /dev/zero; done"
     cfg = config(
         tmp_path,
         f"""
         [programs.slow]
         command = {cmd("sh", "-c", script)}
-        stop_timeout = 0.5
+        stop_timeout = 5
         [programs.later]
         command = {cmd("sleep", "1000")}
         autostart = false
@@ -1040,10 +1071,11 @@ def test_nothing_starts_once_shutdown_began(tmp_path: Path) -> None:
         await until(lambda: info(sup, "slow:0").state == "STOPPING", what="STOPPING")
         [result] = await sup.start(["later"])
         assert not result.ok and result.message == "later:0: the supervisor is shutting down"
+        clock.jump(5)  # the stop_timeout of slow, which ignores SIGTERM
         await shutdown
         assert [i.state for i in sup.instances()] == ["STOPPED", "STOPPED"]
 
-    drive(cfg, body)
+    drive(cfg, body, LONG, loop_factory=clock.event_loop)
 
 
 def test_invalid_transition_raises_state_error(tmp_path: Path) -> None:

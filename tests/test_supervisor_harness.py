@@ -8,13 +8,25 @@ import textwrap
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from helpers import PY
 
 from forkwell import Config, InstanceInfo, Supervisor, load_config
 
+if TYPE_CHECKING:
+    from fakeclock import MockClock
+
 T = TypeVar("T")
+
+#: How much of a timer the tests leave to check that it holds: after a jump
+#: to this short of its deadline, it must not have fired.  Real time runs on
+#: under a fake clock too, so it is a whole second: loop turns take far less.
+MARGIN = 1.0
+
+#: drive()'s timeout for the body is on the loop's clock, which these tests move
+#: by minutes: an hour.  Each wait of theirs has a real-time bound of its own.
+LONG = 3600
 
 
 def cmd(*argv: str) -> str:
@@ -73,6 +85,28 @@ async def pause(seconds: float) -> None:
     fut: asyncio.Future[None] = loop.create_future()
     loop.call_later(seconds, fut.set_result, None)
     await fut
+
+
+async def turns(n: int = 20) -> None:
+    """Let the loop run ``n`` iterations, no time passing: what was due has happened.
+
+    For checking, on a fake clock, that a timer still holds: after a jump to
+    just short of its deadline and these turns, a timer that fires too soon
+    would have fired.
+    """
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def jump_past(clock: MockClock, seconds: float, holds: Callable[[], bool]) -> None:
+    """Move the clock ``seconds``, checking on the way that ``holds()`` until the very end."""
+    if seconds > MARGIN:
+        clock.jump(seconds - MARGIN)
+        await turns()
+        assert holds(), f"the {seconds:g}s timer fired {MARGIN:g}s or more too soon"
+        clock.jump(MARGIN)
+    else:
+        clock.jump(seconds)
 
 
 async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:

@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "Config": "._supervisor._config",
     "ProgramConfig": "._supervisor._config",
     "load_config": "._supervisor._config",
-    "ControlClient": "._supervisor._control._server",
+    "ControlClient": "._supervisor._control._client",
     "daemonize": "._daemon._daemonize",
     "ChildExit": "._core._reaper",
     "Reaper": "._core._reaper",
@@ -63,7 +63,7 @@ _EXPORTS: dict[str, str] = {
     "serve_wsgi": "._servers._wsgiserver",
     "InstanceInfo": "._supervisor._engine",
     "OpResult": "._supervisor._engine",
-    "ReloadReport": "._supervisor._engine",
+    "ReloadReport": "._supervisor._fleet",
     "Supervisor": "._supervisor._engine",
 }
 
@@ -113,11 +113,11 @@ if TYPE_CHECKING:
     from ._supervisor._config import Config as Config
     from ._supervisor._config import ProgramConfig as ProgramConfig
     from ._supervisor._config import load_config as load_config
-    from ._supervisor._control._server import ControlClient as ControlClient
+    from ._supervisor._control._client import ControlClient as ControlClient
     from ._supervisor._engine import InstanceInfo as InstanceInfo
     from ._supervisor._engine import OpResult as OpResult
-    from ._supervisor._engine import ReloadReport as ReloadReport
     from ._supervisor._engine import Supervisor as Supervisor
+    from ._supervisor._fleet import ReloadReport as ReloadReport
     from ._supervisor._program import ProgramState as ProgramState
 
 

@@ -1,9 +1,11 @@
 """The ``forkwell`` command: a thin dispatcher.
 
-Each subcommand lives in its own ``_cli_<name>`` module, imported only when
-that subcommand runs, so ``forkwell --help`` and ``forkwell timeout`` do not pay
-for the supervisor or the servers.  Subcommand modules parse and print; the
-work is done by the library.
+Each command is declared once, in its own module (``_timeout``, ``_ctl``...:
+its options, operands, help and exit statuses, see :mod:`._options`), imported
+only when that command runs, so ``forkwell --help`` and ``forkwell timeout``
+do not pay for the supervisor or the servers.  Its one-line summary is here,
+in :data:`COMMANDS`, the table ``forkwell --help`` and ``docs/cli.md`` list.
+Command modules parse and print; the work is done by the library.
 """
 
 from __future__ import annotations
@@ -31,20 +33,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USAGE = "usage: forkwell [--version] [--help] COMMAND [ARGS...]"
+DESCRIPTION = (
+    "The whole life of Unix processes: deadlines, daemons, reaping, servers, supervision."
+)
 
 
 def _help() -> str:
-    lines = [
-        USAGE,
-        "",
-        "The whole life of Unix processes: deadlines, daemons, reaping, servers, supervision.",
-        "",
-        "commands:",
-    ]
+    """The same layout as every command's help (forkwell._cli._help), without importing it."""
     width = max(len(n) for n in COMMANDS)
-    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "Run 'forkwell COMMAND --help' for a command's options."]
-    return "\n".join(lines)
+    return "\n".join([
+        USAGE, "", DESCRIPTION, "", "commands:",
+        *(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()),
+        "", "options:",
+        "  -h, --help     show this help and exit",
+        "      --version  show forkwell's version and exit",
+        "", "Run 'forkwell COMMAND --help' for a command's options.",
+    ])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,31 +5,36 @@ print.  Imports stay lean (no asyncio, tomllib or engine) because ``forkwell
 ps`` is run by health checks and people in a hurry; only ``check`` loads the
 config module.
 
-Exit codes (also in ``docs/control.md``):
-    0  done; ``ps``: every autostart instance is RUNNING (or a job that exited 0)
-    1  the supervisor cannot be reached, or failed to answer
-    2  bad usage, unknown program name, invalid config (``check``, ``reload``)
-    3  an instance failed (FATAL, did not stop, could not be signalled);
-       ``ps``: some autostart instance is not RUNNING
-  130  interrupted (Ctrl-C)
+Each command is declared once in :data:`DECLARED` (its options, operands and
+exit statuses, as ``--help`` and ``docs/cli.md`` show them; also in
+``docs/control.md``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import Any
 
-from .._core._files import tail_bytes
 from .._core._proc import wait_gone
 from .._core._status import exit_label
 from .._exceptions import ControlRequestError, SupervisorUnreachableError
-from .._supervisor._control._server import ControlClient, find_socket
-
-if TYPE_CHECKING:
-    import argparse
+from .._supervisor._control._client import ControlClient
+from .._supervisor._control._discovery import find_socket
+from ._options import (
+    CONFIG,
+    FLOAT,
+    SIGNAL,
+    SOCKET,
+    Command,
+    Kind,
+    Operand,
+    Option,
+    UsageError,
+    at_least,
+)
+from ._parser import parse_or_report as _parse_or_report
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -40,179 +45,132 @@ EXIT_INTERRUPTED = 130
 # Error codes from the supervisor that mean "the user asked for something wrong".
 _USAGE_CODES = frozenset({"unknown_name", "bad_request", "config"})
 
-_DESCRIPTIONS = {
-    "ps": "Show every supervised instance: state, pid, uptime, restarts, last exit, CPU %, RSS.\n"
-    "Exit 0 when every autostart instance is RUNNING (or a job that exited 0), 3 otherwise:\n"
-    "a health check.  STARTING does not count as up.",
-    "start": "Start instances and wait until each is RUNNING (ready) or has failed.",
-    "stop": "Stop instances (their whole process trees) and wait until each is STOPPED.",
-    "restart": "Restart instances; each is stopped and started on its own, others are untouched.",
-    "signal": "Send a signal to instances' main processes (their whole trees with --tree).",
-    "logs": "Print the last lines of instances' logs (several: each line prefixed with its\n"
-    "instance); -f keeps following them across rotations and truncation.",
-    "reload": "Re-read the config: start added programs, stop removed ones, restart changed\n"
-    "ones; unchanged ones keep running (same pid).  An invalid config changes nothing.",
-    "scale": "Change a program's number of instances; existing instances are not restarted.",
-    "down": "Stop everything in reverse dependency order; return once the supervisor exited.",
-    "check": "Validate a config file without a running supervisor; list every error.",
-}
+
+def _target(text: str) -> tuple[str, int]:
+    name, eq, count = text.partition("=")
+    if not eq or not name or not count.strip().isdigit():
+        raise UsageError(f"expected NAME=N with N >= 0, got {text!r}")
+    return name, int(count)
+
 
 _NAMES_HELP = "program (all its instances), program:N (one instance) or 'all'"
-_EPILOG = (
-    "The socket is --socket, else $FORKWELL_SOCKET, else [supervisor] socket of the config\n"
-    "(-c, default ./forkwell.toml).  Exit: 0 ok, 1 supervisor unreachable, 2 bad usage or\n"
-    "unknown name, 3 an instance failed or is not running.  See docs/control.md."
+_NAMES = Operand("NAME", _NAMES_HELP, nargs="+", dest="names")
+_NO_WAIT = Option(("--no-wait",), None, "return once the request is taken")
+_EXITS = (
+    ("0", "done"),
+    ("1", "the supervisor cannot be reached, or failed to answer"),
+    ("2", "bad usage, or an unknown program name"),
+    ("3", "an instance failed (FATAL, did not stop, could not be signalled)"),
+    ("130", "interrupted (Ctrl-C)"),
 )
+# argparse's words, which these commands have always used and scripts may grep.
+_WORDS = {
+    "unknown": "unrecognized arguments: {option}",
+    "unknown_short": "unrecognized arguments: {option}",
+    "extra": "unrecognized arguments: {operands}",
+    "missing": "the following arguments are required: {metavar}",
+}
 
 
-class _Usage(Exception):
-    pass
+def _control(name: str, description: str, *pieces: Option | Operand, **more: Any) -> Command:
+    """A control command: -c and --socket, then its own options and operands."""
+    options = tuple(p for p in pieces if isinstance(p, Option))
+    operands = tuple(p for p in pieces if isinstance(p, Operand))
+    more.setdefault("exits", _EXITS)
+    more.setdefault("notes", "See docs/control.md.")
+    return Command(name, description, options=(CONFIG, SOCKET, *options), operands=operands,
+                   words=_WORDS, **more)  # fmt: skip
 
 
-class _Opt(NamedTuple):
-    """One option or operand of a control command."""
+_OP_WORDS = {"start": ("Start instances and wait until each is RUNNING (ready) or has failed; "
+                       "dependencies first, independent instances in parallel."),
+             "stop": ("Stop instances (their whole process trees, dependents first) and wait "
+                      "until each is STOPPED."),
+             "restart": "Restart instances; each is stopped and started on its own, others are "
+                        "untouched."}  # fmt: skip
+_PROGRESS = ("On a terminal, a progress line on stderr shows the instances' states until "
+             "they are done.")
 
-    names: tuple[str, ...]  # spellings; () for an operand
-    dest: str
-    kind: str  # "flag", "str", "int", "float"; operands: nargs "?", "*", "+" or "1"
-    default: Any
-    metavar: str | None
-    help: str
-
-
-_CONFIG = _Opt(("-c", "--config"), "config", "str", None, "FILE",
-               "the supervisor's config (default ./forkwell.toml)")  # fmt: skip
-_SOCKET = _Opt(("--socket",), "socket", "str", None, "PATH",
-               "the control socket (overrides the config)")  # fmt: skip
-_NAMES = _Opt((), "names", "+", None, "NAME", _NAMES_HELP)
-_NO_WAIT = _Opt(("--no-wait",), "no_wait", "flag", False, None,
-                "return once the request is taken")  # fmt: skip
-
-# Each command's options and operands: the one table both parsers read.
-_SPECS: dict[str, tuple[_Opt, ...]] = {
-    "ps": (_CONFIG, _SOCKET, _NAMES._replace(kind="*", help=_NAMES_HELP + " (default: all)"),
-           _Opt(("--json",), "json", "flag", False, None, "print a JSON document instead")),
-    "start": (_CONFIG, _SOCKET, _NAMES, _NO_WAIT),
-    "stop": (_CONFIG, _SOCKET, _NAMES, _NO_WAIT),
-    "restart": (_CONFIG, _SOCKET, _NAMES, _NO_WAIT),
-    "signal": (_CONFIG, _SOCKET, _Opt((), "signal", "1", None, "SIG", "TERM, SIGTERM or 15"),
-               _NAMES,
-               _Opt(("--tree",), "tree", "flag", False, None, "signal each instance's whole tree")),
-    "logs": (_CONFIG, _SOCKET, _NAMES,
-             _Opt(("-n", "--lines"), "lines", "int", 10, "N", "default 10"),
-             _Opt(("-f", "--follow"), "follow", "flag", False, None, "keep printing new lines"),
-             _Opt(("--stderr",), "stderr", "flag", False, None,
-                  "the stderr log instead of stdout")),
-    "reload": (_CONFIG, _SOCKET),
-    "scale": (_CONFIG, _SOCKET, _Opt((), "targets", "+", None, "NAME=N", "e.g. web=4")),
-    "down": (_CONFIG, _SOCKET,
-             _Opt(("--timeout",), "timeout", "float", 60.0, "SECONDS",
-                  "how long to wait for the supervisor process to exit after stopping "
-                  "(default 60)")),
-    "check": (_CONFIG,),
+DECLARED = {
+    "ps": _control(
+        "ps",
+        "Show every supervised instance: state, pid, uptime, restarts, last exit, CPU %, RSS.\n"
+        "Its exit status makes it a health check; STARTING does not count as up.",
+        Operand("NAME", _NAMES_HELP + " (default: all)", nargs="*", dest="names"),
+        Option(("--json",), None, "print a JSON document instead"),
+        exits=(
+            ("0", "every autostart instance is RUNNING (or a job that exited 0)"),
+            ("1", "the supervisor cannot be reached, or failed to answer"),
+            ("2", "bad usage, or an unknown program name"),
+            ("3", "some autostart instance is not RUNNING"),
+        ),
+        examples=("forkwell ps", "forkwell ps web --json", "forkwell ps >/dev/null || alert"),
+    ),
+    **{
+        name: _control(name, f"{text}\n\n{_PROGRESS}", _NAMES, _NO_WAIT,
+                       examples=(f"forkwell {name} web:1", f"forkwell {name} all --no-wait"))
+        for name, text in _OP_WORDS.items()
+    },
+    "signal": _control(
+        "signal",
+        "Send a signal to instances' main processes (their whole trees with --tree).",
+        Operand("SIG", "TERM, SIGTERM or 15", kind=SIGNAL, dest="signal"),
+        _NAMES,
+        Option(("--tree",), None, "signal each instance's whole tree"),
+        examples=("forkwell signal HUP web", "forkwell signal --tree TERM worker:0"),
+    ),
+    "logs": _control(
+        "logs",
+        "Print the last lines of instances' logs (several: each line prefixed with its\n"
+        "instance); -f keeps following them across rotations and truncation.",
+        _NAMES,
+        Option(("-n", "--lines"), "N", "how many lines (default {default})",
+               at_least(0), 10),
+        Option(("-f", "--follow"), None, "keep printing new lines"),
+        Option(("--stderr",), None, "the stderr log instead of stdout"),
+        examples=("forkwell logs web:0 -n 50", "forkwell logs all -f"),
+    ),
+    "reload": _control(
+        "reload",
+        "Re-read the config: start added programs, stop removed ones, restart changed\n"
+        "ones; unchanged ones keep running (same pid).  An invalid config changes nothing.",
+        exits=(*_EXITS[:2], ("2", "bad usage, or an invalid config (every error is listed; "
+                                  "nothing was changed)"), *_EXITS[3:]),
+        examples=("forkwell reload",),
+    ),
+    "scale": _control(
+        "scale",
+        "Change a program's number of instances; existing instances are not restarted.",
+        Operand("NAME=N", "e.g. web=4", nargs="+", kind=Kind("NAME=N", _target),
+                dest="targets"),
+        examples=("forkwell scale web=4 worker=2",),
+    ),
+    "down": _control(
+        "down",
+        "Stop everything in reverse dependency order; return once the supervisor exited.",
+        Option(("--timeout",), "SECONDS", "how long to wait for the supervisor process to exit "
+               "after stopping (default {default})", FLOAT, 60.0),
+        exits=(_EXITS[0], ("1", "the supervisor cannot be reached, failed to answer, or did "
+                                "not exit within --timeout"), *_EXITS[2:]),
+        examples=("forkwell down && forkwell up --detach",),
+    ),
+    "check": Command(
+        "check",
+        "Validate a config file without a running supervisor; list every error.",
+        options=(CONFIG,),
+        exits=(("0", "the config is valid (prints its programs and socket)"),
+               ("2", "bad usage, or an invalid config (every error is listed)")),
+        examples=("forkwell check -c deploy/forkwell.toml",),
+    ),
 }  # fmt: skip
-_CONVERT: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
-
-
-def _parse(command: str, argv: list[str]) -> SimpleNamespace | None:
-    """The plain command lines people and health checks type, without argparse.
-
-    argparse (with gettext, locale and the regexes it compiles per run) is
-    ~5 ms of a ~40 ms ``forkwell ps``.  Anything this does not take as-is
-    (help, ``--``, abbreviations, bundled flags, a bad value, a missing
-    operand) returns None, and argparse parses it: the same result, or its
-    help and error messages.
-    """
-    spec = _SPECS[command]
-    options = {name: opt for opt in spec for name in opt.names}
-    values: dict[str, Any] = {opt.dest: opt.default for opt in spec}
-    operands: list[str] = []
-    split = False  # an option came after operands: argparse's rules for more are subtle
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if not arg.startswith("-") or arg == "-":
-            if split:
-                return None
-            operands.append(arg)
-            continue
-        split = bool(operands)
-        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        opt = options.get(name)
-        if opt is None:
-            return None
-        if opt.kind == "flag":
-            if eq:
-                return None
-            values[opt.dest] = True
-            continue
-        if not eq:
-            if i >= len(argv) or argv[i].startswith("-"):
-                return None
-            value = argv[i]
-            i += 1
-        try:
-            values[opt.dest] = _CONVERT[opt.kind](value)
-        except ValueError:
-            return None
-    for opt in spec:
-        if opt.names:
-            continue
-        if opt.kind == "1":
-            if not operands:
-                return None
-            values[opt.dest] = operands.pop(0)
-        elif opt.kind == "+" and not operands:
-            return None
-        else:
-            values[opt.dest], operands = operands, []
-    return None if operands else SimpleNamespace(**values)
-
-
-def _parser(prog: str, command: str) -> argparse.ArgumentParser:
-    """argparse, for ``--help`` and for what :func:`_parse` leaves to it."""
-    import argparse
-
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            # One line, not argparse's usage dump: scripts grep stderr.
-            raise _Usage(f"{message} (see '{self.prog} --help')")
-
-    p = _Parser(
-        prog=prog,
-        description=_DESCRIPTIONS[command],
-        epilog=_EPILOG if command != "check" else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    for opt in _SPECS[command]:
-        if not opt.names:
-            nargs = None if opt.kind == "1" else opt.kind
-            p.add_argument(opt.dest, nargs=nargs, metavar=opt.metavar, help=opt.help)
-        elif opt.kind == "flag":
-            p.add_argument(*opt.names, dest=opt.dest, action="store_true", help=opt.help)
-        else:
-            p.add_argument(
-                *opt.names, dest=opt.dest, type=_CONVERT[opt.kind], default=opt.default,
-                metavar=opt.metavar, help=opt.help,
-            )  # fmt: skip
-    return p
 
 
 def main(argv: list[str], *, prog: str, command: str) -> int:
+    ns = _parse_or_report(DECLARED[command], argv, prog)
+    if isinstance(ns, int):
+        return ns
     try:
-        ns: Any = _parse(command, argv)
-        if ns is None:
-            try:
-                ns = _parser(prog, command).parse_args(argv)
-            except SystemExit as exc:  # --help
-                return exc.code if isinstance(exc.code, int) else EXIT_OK
-        if command == "check":
-            return _check(prog, ns)
         return _COMMANDS[command](prog, ns)
-    except _Usage as exc:
-        _err(prog, str(exc))
-        return EXIT_USAGE
     except SupervisorUnreachableError as exc:
         _err(prog, str(exc))
         return EXIT_UNREACHABLE
@@ -239,14 +197,14 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-def _connect(ns: argparse.Namespace) -> ControlClient:
+def _connect(ns: SimpleNamespace) -> ControlClient:
     return ControlClient(find_socket(ns.socket, ns.config))
 
 
 # -- ps -------------------------------------------------------------------
 
 
-def _ps(prog: str, ns: argparse.Namespace) -> int:
+def _ps(prog: str, ns: SimpleNamespace) -> int:
     with _connect(ns) as client:
         result = client.request("ps", {"names": ns.names} if ns.names else None)
     rows: list[dict[str, Any]] = result.get("instances", [])
@@ -340,7 +298,7 @@ class _Progress:
 _DONE_WORDS = {"start": "started", "stop": "stopped", "restart": "restarted"}
 
 
-def _op(prog: str, ns: argparse.Namespace, command: str) -> int:
+def _op(prog: str, ns: SimpleNamespace, command: str) -> int:
     wait = not ns.no_wait
     progress = _Progress(prog) if wait and sys.stderr.isatty() else None
     with _connect(ns) as client:
@@ -379,40 +337,29 @@ def _report(prog: str, results: list[dict[str, Any]], done: str | None) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _start(prog: str, ns: argparse.Namespace) -> int:
+def _start(prog: str, ns: SimpleNamespace) -> int:
     return _op(prog, ns, "start")
 
 
-def _stop(prog: str, ns: argparse.Namespace) -> int:
+def _stop(prog: str, ns: SimpleNamespace) -> int:
     return _op(prog, ns, "stop")
 
 
-def _restart(prog: str, ns: argparse.Namespace) -> int:
+def _restart(prog: str, ns: SimpleNamespace) -> int:
     return _op(prog, ns, "restart")
 
 
-def _signal(prog: str, ns: argparse.Namespace) -> int:
-    from .._core._duration import parse_signal
-
-    try:
-        sig = parse_signal(ns.signal)
-    except ValueError as exc:
-        raise _Usage(str(exc)) from None
+def _signal(prog: str, ns: SimpleNamespace) -> int:
     with _connect(ns) as client:
-        result = client.request("signal", {"names": ns.names, "signal": sig.name, "tree": ns.tree})
-    return _report(prog, result.get("results", []), f"sent {sig.name}")
+        result = client.request("signal", {"names": ns.names, "signal": ns.signal.name,
+                                           "tree": ns.tree})  # fmt: skip
+    return _report(prog, result.get("results", []), f"sent {ns.signal.name}")
 
 
-def _scale(prog: str, ns: argparse.Namespace) -> int:
-    targets: list[tuple[str, int]] = []
-    for target in ns.targets:
-        name, eq, count = target.partition("=")
-        if not eq or not name or not count.strip().isdigit():
-            raise _Usage(f"expected NAME=N with N >= 0, got {target!r}")
-        targets.append((name, int(count)))
+def _scale(prog: str, ns: SimpleNamespace) -> int:
     rc = EXIT_OK
     with _connect(ns) as client:
-        for name, n in targets:
+        for name, n in ns.targets:
             result = client.request("scale", {"program": name, "n": n}, timeout=None)
             print(f"{name}: {n} instance{'s' if n != 1 else ''}")
             rc = max(rc, _report(prog, result.get("results", []), None))
@@ -422,7 +369,7 @@ def _scale(prog: str, ns: argparse.Namespace) -> int:
 # -- reload / down ------------------------------------------------------------
 
 
-def _reload(prog: str, ns: argparse.Namespace) -> int:
+def _reload(prog: str, ns: SimpleNamespace) -> int:
     with _connect(ns) as client:
         result = client.request("reload", timeout=None)
     changes = 0
@@ -443,7 +390,7 @@ def _reload(prog: str, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _down(prog: str, ns: argparse.Namespace) -> int:
+def _down(prog: str, ns: SimpleNamespace) -> int:
     with _connect(ns) as client:
         result = client.request("down", timeout=None)
         pid = result.get("pid")
@@ -461,134 +408,19 @@ def _down(prog: str, ns: argparse.Namespace) -> int:
 # -- logs ---------------------------------------------------------------------
 
 
-def _logs(prog: str, ns: argparse.Namespace) -> int:
-    if ns.lines < 0:
-        raise _Usage(f"-n must be >= 0, got {ns.lines}")
+def _logs(prog: str, ns: SimpleNamespace) -> int:
+    from ._logs import print_logs
+
     stream = "stderr" if ns.stderr else "stdout"
     with _connect(ns) as client:
         result = client.request("logs", {"names": ns.names, "stream": stream})
-    logs: list[dict[str, str]] = result.get("logs", [])
-    # One instance: its bytes as they are.  Several: each line prefixed with
-    # its instance, like the console of `forkwell up`.
-    prefixed = len(logs) > 1
-    width = max((len(entry["instance"]) for entry in logs), default=0)
-    followers = []
-    missing = []
-    out = sys.stdout.buffer
-    for entry in logs:
-        prefix = f"{entry['instance']:<{width}} | ".encode() if prefixed else b""
-        follower = LogFollower(entry["path"], prefix)
-        if follower.file is None:
-            missing.append(entry["instance"])
-        else:
-            tail = tail_bytes(follower.file, ns.lines)
-            out.write(follower.add_prefix(tail, final=not ns.follow))
-        followers.append(follower)
-    out.flush()
-    if missing and not ns.follow:
-        _err(prog, f"no {stream} log yet for {', '.join(missing)}")
-    if not ns.follow:
-        for follower in followers:
-            follower.close()
-        return EXIT_OK
-    follow(followers, out)
-    return EXIT_OK  # pragma: no cover (follow returns only by an exception)
-
-
-class LogFollower:
-    """New bytes of one log file, across rotation and truncation.
-
-    Rotation (rename + new file) shows as a new inode at ``path``: finish the
-    old file, then read the new one from its start.  Truncation
-    (copytruncate) shows as a size below our offset: start over at 0.
-    """
-
-    def __init__(self, path: str, prefix: bytes = b"") -> None:
-        self.path = path
-        self.prefix = prefix
-        self._partial = b""
-        self.file: Any = None
-        self._ident: tuple[int, int] | None = None
-        self._open()
-
-    def _open(self) -> None:
-        try:
-            self.file = open(self.path, "rb")  # noqa: SIM115 (kept open while following)
-        except FileNotFoundError:
-            self.file, self._ident = None, None
-        else:
-            self._ident = _ident(os.fstat(self.file.fileno()))
-
-    def read(self) -> bytes:
-        """Whatever was appended since the last call (b"" if nothing); never blocks."""
-        chunks = []
-        while True:
-            data = self.file.read(65536) if self.file is not None else b""
-            if data:
-                chunks.append(data)
-                continue
-            try:
-                st = os.stat(self.path)
-            except FileNotFoundError:
-                break  # rotated away, the new file is not there yet
-            if _ident(st) != self._ident:
-                if self.file is not None:
-                    chunks.append(self.file.read())  # written just before the rotation
-                    self.file.close()
-                self._open()
-                if self.file is None:
-                    break
-                continue
-            if self.file is not None and st.st_size < self.file.tell():
-                self.file.seek(0)
-                continue
-            break
-        return self.add_prefix(b"".join(chunks))
-
-    def add_prefix(self, data: bytes, *, final: bool = False) -> bytes:
-        """Prefix each complete line; keep a partial last line for later (unless ``final``)."""
-        if not self.prefix:
-            return data
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = b"" if final else lines.pop()
-        if final and lines and lines[-1] == b"":
-            lines.pop()
-        return b"".join(self.prefix + line + b"\n" for line in lines)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-def follow(followers: list[LogFollower], out: Any, *, interval: float = 0.1) -> None:
-    """Print what is appended to the followed logs, forever (until Ctrl-C).
-
-    Polling keeps this portable and costs nothing measurable at 10 Hz.
-    """
-    import select
-
-    while True:
-        wrote = False
-        for follower in followers:
-            data = follower.read()
-            if data:
-                out.write(data)
-                wrote = True
-        if wrote:
-            out.flush()
-        else:
-            select.select([], [], [], interval)
-
-
-def _ident(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
+    return print_logs(prog, result.get("logs", []), ns)
 
 
 # -- check --------------------------------------------------------------------
 
 
-def _check(prog: str, ns: argparse.Namespace) -> int:
+def _check(prog: str, ns: SimpleNamespace) -> int:
     from .._exceptions import ConfigError
     from .._supervisor._config import DEFAULT_FILE, load_config
 
@@ -611,6 +443,7 @@ def _check(prog: str, ns: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
+    "check": _check,
     "ps": _ps,
     "start": _start,
     "stop": _stop,

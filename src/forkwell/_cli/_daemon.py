@@ -1,82 +1,20 @@
 """``forkwell daemon start|stop|status|restart``: a better ``start-stop-daemon``.
 
-Parsing and printing only; the work is in :mod:`forkwell._daemon._service` (imported
-when a subcommand runs, so ``--help`` stays fast).
+Parsing and printing only; the work is in :mod:`forkwell._daemon._service`,
+imported when an action runs (or for the defaults ``--help`` shows: they are
+the library's).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
-USAGE = """\
-usage: forkwell daemon start   --pidfile PATH [START OPTIONS] -- COMMAND [ARG]...
-       forkwell daemon stop    --pidfile PATH [--signal TERM] [--timeout 10]
-       forkwell daemon status  --pidfile PATH
-       forkwell daemon restart --pidfile PATH [START OPTIONS] [--signal S] [--timeout T] \
--- COMMAND [ARG]..."""
-
-HELP = f"""{USAGE}
-
-Run COMMAND as a daemon (detached, in its own session, stdio on /dev/null or a
-log, umask, working directory, user), kept unique by a locked pidfile that
-names COMMAND's real pid.  'start' returns only once the daemon is up, and
-says why when it is not.
-
-start options:
-  --pidfile PATH        the pidfile (required); locked by the daemon for its life
-  --log FILE            append the daemon's stdout and stderr to FILE (default /dev/null)
-  --workdir DIR         working directory (default /)
-  --umask MODE          octal umask (default 022)
-  --user USER           run as USER (name or uid), with USER's supplementary groups
-  --group GROUP         run with primary group GROUP (default: USER's)
-  --chroot DIR          chroot to DIR first (--workdir is then inside it)
-  --env K=V             set an environment variable (repeatable)
-  --ready HOW           when the daemon counts as up (default exec):
-                          exec           COMMAND was exec'd successfully
-                          notify         COMMAND sent READY=1 to $NOTIFY_SOCKET (sd_notify)
-                          tcp:HOST:PORT  the port accepts connections (tcp:PORT = 127.0.0.1)
-                          delay:SECONDS  COMMAND is still alive after SECONDS
-  --ready-timeout DUR   give up (and stop the daemon) after DUR (default 60s)
-
-stop options:
-  --signal SIG          signal to send first (default TERM); KILL after --timeout
-  --timeout DUR         how long to wait before SIGKILL (default 10s)
-
-'stop' also ends whatever the daemon left in its session, and removes a stale
-pidfile (one whose lock nobody holds) without signalling the pid it names.
-
-exit status:
-  start    0 started, or already running (prints its pid)
-           1 failed (bad user or directory, died during start-up, readiness
-             timeout; nothing is left running and no pidfile remains)
-           126 COMMAND not executable, 127 COMMAND not found, 2 bad usage
-  stop     0 stopped, or was not running; 1 failed; 4 not permitted
-  status   0 running (pid and uptime), 1 dead but the pidfile exists,
-           3 not running, 4 unknown (pidfile unreadable)
-  restart  as stop, then as start
-"""
-
-_START_OPTS = {
-    "--pidfile",
-    "--log",
-    "--workdir",
-    "--umask",
-    "--user",
-    "--group",
-    "--chroot",
-    "--env",
-    "--ready",
-    "--ready-timeout",
-}
-_STOP_OPTS = {"--pidfile", "--signal", "--timeout"}
-_ALLOWED = {
-    "start": _START_OPTS,
-    "stop": _STOP_OPTS,
-    "status": {"--pidfile"},
-    "restart": _START_OPTS | _STOP_OPTS,
-}
-_TAKES_COMMAND = {"start", "restart"}
+from ._options import DURATION, SIGNAL, Command, Default, Kind, Operand, Option, keyword_default
+from ._parser import parse_or_report as _parse_or_report
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -86,87 +24,180 @@ EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
 
-class _Usage(Exception):
-    pass
+def _start_default(name: str) -> Callable[[], Any]:
+    def load() -> Any:
+        from .._daemon._service import start_daemon
+
+        return keyword_default(start_daemon, name)
+
+    return load
 
 
-def _parse(action: str, argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-    allowed = _ALLOWED[action]
-    opts: dict[str, list[str]] = {}
-    i = 0
-    command: list[str] = []
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            command = argv[i + 1 :]
-            break
-        if not arg.startswith("-") or arg == "-":
-            command = argv[i:]
-            break
-        name, eq, value = arg.partition("=")
-        if name not in allowed:
-            raise _Usage(f"unknown option {name!r} for {action}")
-        if not eq:
-            i += 1
-            if i >= len(argv):
-                raise _Usage(f"option {name} needs a value")
-            value = argv[i]
-        opts.setdefault(name, []).append(value)
-        i += 1
-    if action in _TAKES_COMMAND and not command:
-        raise _Usage(f"{action}: no COMMAND given (put it after --)")
-    if action not in _TAKES_COMMAND and command:
-        raise _Usage(f"{action} takes no COMMAND (got {command[0]!r})")
-    if "--pidfile" not in opts:
-        raise _Usage(f"{action} needs --pidfile PATH")
-    for name, values in opts.items():
-        if len(values) > 1 and name != "--env":
-            raise _Usage(f"option {name} given more than once")
-    return opts, command
+def _stop_default(name: str) -> Callable[[], Any]:
+    def load() -> Any:
+        from .._daemon._service import stop_daemon
+
+        return keyword_default(stop_daemon, name)
+
+    return load
+
+
+def _umask(text: str) -> int:
+    try:
+        umask = int(text, 8)
+    except ValueError:
+        raise ValueError(f"invalid umask {text!r} (expected octal, e.g. 022)") from None
+    if not 0 <= umask <= 0o777:
+        raise ValueError(f"invalid umask {text!r} (expected 000 to 777)")
+    return umask
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    from ._options import UsageError
+
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise UsageError(f"invalid --env {text!r} (expected NAME=VALUE)")
+    return key, value
+
+
+def _ready(text: str) -> Any:
+    if text == "exec":  # the default needs no parsing: spare the import
+        return None
+    from .._core._readiness import parse_ready
+
+    ready = parse_ready(text)
+    if ready.kind == "cmd":
+        raise ValueError("cmd: is not supported here (use exec, notify, tcp, delay)")
+    return ready
+
+
+_PIDFILE = Option(("--pidfile",), "PATH",
+                  "the pidfile (required); locked by the daemon for its life", required=True)
+_START_OPTIONS = (
+    _PIDFILE,
+    Option(("--log",), "FILE", "append the daemon's stdout and stderr to FILE (default /dev/null)"),
+    Option(("--workdir",), "DIR", "working directory (default {default})",
+           default=Default(_start_default("workdir"))),
+    Option(("--umask",), "MODE", "octal umask (default {default})",
+           Kind("umask", _umask, lambda mode: f"{mode:03o}"), Default(_start_default("umask"))),
+    Option(("--user",), "USER", "run as USER (name or uid), with USER's supplementary groups"),
+    Option(("--group",), "GROUP", "run with primary group GROUP (default: USER's)"),
+    Option(("--chroot",), "DIR", "chroot to DIR first (--workdir is then inside it)"),
+    Option(("--env",), "K=V", "set an environment variable (repeatable)",
+           Kind("assignment", _assignment), repeat=True),
+    Option(("--ready",), "HOW",
+           "when the daemon counts as up: exec, notify, tcp:HOST:PORT or delay:SECONDS "
+           "(default {default}; see below)",
+           Kind("readiness", _ready, str, none="exec"), Default(_start_default("ready"))),
+    Option(("--ready-timeout",), "DUR",
+           "give up (and stop the daemon) after DUR (default {default}; 0: no limit)",
+           DURATION, Default(_start_default("ready_timeout"))),
+)
+_STOP_OPTIONS = (
+    Option(("--signal",), "SIG", "signal to send first (default {default}); KILL after --timeout",
+           SIGNAL, Default(_stop_default("stop_signal"))),
+    Option(("--timeout",), "DUR", "how long to wait before SIGKILL (default {default})",
+           DURATION, Default(_stop_default("timeout"))),
+)
+_COMMAND = Operand("COMMAND", "the daemon's command and its arguments (options after it are "
+                   "its own)", nargs="+", missing="no COMMAND given: put it after --")
+_READY_NOTE = """\
+HOW, the readiness --ready waits for:
+  exec           COMMAND was exec'd successfully
+  notify         COMMAND sent READY=1 to $NOTIFY_SOCKET (sd_notify)
+  tcp:HOST:PORT  the port accepts connections (tcp:PORT = 127.0.0.1)
+  delay:SECONDS  COMMAND is still alive after SECONDS"""
+_STOP_NOTE = """\
+'stop' also ends whatever the daemon left in its session, and removes a stale
+pidfile (one whose lock nobody holds) without signalling the pid it names."""
+_START_EXITS = (
+    ("0", "started, or already running (prints its pid)"),
+    ("1", "failed (bad user or directory, died during start-up, readiness timeout; nothing "
+          "is left running and no pidfile remains)"),
+    ("2", "bad usage"),
+    ("126", "COMMAND not executable"),
+    ("127", "COMMAND not found"),
+)
+_STOP_EXITS = (("0", "stopped, or was not running"), ("1", "failed"), ("2", "bad usage"),
+               ("4", "not permitted"))
+# What the daemon commands have always said, as scripts and tests know it.
+_WORDS = {"unknown": "unknown option {option!r}", "unknown_short": "unknown option {option!r}",
+          "extra": "takes no COMMAND (got {operand!r})"}
+_WHAT = """\
+Run COMMAND as a daemon (detached, in its own session, stdio on /dev/null or a
+log, umask, working directory, user), kept unique by a locked pidfile that
+names COMMAND's real pid."""
+_WITH_COMMAND = "--pidfile PATH [OPTIONS] [--] COMMAND [ARG]..."
+
+
+def _action(name: str, summary: str, description: str, **more: Any) -> Command:
+    """An action: options end at COMMAND, and none may be given twice (but --env)."""
+    return Command(f"daemon {name}", description, summary=summary, permute=False, once=True,
+                   words=_WORDS, **more)  # fmt: skip
+
+
+START = _action(
+    "start", "run COMMAND as a daemon; return once it is up, or say why not",
+    _WHAT + "  Return only once the daemon is up (--ready), and say why when it is not.",
+    usage=_WITH_COMMAND, options=_START_OPTIONS, operands=(_COMMAND,), notes=_READY_NOTE,
+    exits=_START_EXITS,
+)
+STOP = _action(
+    "stop", "stop the daemon: SIGNAL, then KILL after --timeout",
+    "Stop the daemon that holds the pidfile.\n\n" + _STOP_NOTE,
+    options=(_PIDFILE, *_STOP_OPTIONS), exits=_STOP_EXITS,
+)
+STATUS = _action(
+    "status", "say whether the daemon runs, with LSB's exit statuses",
+    "Say whether the daemon that holds the pidfile runs, with its pid and uptime.",
+    options=(_PIDFILE,),
+    exits=(("0", "running (pid and uptime)"), ("1", "dead but the pidfile exists"),
+           ("2", "bad usage"), ("3", "not running"), ("4", "unknown (pidfile unreadable)")),
+)
+RESTART = _action(
+    "restart", "stop (if running), then start",
+    "Stop the daemon as 'stop' does, then start COMMAND as 'start' does.",
+    usage=_WITH_COMMAND, options=(*_START_OPTIONS, *_STOP_OPTIONS), operands=(_COMMAND,),
+    notes=_READY_NOTE, exits=(("-", "as stop, then as start"),),
+)
+DAEMON = Command(
+    "daemon",
+    description=_WHAT + "  'start' returns only once the daemon is up, and says why when it "
+    "is not.",
+    actions=(START, STOP, STATUS, RESTART),
+    notes=_READY_NOTE + "\n\n" + _STOP_NOTE,
+    examples=(
+        "forkwell daemon start --pidfile /tmp/web.pid --log /tmp/web.log \\",
+        "    --ready tcp:127.0.0.1:8000 -- python3 -m http.server 8000",
+        "forkwell daemon status --pidfile /tmp/web.pid",
+        "forkwell daemon stop --pidfile /tmp/web.pid",
+    ),
+)  # fmt: skip
+DECLARED = {"daemon": DAEMON}
 
 
 def main(argv: list[str], *, prog: str, command: str) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(HELP)
-        return 0 if argv else EXIT_USAGE
-    action, rest = argv[0], argv[1:]
-    if action not in _ALLOWED:
-        print(f"{prog}: unknown action {action!r} (start, stop, status, restart)", file=sys.stderr)
-        return EXIT_USAGE
-    here = f"{prog} {action}"
-    if any(a in ("-h", "--help") for a in rest[: rest.index("--") if "--" in rest else None]):
-        print(HELP)
-        return 0
+    args = _parse_or_report(DAEMON, argv, prog)
+    if isinstance(args, int):
+        return args
+    here = f"{prog} {args.action}"
     try:
-        opts, cmd = _parse(action, rest)
-        if action == "status":
-            return _status(here, opts)
-        if action == "stop":
-            return _stop(here, opts)
-        if action == "restart":
-            rc = _stop(here, opts)
-            if rc != 0:
-                return rc
-        return _start(here, opts, cmd)
-    except _Usage as exc:
-        print(f"{here}: {exc} (see '{prog} --help')", file=sys.stderr)
-        return EXIT_USAGE
+        return _ACTIONS[args.action](here, args)
     except KeyboardInterrupt:
         print(f"{here}: interrupted", file=sys.stderr)
         return 130
 
 
-def _one(opts: dict[str, list[str]], name: str, default: str | None = None) -> str | None:
-    values = opts.get(name)
-    return values[-1] if values else default
+def _restart(here: str, args: SimpleNamespace) -> int:
+    return _stop(here, args) or _start(here, args)
 
 
-def _status(here: str, opts: dict[str, list[str]]) -> int:
+def _status(here: str, args: SimpleNamespace) -> int:
     from .._core import _proc
     from .._daemon._pidfile import Pidfile, PidfileState
 
-    path = _one(opts, "--pidfile")
-    assert path is not None
+    path = args.pidfile
     st = Pidfile.probe(path)
     if st.state is PidfileState.RUNNING:
         if st.pid is None:
@@ -202,20 +233,12 @@ def _format_uptime(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
-def _stop(here: str, opts: dict[str, list[str]]) -> int:
-    from .._core._duration import parse_duration, parse_signal
+def _stop(here: str, args: SimpleNamespace) -> int:
     from .._daemon._service import stop_daemon
     from .._exceptions import PidfileError
 
-    path = _one(opts, "--pidfile")
-    assert path is not None
     try:
-        sig = parse_signal(_one(opts, "--signal", "TERM") or "TERM")
-        timeout = parse_duration(_one(opts, "--timeout", "10") or "10")
-    except ValueError as exc:
-        raise _Usage(str(exc)) from None
-    try:
-        result = stop_daemon(path, stop_signal=sig, timeout=timeout)
+        result = stop_daemon(args.pidfile, stop_signal=args.signal, timeout=args.timeout)
     except PermissionError as exc:
         # LSB: 4 = "user had insufficient privilege".
         print(f"{here}: not permitted: {exc.strerror or exc}", file=sys.stderr)
@@ -227,7 +250,7 @@ def _stop(here: str, opts: dict[str, list[str]]) -> int:
         print(f"{here}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     if result.pid is None:
-        stale = f" (removed stale pidfile {path})" if result.removed_stale else ""
+        stale = f" (removed stale pidfile {args.pidfile})" if result.removed_stale else ""
         print(f"not running{stale}")
     else:
         how = " with SIGKILL" if result.killed else ""
@@ -235,31 +258,24 @@ def _stop(here: str, opts: dict[str, list[str]]) -> int:
     return 0
 
 
-def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
-    import os
-
-    from .._core._files import tail as log_tail
+def _start(here: str, args: SimpleNamespace) -> int:
     from .._daemon._service import start_daemon
     from .._exceptions import DaemonStartError, PidfileError, SpawnError
 
-    path = _one(opts, "--pidfile")
-    assert path is not None
-    ready, timeout, umask, env = _start_options(opts)
-    log = _one(opts, "--log")
-    name = os.path.basename(cmd[0])
+    name = os.path.basename(args.command[0])
     try:
         result = start_daemon(
-            cmd,
-            pidfile=path,
-            log=log,
-            workdir=_one(opts, "--workdir", "/") or "/",
-            umask=umask,
-            user=_one(opts, "--user"),
-            group=_one(opts, "--group"),
-            chroot=_one(opts, "--chroot"),
-            env=env,
-            ready=ready,
-            ready_timeout=timeout or None,
+            args.command,
+            pidfile=args.pidfile,
+            log=args.log,
+            workdir=args.workdir,
+            umask=args.umask,
+            user=args.user,
+            group=args.group,
+            chroot=args.chroot,
+            env={**os.environ, **dict(args.env)},
+            ready=args.ready,
+            ready_timeout=args.ready_timeout or None,
         )
     except SpawnError as exc:
         print(f"{here}: {exc}", file=sys.stderr)
@@ -267,14 +283,8 @@ def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
     except (DaemonStartError, PidfileError) as exc:
         print(f"{here}: {name}: {exc}", file=sys.stderr)
         # The command ran and died (or never got ready): its own words help.
-        ran = getattr(exc, "step", "") == "ready"
-        tail = log_tail(log, 10, 8192) if log and ran else []
-        if tail:
-            print(f"last lines of {log}:", file=sys.stderr)
-            for line in tail:
-                print(f"  {line}", file=sys.stderr)
-        elif ran and not log:
-            print("(no --log given: its output went to /dev/null)", file=sys.stderr)
+        if getattr(exc, "step", "") == "ready":
+            _print_log_tail(args.log)
         return EXIT_FAILED
     except OSError as exc:
         print(f"{here}: {name}: {exc.strerror or exc}", file=sys.stderr)
@@ -286,38 +296,17 @@ def _start(here: str, opts: dict[str, list[str]], cmd: list[str]) -> int:
     return 0
 
 
-def _start_options(opts: dict[str, list[str]]) -> tuple[Any, float, int, dict[str, str]]:
-    """(readiness, timeout, umask, environment) from the start options, or _Usage."""
-    import os
+def _print_log_tail(log: str | None) -> None:
+    from .._core._files import tail as log_tail
 
-    from .._core._duration import parse_duration
-
-    try:
-        ready_text = _one(opts, "--ready", "exec") or "exec"
-        ready = None
-        if ready_text != "exec":  # the default needs no parsing: spare the import
-            from .._core._readiness import parse_ready
-
-            ready = parse_ready(ready_text)
-        timeout = parse_duration(_one(opts, "--ready-timeout", "60") or "60")
-    except ValueError as exc:
-        raise _Usage(str(exc)) from None
-    if ready is not None and ready.kind == "cmd":
-        raise _Usage("--ready cmd: is not supported here (use exec, notify, tcp, delay)")
-    umask_text = _one(opts, "--umask", "022") or "022"
-    try:
-        umask = int(umask_text, 8)
-    except ValueError:
-        raise _Usage(f"invalid umask {umask_text!r} (expected octal, e.g. 022)") from None
-    if not 0 <= umask <= 0o777:
-        raise _Usage(f"invalid umask {umask_text!r} (expected 000 to 777)")
-    env = dict(os.environ)
-    for item in opts.get("--env", []):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise _Usage(f"invalid --env {item!r} (expected NAME=VALUE)")
-        env[key] = value
-    return ready, timeout, umask, env
+    if not log:
+        print("(no --log given: its output went to /dev/null)", file=sys.stderr)
+        return
+    tail = log_tail(log, 10, 8192)
+    if tail:
+        print(f"last lines of {log}:", file=sys.stderr)
+        for line in tail:
+            print(f"  {line}", file=sys.stderr)
 
 
 def _spawn_exit(exc: BaseException) -> int:
@@ -328,3 +317,11 @@ def _spawn_exit(exc: BaseException) -> int:
     if isinstance(exc, CommandNotExecutableError):
         return EXIT_NOT_EXECUTABLE
     return EXIT_FAILED
+
+
+_ACTIONS: dict[str, Callable[[str, SimpleNamespace], int]] = {
+    "start": _start,
+    "stop": _stop,
+    "status": _status,
+    "restart": _restart,
+}

@@ -4,112 +4,83 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-from ._getopt import UsageError, split_options
+from ._options import CONFIG, DURATION, SOCKET, Command, Option
+from ._parser import parse_or_report as _parse_or_report
+from ._parser import report_usage
 
 if TYPE_CHECKING:
+    from types import SimpleNamespace
+
     from .._supervisor._config import Config
 
-HELP = """\
-usage: {prog} [-h] [-c FILE] [-q] [-d] [--pidfile PATH] [--socket PATH]
-       {pad} [--exit-after SECONDS]
-
+UP = Command(
+    "up",
+    description="""\
 Start every program of the config file (dependencies first, each when the
 ones it depends on are ready), restart them when they crash, keep their
 output in rotated log files, and serve the control socket for 'forkwell ps',
 'start', 'stop', 'logs', 'reload'...  In the foreground each output line is
-also printed as 'HH:MM:SS web:0 | line'.
-
+also printed as 'HH:MM:SS web:0 | line'.""",
+    options=(
+        CONFIG,
+        Option(("-q", "--quiet"), None,
+               "do not echo program output and events (log files are still written)"),
+        Option(("-d", "--detach"), None,
+               "run in the background; return once every autostart program is up (exit 1 "
+               "with the reason if one failed)"),
+        Option(("--pidfile",), "PATH", "with --detach: write and lock this pidfile"),
+        SOCKET,
+        Option(("--exit-after",), "SECONDS",
+               "stop everything and exit 0 after this long (demos, CI); e.g. 10, 1.5m",
+               DURATION),
+    ),
+    notes="""\
 Ctrl-C or SIGTERM stops every program (dependents first, whole process
 trees), then exits 0; a second Ctrl-C SIGKILLs what is left at once.
-SIGHUP reloads the config file.
-
-options:
-  -h, --help            show this help message and exit
-  -c, --config FILE     the config file (default: ./forkwell.toml)
-  -q, --quiet           do not echo program output and events (log files are
-                        still written)
-  -d, --detach          run in the background; return once every autostart
-                        program is up (exit 1 with the reason if one failed)
-  --pidfile PATH        with --detach: write and lock this pidfile
-  --socket PATH         control socket (default: $FORKWELL_SOCKET, else
-                        [supervisor] socket)
-  --exit-after SECONDS  stop everything and exit 0 after this long (demos,
-                        CI); e.g. 10, 1.5m
-
-exit status:
-  0   stopped cleanly (Ctrl-C, SIGTERM, 'forkwell down', --exit-after)
-  1   could not run: another 'forkwell up' runs for this config, the control
-      socket or state file cannot be created, or (--detach) an autostart
-      program failed to start
-  2   bad usage or an invalid config file (every problem is listed; nothing
-      was started)
-
-example:
-  forkwell up -c examples/demo.toml
-  forkwell up -c examples/demo.toml --exit-after 10     # a demo that ends itself
-  forkwell up --detach && forkwell ps"""
-
-# Not argparse: parsing these six options by hand keeps ~3 ms (argparse,
-# gettext, locale) off the time until every program runs.
-_FLAGS = {
-    "-h": "help", "--help": "help", "-q": "quiet", "--quiet": "quiet",
-    "-d": "detach", "--detach": "detach",
-}  # fmt: skip
-_VALUED = {
-    "-c": "config", "--config": "config", "--pidfile": "pidfile", "--socket": "socket",
-    "--exit-after": "exit_after",
-}  # fmt: skip
-
-
-class _Args(NamedTuple):
-    config: str = "forkwell.toml"
-    quiet: bool = False
-    detach: bool = False
-    pidfile: str | None = None
-    socket: str | None = None
-    exit_after: str | None = None
-    help: bool = False
-
-
-def _parse(argv: list[str]) -> _Args:
-    pairs, rest = split_options(argv, flags=_FLAGS, valued=_VALUED)
-    if rest:
-        raise UsageError(f"unexpected argument {rest[0]!r} (programs come from the config file)")
-    values: dict[str, object] = {}
-    for key, value in pairs:
-        values[key] = True if value is None else value
-    return _Args(**values)  # type: ignore[arg-type]
+SIGHUP reloads the config file.""",
+    exits=(
+        ("0", "stopped cleanly (Ctrl-C, SIGTERM, 'forkwell down', --exit-after)"),
+        ("1", "could not run: another 'forkwell up' runs for this config, the control socket "
+              "or state file cannot be created, or (--detach) an autostart program failed to "
+              "start"),
+        ("2", "bad usage or an invalid config file (every problem is listed; nothing was "
+              "started)"),
+    ),
+    examples=(
+        "forkwell up -c examples/demo.toml",
+        "forkwell up -c examples/demo.toml --exit-after 10     # a demo that ends itself",
+        "forkwell up --detach && forkwell ps",
+    ),
+    words={"extra": "unexpected argument {operand!r} (programs come from the config file)"},
+)  # fmt: skip
+DECLARED = {"up": UP}
 
 
 def main(argv: list[str], *, prog: str, command: str) -> int:
-    try:
-        args = _parse(argv)
-    except UsageError as exc:
-        print(f"{prog}: {exc} (see '{prog} --help')", file=sys.stderr)
-        return 2
-    if args.help:
-        print(HELP.format(prog=prog, pad=" " * len(prog)))
-        return 0
-    exit_after: float | None = None
-    if args.exit_after is not None:
-        from .._core._duration import parse_duration
-
-        try:
-            exit_after = parse_duration(args.exit_after)
-        except ValueError as exc:
-            print(f"{prog}: --exit-after: {exc}", file=sys.stderr)
-            return 2
+    args = _parse_or_report(UP, argv, prog)
+    if isinstance(args, int):
+        return args
     if args.pidfile and not args.detach:
-        print(f"{prog}: --pidfile needs --detach", file=sys.stderr)
-        return 2
+        return report_usage(UP, prog, "--pidfile needs --detach")
+    config = _load(prog, args.config)
+    if isinstance(config, int):
+        return config
+    if args.detach:
+        failed = _detach(prog, args.pidfile)
+        if failed:
+            return failed
+    return _serve(config, args, prog)
 
+
+def _load(prog: str, path: str | None) -> Config | int:
+    """The config, or the exit status once every problem in it is printed."""
     from .._exceptions import ConfigError
-    from .._supervisor._config import load_config
+    from .._supervisor._config import DEFAULT_FILE, load_config
 
     try:
-        config = load_config(args.config)
+        return load_config(path or DEFAULT_FILE)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"{prog}: {line}", file=sys.stderr)
@@ -119,27 +90,27 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
     except KeyboardInterrupt:
         return 130
 
-    if args.detach:
-        from pathlib import Path
 
-        from .._daemon._daemonize import daemonize
-        from .._exceptions import ForkwellError
+def _detach(prog: str, pidfile: str | None) -> int:
+    """Become the daemon (0); the original exits 0 once we notify READY=1, or 1 with the reason."""
+    from pathlib import Path
 
-        try:
-            # Returns in the daemon only; the original exits 0 once we notify
-            # READY=1 (after autostart), or 1 with the reason we report.
-            daemonize(
-                pidfile=Path(args.pidfile).absolute() if args.pidfile else None,
-                ready="notify",
-                ready_timeout=None,
-            )
-        except (ForkwellError, OSError) as exc:
-            print(f"{prog}: cannot detach: {exc}", file=sys.stderr)
-            return 1
-    return _serve(config, args, prog, exit_after)
+    from .._daemon._daemonize import daemonize
+    from .._exceptions import ForkwellError
+
+    try:
+        daemonize(
+            pidfile=Path(pidfile).absolute() if pidfile else None,
+            ready="notify",
+            ready_timeout=None,
+        )
+    except (ForkwellError, OSError) as exc:
+        print(f"{prog}: cannot detach: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
-def _serve(config: Config, args: _Args, prog: str, exit_after: float | None) -> int:
+def _serve(config: Config, args: SimpleNamespace, prog: str) -> int:
     from pathlib import Path
 
     from .._exceptions import ForkwellError
@@ -163,8 +134,8 @@ def _serve(config: Config, args: _Args, prog: str, exit_after: float | None) -> 
 
         async def serve() -> int:
             loop = asyncio.get_running_loop()
-            if exit_after is not None:
-                loop.call_later(exit_after, lambda: loop.create_task(supervisor.shutdown()))
+            if args.exit_after is not None:
+                loop.call_later(args.exit_after, lambda: loop.create_task(supervisor.shutdown()))
             return await supervisor.run()
 
         code = asyncio.run(serve())

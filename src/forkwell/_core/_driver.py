@@ -126,7 +126,8 @@ class Hooks:
     ) -> None:
         self.wake_fd = wake_fd  # readable: call ``on_wake`` with what was read
         self.on_wake = on_wake
-        self.on_timeout = on_timeout  # the deadline passed; gets the signal
+        # Each signal the deadline sends: the stop signal, then SIGKILL when the grace ends.
+        self.on_timeout = on_timeout
 
 
 class Driver:
@@ -382,6 +383,8 @@ class Driver:
             grace = self.grace if self.kill_after_deadline else None
             self.begin_termination(self.stop_signal, grace, include_root=True)
         elif self.phase is Phase.TERMINATING and self.kill_at is not None and now >= self.kill_at:
+            if self.timed_out and self.on_timeout is not None:
+                self.on_timeout(signal.SIGKILL)  # the grace after the deadline is over too
             self.kill_everything()
         elif self.phase is Phase.TERMINATING and no_pidfd and self.proc.poll() is not None:
             self._goto(Phase.DRAINING)

@@ -309,13 +309,6 @@ def spawn(  # noqa: PLR0913 (subprocess.Popen's keywords, plus the tree's)
     child_env = env if token is None else _with_cookie(env, token)
     if pdeathsig is not None:
         preexec_fn = _then(_sys.make_pdeathsig_preexec(pdeathsig), preexec_fn)
-    kwargs: dict[str, Any] = {}
-    if user is not None:
-        kwargs["user"] = user
-    if group is not None:
-        kwargs["group"] = group
-    if extra_groups is not None:
-        kwargs["extra_groups"] = extra_groups
     # A tick of margin: starttime is rounded down to clock ticks.
     not_before = _proc.boot_ticks() - 1 if track_tree else 0
     try:
@@ -333,7 +326,9 @@ def spawn(  # noqa: PLR0913 (subprocess.Popen's keywords, plus the tree's)
             process_group=0 if (new_process_group and not new_session) else None,
             preexec_fn=preexec_fn,  # noqa: PLW1509 (only pdeathsig/callers that accept the risk)
             umask=umask,
-            **kwargs,
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
         )
     except OSError as exc:
         raise spawn_error(exc, argv[0], None if cwd is None else os.fsdecode(cwd)) from None

@@ -438,18 +438,33 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
                 f"{name}: unknown table{_closest(name, {'supervisor': 0, 'programs': 0})}; "
                 "expected [supervisor] or [programs.NAME]"
             )
-    sup_table = data.get("supervisor", {})
-    if not isinstance(sup_table, dict):
-        errors.append(f"supervisor: expected a table ([supervisor]), got {_got(sup_table)}")
-        sup_table = {}
+    sup_table = _table(data, "supervisor", "a table ([supervisor])", errors)
     sup = _apply(sup_table, _SUPERVISOR, "supervisor.", ctx, errors)
-    programs_table = data.get("programs", {})
-    if not isinstance(programs_table, dict):
-        errors.append(f"programs: expected tables [programs.NAME], got {_got(programs_table)}")
-        programs_table = {}
+    programs_table = _table(data, "programs", "tables [programs.NAME]", errors)
+    programs = _programs(programs_table, ctx, errors)
+    # Dependencies are checked on every program, also those with other errors,
+    # so one run of `forkwell check` shows everything.
+    errors.extend(_dependency_errors(programs_table))
+    if errors:
+        raise ConfigError([f"{label}: {e}" for e in errors])
+    return Config(path=path, supervisor=SupervisorConfig(**sup), programs=programs)
+
+
+def _table(data: Mapping[str, Any], name: str, expected: str, errors: list[str]) -> dict[str, Any]:
+    """The top-level table ``name`` ({} if absent, or not a table: an error then)."""
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        errors.append(f"{name}: expected {expected}, got {_got(table)}")
+        return {}
+    return table
+
+
+def _programs(
+    tables: Mapping[str, Any], ctx: _Context, errors: list[str]
+) -> dict[str, ProgramConfig]:
+    """Each valid ``[programs.NAME]`` table, validated; what is wrong goes to ``errors``."""
     programs: dict[str, ProgramConfig] = {}
-    for name, table in programs_table.items():
-        prefix = f"programs.{name}."
+    for name, table in tables.items():
         if not _NAME.match(name) or name in _RESERVED:
             errors.append(
                 f"programs.{name}: invalid program name {name!r}; expected letters, digits, "
@@ -460,30 +475,31 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
             errors.append(f"programs.{name}: expected a table [programs.{name}], got {_got(table)}")
             continue
         before = len(errors)
-        values = _apply(table, _PROGRAM, prefix, ctx, errors)
+        values = _apply(table, _PROGRAM, f"programs.{name}.", ctx, errors)
         if len(errors) == before:
             programs[name] = ProgramConfig(name=name, **values)
-    # Dependencies are checked on every program, also those with other errors,
-    # so one run of `forkwell check` shows everything.
+    return programs
+
+
+def _dependency_errors(tables: Mapping[str, Any]) -> list[str]:
+    """Every ``depends_on`` naming itself, an unknown program, or closing a cycle."""
     deps: dict[str, tuple[str, ...]] = {}
-    for name, table in programs_table.items():
+    for name, table in tables.items():
         raw = table.get("depends_on", []) if isinstance(table, dict) else []
         if isinstance(raw, list) and all(isinstance(n, str) for n in raw):
             deps[name] = tuple(dict.fromkeys(raw))
+    errors: list[str] = []
     for name, names in deps.items():
         for dep in names:
             if dep == name:
                 errors.append(f"programs.{name}.depends_on: a program cannot depend on itself")
-            elif dep not in programs_table:
-                others = ", ".join(n for n in programs_table if n != name) or "(none)"
+            elif dep not in tables:
+                others = ", ".join(n for n in tables if n != name) or "(none)"
                 errors.append(
                     f"programs.{name}.depends_on: unknown program {dep!r}"
-                    f"{_closest(dep, programs_table)}; expected one of {others}"
+                    f"{_closest(dep, tables)}; expected one of {others}"
                 )
-    errors.extend(_cycles(deps))
-    if errors:
-        raise ConfigError([f"{label}: {e}" for e in errors])
-    return Config(path=path, supervisor=SupervisorConfig(**sup), programs=programs)
+    return errors + _cycles(deps)
 
 
 def _cycles(deps: Mapping[str, tuple[str, ...]]) -> list[str]:

@@ -11,6 +11,9 @@ A log file deleted by hand (``rm`` to free space) is noticed at the next
 write and re-created, instead of writing into an unlinked inode forever
 (supervisord issue 240).
 
+:class:`Output` is one instance's side: a pipe per stream for the
+instance's whole life, copied to its log files as data arrives.
+
 :class:`Console` prints each complete line as ``HH:MM:SS web:0  | line``,
 one colour per program when the output is a terminal, like honcho and
 foreman.
@@ -20,11 +23,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from ._loop import Loop
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_READ_SIZE = 262144
 
 
 class LogFile:
@@ -94,6 +101,77 @@ class LogFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class Output:
+    """An instance's stdout and stderr: pipes that outlive its processes, and its log files.
+
+    One pipe for the instance's whole life keeps its output in order even
+    when a dying process's last words and its replacement's first ones
+    overlap; the supervisor keeps the write end, so it never sees EOF and
+    needs no per-process bookkeeping.  ``echo`` also gets every chunk (the
+    console).
+    """
+
+    def __init__(self, echo: Callable[[str, bytes], None]) -> None:
+        self._echo = echo
+        self._pipes: dict[str, tuple[int, int]] = {}  # stream -> (read fd, write fd)
+        self.logs: dict[str, LogFile] = {}
+
+    def open(self, paths: Mapping[str, Path], max_bytes: int, backups: int, loop: Loop) -> None:
+        """A pipe and a log file for each stream of ``paths`` (once: they stay open)."""
+        if self._pipes:
+            return
+        try:
+            for stream, path in paths.items():
+                r, w = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(r, False)
+                self._pipes[stream] = (r, w)
+                self.logs[stream] = LogFile(path, max_bytes, backups)
+                loop.add_reader(r, self._readable, stream, r)
+        except BaseException:
+            self.close(loop)
+            raise
+
+    def write_ends(self) -> tuple[int, int]:
+        """The fds a process gets as stdout and stderr (the same one, when merged)."""
+        out = self._pipes["stdout"][1]
+        return out, self._pipes["stderr"][1] if "stderr" in self._pipes else out
+
+    def _readable(self, stream: str, fd: int) -> None:
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        if data:
+            self._copy(stream, data)
+
+    def _copy(self, stream: str, data: bytes) -> None:
+        self.logs[stream].write(data)
+        self._echo(stream, data)
+
+    def drain(self) -> None:
+        """Write whatever is still in the pipes (the process has exited)."""
+        for stream, (r, _) in self._pipes.items():
+            while True:
+                try:
+                    data = os.read(r, _READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                self._copy(stream, data)
+
+    def close(self, loop: Loop) -> None:
+        self.drain()
+        for r, w in self._pipes.values():
+            loop.remove_reader(r)
+            os.close(r)
+            os.close(w)
+        self._pipes.clear()
+        for log in self.logs.values():
+            log.close()
+        self.logs.clear()
 
 
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")

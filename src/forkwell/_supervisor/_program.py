@@ -29,6 +29,8 @@ plain callbacks, so a crash is handled and the replacement spawned in the
 same loop iteration that saw the exit.  Stopping is a coroutine because it
 waits for the whole tree.  The :class:`Supervisor` owns the loop, the
 reaping, tree scanning and the logs; the instance asks it through ``_Host``.
+What decides readiness is in :mod:`._probes`, its pipes and log files are an
+:class:`~forkwell._supervisor._logs.Output`.
 """
 
 from __future__ import annotations
@@ -45,19 +47,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .._core import _tree
-from .._core._process import DEVNULL, Process, spawn
+from .._core._process import Process, spawn
 from .._core._state import check
-from .._core._status import describe_exit
+from .._core._status import describe_exit, signal_name
 from .._exceptions import SpawnError
-from ._logs import LogFile
+from ._logs import Output
+from ._loop import resolve
 
 if TYPE_CHECKING:
     # asyncio is imported where a coroutine needs it: ``forkwell up`` spawns its
     # first programs before the event loop (and asyncio's ~12 ms import) exists.
     import asyncio
 
-    from .._core._notify import NotifyListener
     from ._config import ProgramConfig
+    from ._logs import LogFile
+    from ._loop import Handle, Loop
+    from ._probes import Readiness
 
 
 class ProgramState(Enum):
@@ -89,15 +94,15 @@ SETTLED = frozenset({S.RUNNING, S.FATAL, S.STOPPED, S.EXITED})
 DOWN = frozenset({S.STOPPED, S.EXITED, S.FATAL})
 
 BACKOFF_FIRST = 0.1  # seconds before the 2nd attempt; doubles each failed start
-READY_POLL = 0.1  # seconds between tcp:/cmd: readiness probes
-KILL_GRACE = 5.0  # after SIGKILL, how long to wait for a tree to vanish
 
 
 class _Host(Protocol):
     """What an instance needs from its supervisor."""
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
+    def loop(self) -> Loop: ...
+    @property
+    def aio_loop(self) -> asyncio.AbstractEventLoop: ...
 
     def child_env(self, inst: Instance) -> dict[str, str]: ...
     def devnull(self) -> int: ...
@@ -134,18 +139,15 @@ class Instance:
         self.message = ""  # why the last start failed (one line), "" if it did not
         self.colour = 0
         self._started_mono = 0.0
-        self._timer: asyncio.TimerHandle | None = None  # backoff or ready_timeout
-        self._probe_task: asyncio.Task[None] | None = None
-        self._probe_proc: Process | None = None
-        self._notify: NotifyListener | None = None
+        self._timer: Handle | None = None  # the backoff delay
+        self._readiness: Readiness | None = None  # made for the first start not by exec
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
         self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
         self._dep_task: asyncio.Task[None] | None = None
         self._exit_waiters: list[asyncio.Future[None]] = []
         self.no_restart = False  # set by shutdown: an exit now is final
-        self._pipes: dict[str, tuple[int, int]] = {}  # stream -> (read fd, write fd)
-        self.logs: dict[str, LogFile] = {}
+        self.output = Output(self._echo)
 
     def __repr__(self) -> str:
         return f"<Instance {self.name} {self.state.name} pid={self.pid}>"
@@ -153,6 +155,10 @@ class Instance:
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
+
+    @property
+    def logs(self) -> dict[str, LogFile]:
+        return self.output.logs
 
     # -- state machine -------------------------------------------------------
 
@@ -165,31 +171,24 @@ class Instance:
                 fut.set_result(None)
         self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
 
-    async def wait_for(self, pred: Callable[[ProgramState], bool]) -> None:
-        """Return once the state satisfies ``pred`` (at once if it already does)."""
-        if pred(self.state):
-            return
-        fut: asyncio.Future[None] = self.host.loop.create_future()
-        self._waiters.append((pred, fut))
-        await fut
-
-    async def wait_for_or_timeout(
-        self, pred: Callable[[ProgramState], bool], timeout: float
+    async def wait_for(
+        self, pred: Callable[[ProgramState], bool], timeout: float | None = None
     ) -> None:
-        """Like :meth:`wait_for`, but give up after ``timeout`` seconds."""
+        """Return once the state satisfies ``pred`` (at once if it does), or after ``timeout``."""
         if pred(self.state):
             return
-        fut: asyncio.Future[None] = self.host.loop.create_future()
+        fut: asyncio.Future[None] = self.host.aio_loop.create_future()
         self._waiters.append((pred, fut))
-        handle = self.host.loop.call_later(timeout, _resolve, fut)
+        handle = None if timeout is None else self.host.loop.call_later(timeout, resolve, fut)
         try:
             await fut
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
 
     def uptime(self) -> float:
         """Seconds since the current process was spawned (0 if none)."""
-        return 0.0 if self.proc is None else time.monotonic() - self._started_mono
+        return 0.0 if self.proc is None else self.host.loop.time() - self._started_mono
 
     # -- output --------------------------------------------------------------
 
@@ -199,61 +198,21 @@ class Instance:
         return self.host.log_dir() / f"{self.program}.{self.index}.{stream}.log"
 
     def _open_io(self) -> None:
-        """Pipes and log files live as long as the instance, across restarts.
+        """Pipes and log files live as long as the instance, across restarts."""
+        cfg = self.config
+        streams = ("stdout",) if cfg.redirect_stderr else ("stdout", "stderr")
+        paths = {stream: self.log_path(stream) for stream in streams}
+        self.output.open(paths, cfg.log_max_bytes, cfg.log_backups, self.host.loop)
 
-        One pipe for the instance's whole life keeps its output in order even
-        when a dying process's last words and its replacement's first ones
-        overlap; the supervisor keeps the write end, so it never sees EOF and
-        needs no per-process bookkeeping.
-        """
-        if self._pipes:
-            return
-        streams = ("stdout",) if self.config.redirect_stderr else ("stdout", "stderr")
-        try:
-            for stream in streams:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                os.set_blocking(r, False)
-                self._pipes[stream] = (r, w)
-                self.logs[stream] = LogFile(
-                    self.log_path(stream), self.config.log_max_bytes, self.config.log_backups
-                )
-                self.host.loop.add_reader(r, self._on_output, stream, r)
-        except BaseException:
-            self.close_io()
-            raise
-
-    def _on_output(self, stream: str, fd: int) -> None:
-        try:
-            data = os.read(fd, 262144)
-        except BlockingIOError:
-            return
-        if data:
-            self.logs[stream].write(data)
-            self.host.output(self, stream, data)
+    def _echo(self, stream: str, data: bytes) -> None:
+        self.host.output(self, stream, data)
 
     def drain(self) -> None:
         """Write whatever is still in the pipes (the process has exited)."""
-        for stream, (r, _) in self._pipes.items():
-            while True:
-                try:
-                    data = os.read(r, 262144)
-                except BlockingIOError:
-                    break
-                if not data:
-                    break
-                self.logs[stream].write(data)
-                self.host.output(self, stream, data)
+        self.output.drain()
 
     def close_io(self) -> None:
-        self.drain()
-        for r, w in self._pipes.values():
-            self.host.loop.remove_reader(r)
-            os.close(r)
-            os.close(w)
-        self._pipes.clear()
-        for log in self.logs.values():
-            log.close()
-        self.logs.clear()
+        self.output.close(self.host.loop)
 
     # -- starting ------------------------------------------------------------
 
@@ -264,76 +223,87 @@ class Instance:
         self.message = ""
         self._set(S.STARTING, "start requested")
 
+    def wait_for_dependencies(self, waiting: asyncio.Task[None]) -> None:
+        """STARTING without a process until ``waiting`` calls :meth:`dependencies_done`."""
+        self._dep_task = waiting
+
+    def dependencies_done(self, failed: str = "") -> None:
+        """The wait for dependencies is over: spawn now, or FATAL because one ``failed``."""
+        self._dep_task = None
+        if failed:
+            self.message = f"{self.name} is FATAL: {failed}"
+            self._set(S.FATAL, failed)
+        elif self.state is S.STARTING and self.proc is None:
+            self.spawn()
+
     def spawn(self) -> None:
         """Start the process now (state STARTING); on failure, a failed start."""
         assert self.state is S.STARTING
-        cfg = self.config
         try:
             self._open_io()
         except OSError as exc:
             # This runs from timers and exit callbacks too: report, never raise.
             self._failed_start(f"cannot open its log files: {exc.strerror or exc}: {exc.filename}")
             return
+        proc = self._spawn_process()
+        if proc is None:
+            return
+        self.proc = proc
+        self.started_at = time.time()
+        self._started_mono = self.host.loop.time()
+        self.ready_at = None
+        self.host.track(proc, self._on_exit)
+        self._await_readiness()
+
+    def _spawn_process(self) -> Process | None:
+        """The process, spawned with its pipes, environment and user; None: a failed start."""
+        cfg = self.config
         env = self.host.child_env(self)
         if cfg.ready.kind == "notify":
-            from .._core._notify import NotifyListener
-
-            uid = _uid_of(cfg.user)
-            self._notify = NotifyListener(uid=uid if uid and os.geteuid() == 0 else None)
-            env.update(self._notify.environ())
-            self.host.loop.add_reader(self._notify.fileno(), self._on_notify)
-        out_w = self._pipes["stdout"][1]
-        err_w = self._pipes["stderr"][1] if "stderr" in self._pipes else out_w
-        user_kwargs: dict[str, object] = {}
-        if cfg.user is not None:
-            pw = pwd.getpwuid(int(cfg.user)) if cfg.user.isdigit() else pwd.getpwnam(cfg.user)
-            gid = pw.pw_gid if cfg.group is None else _gid_of(cfg.group)
-            user_kwargs = {
-                "user": pw.pw_uid,
-                "group": gid,
-                "extra_groups": os.getgrouplist(pw.pw_name, gid),
-            }
-            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
-        elif cfg.group is not None:
-            user_kwargs = {"group": _gid_of(cfg.group)}
+            self._readiness_of().listen(cfg.user, env)
+        stdout, stderr = self.output.write_ends()
+        identity = _identity(cfg.user, cfg.group, env)
         try:
-            proc = spawn(
+            return spawn(
                 cfg.command,
                 executable=self.host.find_executable(cfg.command[0], env),
                 stdin=self.host.devnull(),
-                stdout=out_w,
-                stderr=err_w,
+                stdout=stdout,
+                stderr=stderr,
                 cwd=cfg.directory,
                 env=env,
                 new_process_group=True,
                 umask=-1 if cfg.umask is None else cfg.umask,
-                **user_kwargs,  # type: ignore[arg-type]
+                **identity,  # type: ignore[arg-type]
             )
         except SpawnError as exc:
-            self._close_notify()
-            self._failed_start(str(exc))
-            return
+            why = str(exc)
         except OSError as exc:  # e.g. EMFILE: out of fds
-            self._close_notify()
-            self._failed_start(f"cannot start: {exc.strerror or exc}")
-            return
-        self.proc = proc
-        self.started_at = time.time()
-        self._started_mono = time.monotonic()
-        self.ready_at = None
-        self.host.track(proc, self._on_exit)
-        kind = cfg.ready.kind
-        if kind == "exec":
+            why = f"cannot start: {exc.strerror or exc}"
+        if self._readiness is not None:
+            self._readiness.close_notify()
+        self._failed_start(why)
+        return None
+
+    def _await_readiness(self) -> None:
+        """Just spawned: RUNNING at once for ``exec``, else a deadline and the probe."""
+        if self.config.ready.kind == "exec":
             self._ready("exec'd")
-            return
-        self._timer = self.host.loop.call_later(cfg.ready_timeout, self._ready_timeout)
-        if kind == "delay":
-            seconds = cfg.ready.seconds or 0.0
-            self._probe_task = self.host.loop.create_task(self._delay(seconds))
-        elif kind == "tcp":
-            self._probe_task = self.host.loop.create_task(self._probe_tcp())
-        elif kind == "cmd":
-            self._probe_task = self.host.loop.create_task(self._probe_cmd())
+        else:
+            self._readiness_of().start(self.config, functools.partial(self.host.child_env, self))
+
+    def _readiness_of(self) -> Readiness:
+        if self._readiness is None:
+            # Here: ``ready = "exec"`` programs, the quickest to start, never need it.
+            from ._probes import Readiness
+
+            self._readiness = Readiness(
+                self.host, self._ready, self._ready_timeout, self._probe_failed
+            )
+        return self._readiness
+
+    def _probe_failed(self, why: str) -> None:
+        self.message = why
 
     def _ready(self, how: str) -> None:
         if self.state is not S.STARTING or self.proc is None or self._failing:
@@ -343,77 +313,7 @@ class Instance:
         took = self.ready_at - (self.started_at or self.ready_at)
         self._set(S.RUNNING, f"pid {self.proc.pid}, ready ({how}) after {took:.3f}s")
 
-    def _on_notify(self) -> None:
-        if self._notify is None:
-            return
-        for fields in self._notify.receive():
-            if fields.get("READY") == "1":
-                self._ready("READY=1")
-                return
-
-    async def _pause(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = self.host.loop.create_future()
-        handle = self.host.loop.call_later(seconds, _resolve, fut)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-
-    async def _delay(self, seconds: float) -> None:
-        await self._pause(seconds)
-        self._probe_task = None
-        self._ready(f"alive after delay:{seconds:g}")
-
-    async def _probe_tcp(self) -> None:
-        spec = self.config.ready
-        assert spec.host is not None and spec.port is not None
-        loop = self.host.loop
-        while True:
-            if await _tcp_connects(loop, spec.host, spec.port, READY_POLL * 5):
-                self._probe_task = None
-                self._ready(f"{spec.host}:{spec.port} accepts")
-                return
-            await self._pause(READY_POLL)
-
-    async def _probe_cmd(self) -> None:
-        command = self.config.ready.command
-        assert command is not None
-        while True:
-            env = self.host.child_env(self)
-            try:
-                probe = spawn(
-                    ["/bin/sh", "-c", command],
-                    stdin=DEVNULL,
-                    stdout=DEVNULL,
-                    stderr=DEVNULL,
-                    cwd=self.config.directory,
-                    env=env,
-                )
-            except OSError as exc:
-                self.message = f"readiness command failed to start: {exc}"
-                await self._pause(READY_POLL)
-                continue
-            self._probe_proc = probe
-            exited: asyncio.Future[None] = self.host.loop.create_future()
-            self.host.track(probe, functools.partial(_resolve, exited))
-            try:
-                await exited
-            finally:
-                if probe.returncode is None and probe.tree is not None:
-                    # Cancelled (stop, or ready by other means): the probe goes too.
-                    await self.host.end_tree(probe.tree, signal.SIGKILL, 0.0)
-                    probe.wait()
-                self.host.untrack(probe)
-                probe.close()
-                self._probe_proc = None
-            if probe.returncode == 0:
-                self._probe_task = None
-                self._ready(f"cmd:{command} exited 0")
-                return
-            await self._pause(READY_POLL)
-
     def _ready_timeout(self) -> None:
-        self._timer = None
         if self.state is S.STARTING and self.proc is not None and not self._failing:
             why = f"not ready within {self.config.ready_timeout:g}s (ready = {self.config.ready})"
             self._fail_running_start(why)
@@ -433,22 +333,16 @@ class Instance:
             if self.state is S.STARTING:
                 self._failed_start(why)
 
-        self._failing_task = self.host.loop.create_task(end())
+        self._failing_task = self.host.aio_loop.create_task(end())
 
-    def _cancel_readiness(self) -> None:
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            self._probe_task = None
-        self._close_notify()
 
-    def _close_notify(self) -> None:
-        if self._notify is not None:
-            self.host.loop.remove_reader(self._notify.fileno())
-            self._notify.close()
-            self._notify = None
+    def _cancel_readiness(self) -> None:
+        if self._readiness is not None:
+            self._readiness.cancel()
 
     def _failed_start(self, why: str) -> None:
         """Count a failed start: BACKOFF before the next attempt, or FATAL."""
@@ -470,14 +364,6 @@ class Instance:
 
     # -- exits ---------------------------------------------------------------
 
-    def _should_restart(self, returncode: int) -> bool:
-        policy = self.config.restart
-        if policy == "always":
-            return True
-        if policy == "never":
-            return False
-        return not (returncode >= 0 and returncode in self.config.success_exit_codes)
-
     def _on_exit(self) -> None:
         """The process exited (seen through its pidfd or reaped by the supervisor)."""
         proc = self.proc
@@ -489,43 +375,44 @@ class Instance:
         self.host.untrack(proc)
         self.last_exit = rc
         for fut in self._exit_waiters:
-            _resolve(fut)
+            resolve(fut)
         self._exit_waiters.clear()
         if self.state is S.STOPPING or self._failing:
             return  # the stopping coroutine finishes the job
         self._cancel_readiness()
         self.proc = None
-        uptime = time.monotonic() - self._started_mono
+        uptime = self.host.loop.time() - self._started_mono
         self.host.background(self._end_leftovers(proc))
-        how = describe_exit(rc)
-        success = rc >= 0 and rc in self.config.success_exit_codes
         if self.state is S.STARTING:
-            if self.no_restart:
-                self._set(S.STOPPED, f"{how} during shutdown")
-                return
-            if success and self.config.restart != "always":
-                self._set(S.EXITED, f"{how} before it was ready (done)")
-                return
+            self._exited_starting(rc)
+        elif self.state is S.RUNNING:
+            self._exited_running(rc, uptime)
+
+    def _exited_starting(self, rc: int) -> None:
+        how = describe_exit(rc)
+        if self.no_restart:
+            self._set(S.STOPPED, f"{how} during shutdown")
+        elif _is_done(self.config, rc):
+            self._set(S.EXITED, f"{how} before it was ready (done)")
+        else:
             self._failed_start(f"{how} before it was ready")
-            return
-        if self.state is not S.RUNNING:  # pragma: no cover - defensive
-            return
+
+    def _exited_running(self, rc: int, uptime: float) -> None:
+        how = describe_exit(rc)
         self._set(S.EXITED, f"{how} after {uptime:.3f}s")
         if self.no_restart:
             return
-        if uptime < self.config.min_uptime and not (success and self.config.restart != "always"):
+        if uptime < self.config.min_uptime and not _is_done(self.config, rc):
             limit = self.config.min_uptime
             self._failed_start(f"{how} after {uptime:.3f}s (min_uptime {limit:g}s)")
-            return
-        if not self._should_restart(rc):
-            if not success:
-                self.message = f"{self.name} {how}"
-            return
-        # A crash after a good run: restart at once, this very loop iteration.
-        self.failures = 0
-        self.restarts += 1
-        self._set(S.STARTING, f"restarting ({how})")
-        self.spawn()
+        elif _should_restart(self.config, rc):
+            # A crash after a good run: restart at once, this very loop iteration.
+            self.failures = 0
+            self.restarts += 1
+            self._set(S.STARTING, f"restarting ({how})")
+            self.spawn()
+        elif not _success(self.config, rc):
+            self.message = f"{self.name} {how}"
 
     async def _end_leftovers(self, proc: Process) -> None:
         """After the main process exited: end what it left running (its tree), then close."""
@@ -548,41 +435,43 @@ class Instance:
             # The tree scan no longer sees it (a zombie not yet reaped, or
             # it cannot be scanned): make sure, and wait for the exit callback.
             proc.send_signal(signal.SIGKILL)
-            fut: asyncio.Future[None] = self.host.loop.create_future()
+            fut: asyncio.Future[None] = self.host.aio_loop.create_future()
             self._exit_waiters.append(fut)
             if proc.poll() is None:
                 await fut
             else:
-                _resolve(fut)
+                resolve(fut)
         self.host.untrack(proc)
         self.last_exit = proc.returncode
         if self.proc is proc:
             self.proc = None
         proc.close()
 
-    async def stop(self) -> None:
-        """Stop the instance and its whole tree; return once it is STOPPED (or was down)."""
-        if self.state is S.STOPPING:
-            await self.wait_for(lambda s: s is not S.STOPPING)
-            return
-        if self.state in DOWN:
-            return
+    def _stop_unspawned(self) -> bool:
+        """Stop at once what has no process (backoff, waiting for dependencies); False: it has."""
         if self.state is S.BACKOFF:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._cancel_timer()
             self._set(S.STOPPED, "stop requested during backoff")
-            return
+            return True
         if self.state is S.STARTING and self.proc is None:
             if self._dep_task is not None:
                 self._dep_task.cancel()
                 self._dep_task = None
             self._set(S.STOPPED, "stop requested while waiting for dependencies")
+            return True
+        return False
+
+    async def stop(self) -> None:
+        """Stop the instance and its whole tree; return once it is STOPPED (or was down)."""
+        if self.state is S.STOPPING:
+            await self.wait_for(lambda s: s is not S.STOPPING)
+            return
+        if self.state in DOWN or self._stop_unspawned():
             return
         proc = self.proc
         assert proc is not None
         self._cancel_readiness()
-        signame = signal.Signals(self.config.stop_signal).name
+        signame = signal_name(self.config.stop_signal)
         self._set(
             S.STOPPING,
             f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s",
@@ -602,9 +491,7 @@ class Instance:
     async def kill(self) -> None:
         """Shutdown's last resort: SIGKILL the whole tree at once, end up STOPPED."""
         self.no_restart = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if self._failing_task is not None and not self._failing_task.done():
             self._failing_task.cancel()  # its graceful end of the tree gives way to SIGKILL
         if self._dep_task is not None:
@@ -630,41 +517,34 @@ class Instance:
         return proc.send_signal(sig)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _success(cfg: ProgramConfig, rc: int) -> bool:
+    return rc >= 0 and rc in cfg.success_exit_codes
 
 
-async def _tcp_connects(
-    loop: asyncio.AbstractEventLoop, host: str, port: int, timeout: float
-) -> bool:
-    """One non-blocking connect attempt to each address of ``host``."""
-    import asyncio
-    import socket
+def _is_done(cfg: ProgramConfig, rc: int) -> bool:
+    """A success code, and a policy that lets it stay down: a job that is done."""
+    return _success(cfg, rc) and cfg.restart != "always"
 
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
+
+def _should_restart(cfg: ProgramConfig, rc: int) -> bool:
+    if cfg.restart == "always":
+        return True
+    if cfg.restart == "never":
         return False
-    for family, type_, proto, _name, address in infos:
-        with socket.socket(family, type_ | socket.SOCK_CLOEXEC, proto) as sock:
-            sock.setblocking(False)
-            try:
-                await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
-            except (OSError, TimeoutError):
-                continue
-            return True
-    return False
+    return not _success(cfg, rc)
 
 
-def _uid_of(user: str | None) -> int | None:
+def _identity(user: str | None, group: str | None, env: dict[str, str]) -> dict[str, object]:
+    """spawn()'s user, group and extra_groups for ``user``/``group``; HOME and USER into ``env``."""
     if user is None:
-        return None
-    return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        return {} if group is None else {"group": _gid_of(group)}
+    pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    gid = pw.pw_gid if group is None else _gid_of(group)
+    env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    return {"user": pw.pw_uid, "group": gid, "extra_groups": os.getgrouplist(pw.pw_name, gid)}
 
 
 def _gid_of(group: str) -> int:
     import grp
 
     return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-

@@ -16,8 +16,9 @@ clean shutdown writes one byte first, and the watchdog exits without
 scanning.
 
 If the watchdog is killed, the supervisor sees it through a pidfd and forks a
-new one.  Both killed at the same moment is what the state file is for: the
-next ``forkwell up`` ends the survivors before starting anything.
+new one (:class:`Keeper`).  Both killed at the same moment is what the state
+file is for: the next ``forkwell up`` ends the survivors before starting
+anything.
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .._core import _sys, _tree
-from .._core._status import waitid_returncode
+from .._core._status import describe_exit, waitid_returncode
+from .._exceptions import ForkwellError
+
+if TYPE_CHECKING:
+    from ._preloop import Loops
 
 #: What ``ps`` shows for the watchdog (``/proc/PID/comm``, at most 15 bytes).
 COMM = "forkwell-watch"
@@ -104,6 +112,76 @@ class Watchdog:
         self._write_end = self.pidfd = -1
         self.pid = None
         self.returncode = None
+
+
+class Keeper:
+    """Keeps a watchdog running while the supervisor runs: a killed one is replaced.
+
+    ``closed()`` says the supervisor is shutting down (no replacement then);
+    ``on_new()`` is told of each replacement (the state file names it).
+    """
+
+    def __init__(
+        self,
+        watchdog: Watchdog,
+        loops: Loops,
+        note: Callable[[str], None],
+        closed: Callable[[], bool],
+        on_new: Callable[[], None],
+    ) -> None:
+        self.watchdog = watchdog
+        self._loops = loops
+        self._note = note
+        self._closed = closed
+        self._on_new = on_new
+        self._started = 0.0
+
+    def start(self) -> None:
+        """Fork the watchdog and watch its pidfd; ForkwellError if it cannot be forked."""
+        dog = self.watchdog
+        try:
+            pid = dog.start()
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise ForkwellError(f"cannot start the watchdog process: {why}") from None
+        self._started = time.monotonic()
+        if dog.pidfd >= 0:
+            self._loops.loop.add_reader(dog.pidfd, self._exited)
+        self._note(f"watchdog: pid {pid}")
+
+    def stop(self) -> None:
+        dog = self.watchdog
+        if dog.pid is None:
+            return
+        if dog.pidfd >= 0:
+            self._loops.loop.remove_reader(dog.pidfd)
+        dog.stop()
+
+    def _exited(self) -> None:
+        """Someone killed the watchdog: without it a SIGKILL of us would orphan the fleet."""
+        dog = self.watchdog
+        self._loops.loop.remove_reader(dog.pidfd)
+        pid = dog.pid
+        code = dog.reap()
+        if self._closed():
+            return
+        how = "exited" if code is None else describe_exit(code)
+        # At most one new watchdog a second, should something kill each at birth.
+        delay = max(0.0, self._started + 1.0 - time.monotonic())
+        self._note(f"watchdog (pid {pid}) {how}; starting a new one")
+        self._loops.loop.call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        if self._closed() or self.watchdog.pid is not None:
+            return
+        try:
+            self.start()
+        except ForkwellError as exc:
+            self._note(f"{exc}; retrying in 1s")
+            self._started = time.monotonic()
+            self._loops.loop.call_later(1.0, self._restart)
+            return
+        self._on_new()
 
 
 def _watch(read_end: int, token: str) -> None:  # pragma: no cover (forked child)

@@ -1,0 +1,77 @@
+"""The state file: who runs the fleet, so the next ``forkwell up`` can end a dead one's.
+
+A SIGKILLed supervisor's watchdog ends its programs; should both be killed at
+once, the state file still holds the supervisor's cookie, and the next
+``forkwell up`` ends every process carrying it before it starts anything.
+The pid and its start time also tell that a supervisor for this state file
+is still running, and ``forkwell up`` then refuses to run twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .._core import _proc, _tree
+from .._exceptions import StateError
+
+
+def take_over(path: Path, config_path: Path, note: Callable[[str], None]) -> list[int]:
+    """Refuse to run twice; end what a killed predecessor (and its watchdog) left.
+
+    Returns the pids it ended.
+    """
+    old: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        old = json.loads(path.read_text())
+    pid = old.get("pid")
+    if isinstance(pid, int):
+        # Our own pid too: another Supervisor of this process runs (a test).
+        info = _proc.read_stat(pid)
+        if info is not None and info.alive and info.starttime == old.get("starttime"):
+            raise StateError(
+                f"another forkwell up is running for {config_path} (pid {pid}); "
+                f"stop it with 'forkwell down' first"
+            )
+    token = old.get("token")
+    if not isinstance(token, str) or not token:
+        return []
+    survivors = _tree.Tree(token, -1)
+    members = sorted(survivors.members(include_root=False))
+    if members:
+        note(
+            f"ending {len(members)} process(es) left by a killed supervisor "
+            f"(pid {pid}): {members}"
+        )
+        # Blocking is fine: nothing else is served before this is done.
+        _tree.terminate_tree(survivors, signal.SIGTERM, 5.0, include_root=False)
+    survivors.close()
+    return members
+
+
+def write(path: Path, *, token: str, config_path: Path, watchdog: int | None) -> None:
+    """Record who we are, our cookie and our watchdog, for the next ``forkwell up``."""
+    me = _proc.read_stat(os.getpid())
+    state = {
+        "pid": os.getpid(),
+        "starttime": None if me is None else me.starttime,
+        "token": token,
+        "config": str(config_path),
+        "watchdog": watchdog,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, path)
+
+
+def remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
