@@ -154,28 +154,39 @@ validated = wsgiref.validate.validator(plain)
 # ---------------------------------------------------------------- the harness
 
 
+def _test_env(cwd: Path | None, env: dict[str, str] | None) -> dict[str, str]:
+    """The server's environment: this folder (and ``cwd``) importable, no bytecode written."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(cwd or TESTS_DIR), str(TESTS_DIR), full_env.get("PYTHONPATH", "")) if p
+    )
+    full_env["PYTHONDONTWRITEBYTECODE"] = "1"
+    full_env.update(env or {})
+    return full_env
+
+
 class WSGIServed(Served):
     """``forkwell.serve_wsgi(app, <socket>, **opts)`` in a subprocess, stderr collected."""
 
+    BOOTED = " booted"  # in the error log, once per worker that loaded the app
+
     def __init__(self, app: str, *, cwd: Path | None = None, env: dict[str, str] | None = None,
                  python_flags: tuple[str, ...] = (), **opts: Any) -> None:
+        self.workers = opts.setdefault("workers", 1)
+        self._start(lambda fd: [sys.executable, *python_flags, "-c", LAUNCH, app, json.dumps(opts),
+                                str(fd)],
+                    _test_env(cwd, env), cwd, stdout=opts.get("access_log") == "-")
+
+    def _start(self, argv: Any, env: dict[str, str], cwd: Path | None, *, stdout: bool) -> None:
+        """Run ``argv(fd)`` on a listening socket made here and passed as descriptor ``fd``."""
         listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.workers = opts.setdefault("workers", 1)
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(cwd or TESTS_DIR), str(TESTS_DIR), full_env.get("PYTHONPATH", "")) if p
-        )
-        full_env["PYTHONDONTWRITEBYTECODE"] = "1"
-        full_env.update(env or {})
-        argv = [sys.executable, *python_flags, "-c", LAUNCH, app, json.dumps(opts),
-                str(listener.fileno())]
         try:
             self.proc = subprocess.Popen(
-                argv, pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if opts.get("access_log") == "-" else subprocess.DEVNULL,
-                stderr=subprocess.PIPE, cwd=cwd, env=full_env, start_new_session=True,
+                argv(listener.fileno()), pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+                stderr=subprocess.PIPE, cwd=cwd, env=env, start_new_session=True,
             )
         finally:
             listener.close()
@@ -194,7 +205,7 @@ class WSGIServed(Served):
     def ready(self, workers: int | None = None, timeout: float = 20.0) -> WSGIServed:
         """Wait until ``workers`` (default: all) have booted since the start."""
         want = self.workers if workers is None else workers
-        self.wait_for(lambda lines: sum(" booted" in x for x in lines) >= want, timeout,
+        self.wait_for(lambda lines: sum(self.BOOTED in x for x in lines) >= want, timeout,
                       f"{want} booted workers")
         return self
 
@@ -205,6 +216,23 @@ class WSGIServed(Served):
         super().__exit__(*exc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class GunicornServed(WSGIServed):
+    """The real gunicorn serving ``app`` the same way: its listener passed as ``fd://N``.
+
+    ``worker`` is gunicorn's worker class (``sync``, ``gthread``); ``flags`` are more
+    of its command-line options.  No control socket: nothing is left in ``$HOME``.
+    """
+
+    BOOTED = "Booting worker with pid"
+
+    def __init__(self, app: str, *flags: str, worker: str = "sync", workers: int = 1) -> None:
+        self.workers = workers
+        self._start(lambda fd: [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}",
+                                "--workers", str(workers), "--worker-class", worker,
+                                "--no-control-socket", *flags, app],
+                    _test_env(None, None), None, stdout=False)
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:

@@ -137,9 +137,13 @@ def request_environ(msg: Message, base: dict[str, Any], script_name: str) -> dic
 
 
 def _origin_path(path: bytes) -> bytes:
-    """The path of an absolute-form target (``http://host/p`` -> ``/p``); ``*`` -> ``""``."""
+    """The path of an absolute-form target (``http://host/p`` -> ``/p``).
+
+    ``OPTIONS *`` keeps ``*``, as wsgiref and gunicorn give it: read as ``""``
+    it would be the app's root, and the root's handler would answer for the server.
+    """
     if path == b"*":
-        return b""
+        return path
     scheme, sep, rest = path.partition(b"://")
     if sep and scheme.lower() in (b"http", b"https"):
         slash = rest.find(b"/")
