@@ -201,6 +201,10 @@ class Supervisor:
     def _note(self, text: str) -> None:
         self._log.note(text)
 
+    def note(self, text: str) -> None:
+        """A line in the event log (an instance's news that is not a transition)."""
+        self._log.note(text)
+
     # -- read side ------------------------------------------------------------
 
     def _all(self) -> list[Instance]:
