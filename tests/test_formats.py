@@ -259,6 +259,8 @@ ERRORS = [
     ("supervisord.conf", "command=x\n", "supervisord.conf: line 1: expected a [section] header first"),
     ("supervisord.conf", "[program:a]\ncommand=x\n  \n=y\n", "supervisord.conf: line 4: cannot parse '=y'"),
     ("supervisord.conf", "[supervisord]\n", "supervisord.conf: no [program:x] section"),
+    ("supervisord.conf", "[supervisord]\numask=9z\n[program:a]\ncommand=x\n",
+     "supervisord.conf: [supervisord] umask: 9z can not be converted to an octal type"),
     ("process-compose.yaml", "processes:\n  web:\n    command: [1\n", "process-compose.yaml: invalid YAML: line 4, column 1:"),
     ("process-compose.yaml", "version: 1\n", "process-compose.yaml: processes: required"),
     ("process-compose.yaml", "processes:\n  web:\n    working_dir: /\n",
