@@ -47,6 +47,7 @@ from ._childenv import ChildEnv
 from ._config import Config, load_config
 from ._events import EventLog
 from ._fleet import Fleet, ReloadReport, compare, dep_ok, settle, settled
+from ._loglines import is_marker
 from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
@@ -526,7 +527,8 @@ def _result(inst: Instance, ok: bool, message: str = "") -> OpResult:
     log_tail: list[str] = []
     if not ok:
         for stream in ("stderr", "stdout"):
-            log_tail = tail(inst.log_path(stream), 10)
+            # The program's last words; the markers repeat what the message says.
+            log_tail = [x for x in tail(inst.log_path(stream), 20) if not is_marker(x)][-10:]
             if log_tail:
                 break
     return OpResult(

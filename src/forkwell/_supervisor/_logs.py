@@ -27,6 +27,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from .._core._status import describe_exit
+from ._loglines import LineLog
+
 if TYPE_CHECKING:
     from ._loop import Loop
 
@@ -117,8 +120,21 @@ class Output:
         self._echo = echo
         self._pipes: dict[str, tuple[int, int]] = {}  # stream -> (read fd, write fd)
         self.logs: dict[str, LogFile] = {}
+        self._lines: dict[str, LineLog] = {}
+        # Each chunk read, for a log:REGEX readiness probe while one waits.
+        self.watch: Callable[[bytes], None] | None = None
+        self._exit_marked = 0  # the pid whose exit marker was written last
 
-    def open(self, paths: Mapping[str, Path], max_bytes: int, backups: int, loop: Loop) -> None:
+    def open(  # noqa: PLR0913 (one log file's settings, each its own config key)
+        self,
+        paths: Mapping[str, Path],
+        max_bytes: int,
+        backups: int,
+        loop: Loop,
+        *,
+        timestamps: bool = False,
+        markers: bool = False,
+    ) -> None:
         """A pipe and a log file for each stream of ``paths`` (once: they stay open)."""
         if self._pipes:
             return
@@ -127,14 +143,19 @@ class Output:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 os.set_blocking(r, False)
                 self._pipes[stream] = (r, w)
-                self.logs[stream] = LogFile(path, max_bytes, backups)
+                log = self.logs[stream] = LogFile(path, max_bytes, backups)
+                self._lines[stream] = LineLog(log, timestamps=timestamps, markers=markers)
                 loop.add_reader(r, self._readable, stream, r)
         except BaseException:
             self.close(loop)
             raise
 
     def write_ends(self) -> tuple[int, int]:
-        """The fds a process gets as stdout and stderr (the same one, when merged)."""
+        """The fds a process gets as stdout and stderr (the same one, when merged).
+
+        What is still in the pipes is written first: it was written before this process.
+        """
+        self.drain()
         out = self._pipes["stdout"][1]
         return out, self._pipes["stderr"][1] if "stderr" in self._pipes else out
 
@@ -147,8 +168,28 @@ class Output:
             self._copy(stream, data)
 
     def _copy(self, stream: str, data: bytes) -> None:
-        self.logs[stream].write(data)
+        self._lines[stream].write(data)
         self._echo(stream, data)
+        if self.watch is not None:
+            self.watch(data)
+
+    def mark(self, text: str, *, drain: bool = False) -> None:
+        """Record a supervisor event in each log file (when markers are on).
+
+        ``drain``: first write what is in the pipes (an exit: the process's last
+        words come before the news of its end).  A spawn does not drain:
+        :meth:`write_ends` did, just before the process was started.
+        """
+        if drain:
+            self.drain()
+        for lines in self._lines.values():
+            lines.mark(text)
+
+    def exited(self, pid: int, returncode: int | None, uptime: float) -> None:
+        """The marker of a process's end (once per process, however its end was seen)."""
+        if returncode is not None and pid != self._exit_marked:
+            self._exit_marked = pid
+            self.mark(f"pid {pid} {describe_exit(returncode)} after {uptime:.1f}s", drain=True)
 
     def drain(self) -> None:
         """Write whatever is still in the pipes (the process has exited)."""
@@ -169,6 +210,9 @@ class Output:
             os.close(r)
             os.close(w)
         self._pipes.clear()
+        for lines in self._lines.values():
+            lines.close()
+        self._lines.clear()
         for log in self.logs.values():
             log.close()
         self.logs.clear()

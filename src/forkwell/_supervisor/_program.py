@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._config import ProgramConfig
-    from ._logs import LogFile
     from ._loop import Handle, Loop
     from ._probes import Readiness
 
@@ -156,10 +155,6 @@ class Instance:
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
-    @property
-    def logs(self) -> dict[str, LogFile]:
-        return self.output.logs
-
     # -- state machine -------------------------------------------------------
 
     def _set(self, new: ProgramState, why: str = "") -> None:
@@ -202,14 +197,11 @@ class Instance:
         cfg = self.config
         streams = ("stdout",) if cfg.redirect_stderr else ("stdout", "stderr")
         paths = {stream: self.log_path(stream) for stream in streams}
-        self.output.open(paths, cfg.log_max_bytes, cfg.log_backups, self.host.loop)
+        self.output.open(paths, cfg.log_max_bytes, cfg.log_backups, self.host.loop,
+                         timestamps=cfg.log_timestamps, markers=cfg.log_markers)  # fmt: skip
 
     def _echo(self, stream: str, data: bytes) -> None:
         self.host.output(self, stream, data)
-
-    def drain(self) -> None:
-        """Write whatever is still in the pipes (the process has exited)."""
-        self.output.drain()
 
     def close_io(self) -> None:
         self.output.close(self.host.loop)
@@ -249,6 +241,7 @@ class Instance:
         if proc is None:
             return
         self.proc = proc
+        self.output.mark(f"started pid {proc.pid}")
         self.started_at = time.time()
         self._started_mono = self.host.loop.time()
         self.ready_at = None
@@ -374,6 +367,7 @@ class Instance:
             return
         self.host.untrack(proc)
         self.last_exit = rc
+        self.output.exited(proc.pid, rc, self.uptime())
         for fut in self._exit_waiters:
             resolve(fut)
         self._exit_waiters.clear()
@@ -443,6 +437,7 @@ class Instance:
                 resolve(fut)
         self.host.untrack(proc)
         self.last_exit = proc.returncode
+        self.output.exited(proc.pid, proc.returncode, self.uptime())
         if self.proc is proc:
             self.proc = None
         proc.close()
