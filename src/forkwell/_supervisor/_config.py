@@ -169,6 +169,9 @@ class _Context:
         self.paths: dict[str, Path] = {}
         # Environment files read so far (many programs share one): variables, or the error.
         self.env_files: dict[Path, dict[str, str] | str] = {}
+        # What programs take from [supervisor]: its values, its env files' variables.
+        self.sup: Mapping[str, Any] = {}
+        self.shared_env: Mapping[str, str] = {}
 
 
 class _Bad(Exception):
@@ -554,10 +557,10 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
                 "expected [supervisor] or [programs.NAME]"
             )
     sup_table = _table(data, "supervisor", "a table ([supervisor])", errors)
-    sup = _apply(sup_table, _SUPERVISOR, "supervisor.", ctx, errors)
-    shared = _env_files(sup, "supervisor.", ctx, errors)
+    sup = ctx.sup = _apply(sup_table, _SUPERVISOR, "supervisor.", ctx, errors)
+    ctx.shared_env = _env_files(sup, "supervisor.", ctx, errors)
     programs_table = _table(data, "programs", "tables [programs.NAME]", errors)
-    programs = _programs(programs_table, ctx, errors, sup, shared)
+    programs = _programs(programs_table, ctx, errors)
     # Dependencies are checked on every program, also those with other errors,
     # so one run of `forkwell check` shows everything.
     errors.extend(_dependency_errors(programs_table))
@@ -576,11 +579,7 @@ def _table(data: Mapping[str, Any], name: str, expected: str, errors: list[str])
 
 
 def _programs(
-    tables: Mapping[str, Any],
-    ctx: _Context,
-    errors: list[str],
-    sup: Mapping[str, Any],
-    shared_env: Mapping[str, str],
+    tables: Mapping[str, Any], ctx: _Context, errors: list[str]
 ) -> dict[str, ProgramConfig]:
     """Each valid ``[programs.NAME]`` table, validated; what is wrong goes to ``errors``."""
     programs: dict[str, ProgramConfig] = {}
@@ -598,33 +597,26 @@ def _programs(
         prefix = f"programs.{name}."
         values = _apply(table, _PROGRAM, prefix, ctx, errors)
         if len(errors) == before:
-            _finish(values, prefix, ctx, errors, sup, shared_env)
+            _finish(values, prefix, ctx, errors)
         if len(errors) == before:
             programs[name] = ProgramConfig(name=name, **values)
     return programs
 
 
-def _finish(
-    values: dict[str, Any],
-    prefix: str,
-    ctx: _Context,
-    errors: list[str],
-    sup: Mapping[str, Any],
-    shared_env: Mapping[str, str],
-) -> None:
+def _finish(values: dict[str, Any], prefix: str, ctx: _Context, errors: list[str]) -> None:
     """What one program's keys mean together: defaults from [supervisor], env files, checks."""
     deps = values.pop("depends_on")
     values["depends_on"] = tuple(name for name, _ in deps)
     values["restart_with"] = tuple(name for name, restart in deps if restart)
     if values["log_timestamps"] is None:
-        values["log_timestamps"] = bool(sup.get("log_timestamps", False))
+        values["log_timestamps"] = bool(ctx.sup.get("log_timestamps", False))
     watchdog = values["liveness"] is not None and values["liveness"].kind == "watchdog"
     if watchdog and values["watchdog_sec"] is None:
         errors.append(f"{prefix}watchdog_sec: required with liveness = 'watchdog' (e.g. 30)")
     elif values["watchdog_sec"] is not None and not watchdog:
         errors.append(f"{prefix}watchdog_sec: only used with liveness = 'watchdog'")
     from_files = _env_files(values, prefix, ctx, errors)
-    values["environment"] = {**shared_env, **from_files, **values["environment"]}
+    values["environment"] = {**ctx.shared_env, **from_files, **values["environment"]}
 
 
 def _env_files(

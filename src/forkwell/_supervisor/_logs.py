@@ -31,6 +31,7 @@ from .._core._status import describe_exit
 from ._loglines import LineLog
 
 if TYPE_CHECKING:
+    from ._config import ProgramConfig
     from ._loop import Loop
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
@@ -125,17 +126,11 @@ class Output:
         self.watch: Callable[[bytes], None] | None = None
         self._exit_marked = 0  # the pid whose exit marker was written last
 
-    def open(  # noqa: PLR0913 (one log file's settings, each its own config key)
-        self,
-        paths: Mapping[str, Path],
-        max_bytes: int,
-        backups: int,
-        loop: Loop,
-        *,
-        timestamps: bool = False,
-        markers: bool = False,
-    ) -> None:
-        """A pipe and a log file for each stream of ``paths`` (once: they stay open)."""
+    def open(self, paths: Mapping[str, Path], cfg: ProgramConfig, loop: Loop) -> None:
+        """A pipe and a log file for each stream of ``paths`` (once: they stay open).
+
+        ``cfg``'s ``log_*`` settings say how the files are rotated and written.
+        """
         if self._pipes:
             return
         try:
@@ -143,8 +138,10 @@ class Output:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 os.set_blocking(r, False)
                 self._pipes[stream] = (r, w)
-                log = self.logs[stream] = LogFile(path, max_bytes, backups)
-                self._lines[stream] = LineLog(log, timestamps=timestamps, markers=markers)
+                log = self.logs[stream] = LogFile(path, cfg.log_max_bytes, cfg.log_backups)
+                self._lines[stream] = LineLog(
+                    log, timestamps=cfg.log_timestamps, markers=cfg.log_markers
+                )
                 loop.add_reader(r, self._readable, stream, r)
         except BaseException:
             self.close(loop)

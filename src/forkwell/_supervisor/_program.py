@@ -139,7 +139,7 @@ class Instance:
         self.colour = 0
         self._started_mono = 0.0
         self._timer: Handle | None = None  # the backoff delay
-        self._readiness: Readiness | None = None  # made for the first start not by exec
+        self.readiness: Readiness | None = None  # made for the first start not by exec
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
         self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
@@ -197,8 +197,7 @@ class Instance:
         cfg = self.config
         streams = ("stdout",) if cfg.redirect_stderr else ("stdout", "stderr")
         paths = {stream: self.log_path(stream) for stream in streams}
-        self.output.open(paths, cfg.log_max_bytes, cfg.log_backups, self.host.loop,
-                         timestamps=cfg.log_timestamps, markers=cfg.log_markers)  # fmt: skip
+        self.output.open(paths, cfg, self.host.loop)
 
     def _echo(self, stream: str, data: bytes) -> None:
         self.host.output(self, stream, data)
@@ -252,8 +251,8 @@ class Instance:
         """The process, spawned with its pipes, environment and user; None: a failed start."""
         cfg = self.config
         env = self.host.child_env(self)
-        if cfg.ready.kind == "notify":
-            self._readiness_of().listen(cfg.user, env)
+        if cfg.ready.kind == "notify" or cfg.watchdog_sec is not None:
+            self._readiness_of().listen(cfg, env)
         stdout, stderr = self.output.write_ends()
         identity = _identity(cfg.user, cfg.group, env)
         try:
@@ -273,8 +272,8 @@ class Instance:
             why = str(exc)
         except OSError as exc:  # e.g. EMFILE: out of fds
             why = f"cannot start: {exc.strerror or exc}"
-        if self._readiness is not None:
-            self._readiness.close_notify()
+        if self.readiness is not None:
+            self.readiness.close_notify()
         self._failed_start(why)
         return None
 
@@ -286,14 +285,14 @@ class Instance:
             self._readiness_of().start(self.config, functools.partial(self.host.child_env, self))
 
     def _readiness_of(self) -> Readiness:
-        if self._readiness is None:
+        if self.readiness is None:
             # Here: ``ready = "exec"`` programs, the quickest to start, never need it.
             from ._probes import Readiness
 
-            self._readiness = Readiness(
-                self.host, self._ready, self._ready_timeout, self._probe_failed
+            self.readiness = Readiness(
+                self.host, self._ready, self._ready_timeout, self._probe_failed, self.output
             )
-        return self._readiness
+        return self.readiness
 
     def _probe_failed(self, why: str) -> None:
         self.message = why
@@ -301,7 +300,7 @@ class Instance:
     def _ready(self, how: str) -> None:
         if self.state is not S.STARTING or self.proc is None or self._failing:
             return
-        self._cancel_readiness()
+        self._cancel_readiness(ready=True)
         self.ready_at = time.time()
         took = self.ready_at - (self.started_at or self.ready_at)
         self._set(S.RUNNING, f"pid {self.proc.pid}, ready ({how}) after {took:.3f}s")
@@ -333,9 +332,9 @@ class Instance:
             self._timer.cancel()
             self._timer = None
 
-    def _cancel_readiness(self) -> None:
-        if self._readiness is not None:
-            self._readiness.cancel()
+    def _cancel_readiness(self, ready: bool = False) -> None:
+        if self.readiness is not None:
+            self.readiness.cancel(ready)
 
     def _failed_start(self, why: str) -> None:
         """Count a failed start: BACKOFF before the next attempt, or FATAL."""
