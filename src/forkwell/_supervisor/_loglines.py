@@ -22,7 +22,12 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._logs import LogFile
+    from typing import Protocol
+
+    class LogFile(Protocol):
+        """Where the lines go (:class:`~forkwell._supervisor._logs.LogFile` is one)."""
+
+        def write(self, data: bytes) -> None: ...
 
 MARKER = b"--- forkwell: "
 _STAMP_LEN = len(b"2024-05-01T12:00:00.123+02:00 ")

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._config import ProgramConfig
+    from ._liveness import Liveness
     from ._loop import Handle, Loop
     from ._probes import Readiness
 
@@ -134,12 +135,14 @@ class Instance:
         self.ready_at: float | None = None
         self.restarts = 0
         self.last_exit: int | None = None
+        self.last_exit_at: float | None = None  # time.time() of that exit
         self.failures = 0  # consecutive failed starts
         self.message = ""  # why the last start failed (one line), "" if it did not
         self.colour = 0
         self._started_mono = 0.0
         self._timer: Handle | None = None  # the backoff delay
         self.readiness: Readiness | None = None  # made for the first start not by exec
+        self.liveness: Liveness | None = None  # made by the supervisor's health, if probed
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
         self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
@@ -365,7 +368,7 @@ class Instance:
         if rc is None:
             return
         self.host.untrack(proc)
-        self.last_exit = rc
+        self.last_exit, self.last_exit_at = rc, time.time()
         self.output.exited(proc.pid, rc, self.uptime())
         for fut in self._exit_waiters:
             resolve(fut)
@@ -435,7 +438,7 @@ class Instance:
             else:
                 resolve(fut)
         self.host.untrack(proc)
-        self.last_exit = proc.returncode
+        self.last_exit, self.last_exit_at = proc.returncode, time.time()
         self.output.exited(proc.pid, proc.returncode, self.uptime())
         if self.proc is proc:
             self.proc = None
@@ -455,8 +458,11 @@ class Instance:
             return True
         return False
 
-    async def stop(self) -> None:
-        """Stop the instance and its whole tree; return once it is STOPPED (or was down)."""
+    async def stop(self, why: str = "") -> None:
+        """Stop the instance and its whole tree; return once it is STOPPED (or was down).
+
+        ``why``: the reason, said first in the STOPPING event (a liveness failure).
+        """
         if self.state is S.STOPPING:
             await self.wait_for(lambda s: s is not S.STOPPING)
             return
@@ -466,10 +472,8 @@ class Instance:
         assert proc is not None
         self._cancel_readiness()
         signame = signal_name(self.config.stop_signal)
-        self._set(
-            S.STOPPING,
-            f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s",
-        )
+        how = f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s"
+        self._set(S.STOPPING, f"{why}; {how}" if why else how)
         pending = self._failing_task
         if pending is not None and not pending.done():
             # A failed start is already ending this tree: let it finish.
