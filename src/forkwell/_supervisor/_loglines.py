@@ -13,7 +13,8 @@
 * :meth:`LineLog.mark` writes the supervisor's own events into the file as
   lines of their own, ``--- forkwell: started pid 4242``: when the program
   is in the middle of a line, the marker waits for that line to end (or for
-  the file to close), so it never lands inside the program's output.
+  the file to close), so it never lands inside the program's output; the
+  marker of a process's exit ends the line that process left unfinished.
 """
 
 from __future__ import annotations
@@ -96,12 +97,21 @@ class LineLog:
             self.log.write(data)
         self.at_line_start = data.endswith(b"\n")
 
-    def mark(self, text: str) -> None:
-        """A line of the supervisor's own: ``--- forkwell: TEXT``, never inside a line."""
+    def mark(self, text: str, *, end_line: bool = False) -> None:
+        """A line of the supervisor's own: ``--- forkwell: TEXT``, never inside a line.
+
+        ``end_line``: the program's unfinished line is over (its process exited):
+        end it here, as the console does, rather than wait for the next process's
+        output to end it.
+        """
         if not self.markers:
             return
         stamp = rfc3339() + b" " if self.timestamps else b""
         line = stamp + MARKER + text.encode(errors="replace") + b"\n"
+        if end_line and not self.at_line_start:
+            self.log.write(b"\n")
+            self.at_line_start = True
+            self._flush_pending()
         if self.at_line_start:
             self.log.write(line)
         else:

@@ -174,13 +174,15 @@ class Output:
         """Record a supervisor event in each log file (when markers are on).
 
         ``drain``: first write what is in the pipes (an exit: the process's last
-        words come before the news of its end).  A spawn does not drain:
-        :meth:`write_ends` did, just before the process was started.
+        words come before the news of its end), and end the line it left
+        unfinished (with markers on only: else the bytes are the program's).  A
+        spawn does not drain: :meth:`write_ends` did, just before the process was
+        started.
         """
         if drain:
             self.drain()
         for lines in self._lines.values():
-            lines.mark(text)
+            lines.mark(text, end_line=drain)
 
     def exited(self, pid: int, returncode: int | None, uptime: float) -> None:
         """The marker of a process's end (once per process, however its end was seen)."""
