@@ -67,6 +67,7 @@ class Info:
     liveness_failures: int = 0
     last_probe_failure: str | None = None
     last_probe_failure_at: float | None = None
+    failed_starts: int = 0
 
 
 @dataclass(frozen=True)
@@ -835,6 +836,7 @@ def test_cli_ps_table_json_and_exit_codes(served: Served) -> None:
         "restarts", "last_exit", "autostart", "cpu_percent", "rss_bytes", "last_exit_at",
         "essential", "readiness", "ready_probe", "liveness", "liveness_probe",
         "liveness_failures", "last_probe_failure", "last_probe_failure_at", "processes",
+        "failed_starts",
     }  # fmt: skip
 
 

@@ -92,6 +92,7 @@ class InstanceInfo(NamedTuple):
     liveness_failures: int = 0  # in a row, now
     last_probe_failure: str | None = None  # what the last failed probe said (one line)
     last_probe_failure_at: float | None = None
+    failed_starts: int = 0  # in a row, now (a crash loop: BACKOFF with this growing)
 
 
 class OpResult(NamedTuple):
@@ -571,6 +572,7 @@ def _info(i: Instance) -> InstanceInfo:
         liveness_failures=0 if live is None else live.failures,
         last_probe_failure=failure or None,
         last_probe_failure_at=failure_at,
+        failed_starts=i.failures,
     )
 
 

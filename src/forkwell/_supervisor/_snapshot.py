@@ -11,7 +11,7 @@ away; fields may be added without a change.
   tree's (they were the main process's in version 1), and ``processes``,
   ``last_exit_at``, ``readiness``, ``ready_probe``, ``liveness``,
   ``liveness_probe``, ``liveness_failures``, ``last_probe_failure``,
-  ``last_probe_failure_at`` and ``essential`` were added.
+  ``last_probe_failure_at``, ``essential`` and ``failed_starts`` were added.
 
 CPU % is measured between two snapshots (at most a minute apart), else
 over the tree's life: sampling only when asked keeps an idle supervisor
@@ -72,6 +72,8 @@ if TYPE_CHECKING:
         def last_probe_failure(self) -> str | None: ...
         @property
         def last_probe_failure_at(self) -> float | None: ...
+        @property
+        def failed_starts(self) -> int: ...
 
     class FleetLike(Protocol):
         def instances(self) -> Sequence[InstanceLike]: ...
@@ -148,6 +150,7 @@ class Snapshot:
             "ready_at": info.ready_at,
             "uptime": round(max(0.0, now - info.started_at), 3) if running else None,  # type: ignore[operator]
             "restarts": info.restarts,
+            "failed_starts": info.failed_starts,
             "last_exit": info.last_exit,
             "last_exit_at": info.last_exit_at,
             "autostart": info.autostart,
