@@ -282,8 +282,6 @@ class Supervisor:
     async def restart(self, instances: list[str], *, wait: bool = True) -> list[OpResult]:
         """Stop then start each instance on its own; of the others, only the dependents
         with ``restart = true`` are touched (stopped first, started again after)."""
-        import asyncio
-
         insts = self._fleet.lookup(instances)
 
         async def one(inst: Instance) -> None:
@@ -292,15 +290,11 @@ class Supervisor:
             if wait:
                 await settle(inst)
 
-        async def each() -> None:
-            bounced = await self._health.stop_dependents(insts)
-            await asyncio.gather(*(one(i) for i in insts))
-            self._health.start_dependents(bounced)
-
+        work = self._health.with_dependents(insts, one)
         if not wait:
-            self.background(each())
+            self.background(work)
             return [_result(i, True) for i in insts]
-        await each()
+        await work
         return [_result(i, dep_ok(i)) for i in insts]
 
     def send_signal(self, instances: list[str], sig: int, *, tree: bool = False) -> list[OpResult]:

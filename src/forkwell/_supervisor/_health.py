@@ -30,7 +30,7 @@ Stopping by hand (``forkwell stop``) never ends the run.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ._liveness import Liveness
@@ -82,11 +82,10 @@ class Health:
     # -- transitions -----------------------------------------------------------
 
     def transition(self, inst: Instance, old: ProgramState, new: ProgramState) -> None:
-        if inst.config.liveness is not None:
-            if new is S.RUNNING:
-                self._liveness(inst).start()
-            elif old is S.RUNNING and inst.liveness is not None:
-                inst.liveness.stop()
+        if new is S.RUNNING and inst.config.liveness is not None:
+            self._liveness(inst).start()
+        elif old is S.RUNNING and inst.liveness is not None:
+            inst.liveness.stop()  # whatever the config says now (a reload may have changed it)
         if self._fleet.closed or (new not in DOWN and new is not S.BACKOFF):
             return
         if new in _ENDED:
@@ -203,6 +202,17 @@ class Health:
         chosen = set(insts)
         return [i for name in found for i in self._fleet.programs.get(name, [])
                 if i.state not in DOWN and i not in chosen]  # fmt: skip
+
+    async def with_dependents(
+        self, insts: list[Instance], restart: Callable[[Instance], Awaitable[None]]
+    ) -> None:
+        """``restart`` each of ``insts`` at once, inside the stop and start of their
+        ``restart = true`` dependents (``forkwell restart``)."""
+        import asyncio
+
+        bounced = await self.stop_dependents(insts)
+        await asyncio.gather(*(restart(i) for i in insts))
+        self.start_dependents(bounced)
 
     async def stop_dependents(self, insts: list[Instance]) -> list[Instance]:
         """Stop (dependents first) what restarts with ``insts``; return it, to start later."""
