@@ -45,6 +45,14 @@ server.serve_forever()
 """
 
 
+def listen(port: int) -> str:
+    """One line of a program: ``s``, a socket listening on 127.0.0.1:``port``."""
+    return (
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        f's.bind(("127.0.0.1", {port})); s.listen(100)'
+    )
+
+
 def _self_signed(tmp_path: Path) -> Path:
     pem = tmp_path / "server.pem"
     subprocess.run(
@@ -117,10 +125,7 @@ def test_tcp_liveness_restarts_a_program_whose_port_closed(tmp_path: Path) -> No
     program = py(
         f"""
         import os, socket, time
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", {port}))
-        s.listen()
+        {listen(port)}
         stop = {str(tmp_path / "close")!r}
         while not os.path.exists(stop):
             time.sleep(0.02)
@@ -159,10 +164,7 @@ def test_a_probe_that_hangs_fails_at_liveness_timeout(tmp_path: Path) -> None:
     program = py(
         f"""
         import socket, time
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", {port}))
-        s.listen(100)
+        {listen(port)}
         held = []
         while True:
             held.append(s.accept()[0])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Literal, NamedTuple
 
-from .._core._readiness import parse_ready
+from .._core._readiness import ReadySpec, parse_ready
 
 ProbeKind = Literal["exec", "notify", "tcp", "delay", "cmd", "http", "log", "watchdog"]
 
@@ -48,18 +48,14 @@ class ProbeSpec(NamedTuple):
     pattern: str | None = None  # log
 
     def __str__(self) -> str:
-        if self.kind == "tcp":
-            host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-            return f"tcp:{host}:{self.port}"
-        if self.kind == "delay":
-            return f"delay:{self.seconds:g}"
-        if self.kind == "cmd":
-            return f"cmd:{self.command}"
         if self.kind == "http":
             return str(self.url)
         if self.kind == "log":
             return f"log:{self.pattern}"
-        return self.kind
+        if self.kind == "watchdog":
+            return self.kind
+        # The kinds the core parses: written back as the core writes them.
+        return str(ReadySpec(self.kind, self.host, self.port, self.seconds, self.command))
 
     @property
     def authority(self) -> str:
