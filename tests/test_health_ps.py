@@ -154,3 +154,14 @@ command = ["{PY}", "-c", "import signal; signal.pause()"]
     assert row["ready_probe"] == "delay:0.1"
     assert row["last_probe_failure"] == "cmd:exit 7 exited with status 7"
     assert row["last_probe_failure_at"] <= time.time()
+
+
+def test_read_small_reads_a_proc_file_longer_than_a_page_whole() -> None:
+    """A children list of 1,000 pids is ~7 KB, handed out a page at a time: none is lost."""
+    from forkwell._core._proc import read_small
+
+    with open("/proc/self/maps", "rb") as f:
+        expected = f.read()
+    assert len(expected) > 4096  # several pages of records
+    assert read_small("/proc/self/maps") == expected
+    assert read_small("/proc/self/no-such-file") is None

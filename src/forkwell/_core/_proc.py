@@ -42,7 +42,7 @@ class ProcStat(NamedTuple):
 
 
 def read_small(path: str) -> bytes | None:
-    """A /proc file, read with the fewest syscalls (open() takes twice as many); None if gone.
+    """A /proc file, read with few syscalls (open() takes twice as many); None if gone.
 
     ``ps`` of 1,000 instances reads 2,000 of them: on a VM, where a syscall
     costs microseconds, the saving is most of the time ``ps`` spends.
@@ -52,12 +52,14 @@ def read_small(path: str) -> bytes | None:
     except OSError:
         return None
     try:
-        data = os.read(fd, 65536)
-        while len(data) >= 4096:  # /proc hands out a page or more per read: ask again
-            more = os.read(fd, 65536)
-            if not more:
-                break
-            data += more
+        data = chunk = os.read(fd, 65536)
+        # /proc hands a file out a page (4 KiB) of whole records per read: a children
+        # list of 1,000 pids takes two reads.  A read that returned under half a page
+        # was the last one when records are short (a pid, a line of maps; a stat file
+        # is one record and comes whole), so the usual small file costs one read.
+        while len(chunk) > 2048:
+            chunk = os.read(fd, 65536)
+            data += chunk
         return data
     except OSError:
         return None
