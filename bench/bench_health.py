@@ -1,6 +1,7 @@
 """Health benchmark: what liveness probes cost the supervisor, and ``ps`` of 1,000 instances.
 
     python bench/bench_health.py [--programs 100] [--seconds 30] [--big 1000] [--runs 30]
+                                 [--skip-probes] [--skip-ps]
 
 Probes (``--programs`` copies of ``sleep 3600``, each with a liveness probe
 every second, ``liveness_period = 1``), for ``--seconds`` once all are up:
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--skip-ps", action="store_true")
+    ap.add_argument("--skip-probes", action="store_true")
     args = ap.parse_args()
     n = args.programs
     import compileall
@@ -186,21 +188,23 @@ def main() -> None:
     rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
         base = Path(tmp)
-        fw = {p: measure_forkwell(base, n, p, args.seconds, server) for p in ("none", "http", "cmd")}
-        floor = {p: measure_floor(base, n, p, args.seconds, server) for p in ("http", "cmd")}
-        for p in ("none", "http", "cmd"):
+        kinds = () if args.skip_probes else ("none", "http", "cmd")
+        fw = {p: measure_forkwell(base, n, p, args.seconds, server) for p in kinds}
+        floor = {p: measure_floor(base, n, p, args.seconds, server) for p in kinds[1:]}
+        for p in kinds:
             r = fw[p]
             rows.append((f"forkwell up, {n} programs, liveness: {p}", f"{r['self']:.2f}",
                          f"{r['children']:.2f}", f"{r['self'] + r['children']:.2f}",
                          f"{r['rate']:.1f}"))  # fmt: skip
-        for p in ("http", "cmd"):
+        for p in kinds[1:]:
             f = floor[p]
             # Scaled to the probes forkwell made in the same time: the same work.
             per_minute = f["cpu"] / f["probes"] * fw[p]["rate"] * 60
             rows.append((f"floor: a sequential {'curl' if p == 'http' else 'sh'} loop ({p})", "-",
                          f"{per_minute:.2f}", f"{per_minute:.2f}",
                          f"{f['probes'] / f['elapsed']:.1f}"))  # fmt: skip
-        _print_probes(rows, args.seconds)
+        if rows:
+            _print_probes(rows, args.seconds)
         if not args.skip_ps:
             (base / "big").mkdir()
             big = Forkwell(base / "big", args.big, 10)
