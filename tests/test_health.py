@@ -269,3 +269,42 @@ def sup_notes(sup: Supervisor) -> list[str]:
     """The supervisor's own log lines (forkwell.log)."""
     path = sup.log_dir() / "forkwell.log"
     return path.read_text().splitlines() if path.exists() else []
+
+
+def test_kubernetes_defaults_on_the_fake_clock(tmp_path: Path) -> None:
+    """liveness_delay 5 s, then every 10 s (the default period), restart at the 3rd failure."""
+    from fakeclock import MockClock
+    from test_supervisor_harness import LONG, jump_past
+
+    count = tmp_path / "probes"
+    cfg = config(
+        tmp_path,
+        f"""
+        [programs.app]
+        command = {LONG_RUNNING}
+        liveness = "cmd:echo x >> {count}; exit 1"
+        liveness_delay = 5
+        min_uptime = 0          # up() returns at RUNNING: the delay is all ahead
+        """,
+    )
+    clock = MockClock()
+
+    def probes() -> int:
+        return len(count.read_text().split()) if count.exists() else 0
+
+    async def body(sup: Supervisor) -> None:
+        first = info(sup, "app:0").pid
+        await jump_past(clock, 5, lambda: probes() == 0)
+        await until(lambda: probes() == 1, 10, "the first probe, at liveness_delay")
+        await until(lambda: info(sup, "app:0").liveness == "failing", 10, "failing x1")
+        await jump_past(clock, 10, lambda: probes() == 1)
+        await until(lambda: probes() == 2, 10, "the second probe, a period later")
+        await jump_past(clock, 10, lambda: probes() == 2 and info(sup, "app:0").pid == first)
+        await until(lambda: info(sup, "app:0").pid not in (None, first), 10, "the restart")
+        assert probes() == 3
+        assert info(sup, "app:0").restarts == 1
+
+    try:
+        drive(cfg, body, LONG, loop_factory=clock.event_loop)
+    finally:
+        clock.close()
