@@ -53,6 +53,7 @@ from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
 from ._session import Session
+from ._signals import SignalRelay
 from ._snapshot import Usage, tree_usage
 from ._tracking import Tracker, TreeEnder
 
@@ -115,6 +116,8 @@ class Supervisor:
 
     def __init__(self, config: Config, *, quiet: bool = False) -> None:
         self.config_path: Path = config.path
+        # How reload reads the config again: forkwell.toml, or the format it came in.
+        self.reader: Callable[[Path], Config] = load_config
         self.socket_path: Path = config.supervisor.socket
         self.quiet = quiet
         self._loops = Loops()
@@ -133,6 +136,7 @@ class Supervisor:
         end = lambda: self.background(self.shutdown())  # noqa: E731 (a callback, named)
         self._health = Health(self, self._fleet, self._note, end)
         self._early = EarlySignals()
+        self._relay: SignalRelay | None = None
         self._done: asyncio.Future[int] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self.startup_failures: list[OpResult] = []
@@ -321,7 +325,7 @@ class Supervisor:
         only change is ``numprocs`` is scaled in place; changed programs are
         restarted with the new settings; removed ones are stopped.
         """
-        new = load_config(self.config_path)
+        new = self.reader(self.config_path)
         report = compare(self.config, new)
         added, removed, changed, _, scaled = report
         self._note(
@@ -345,6 +349,11 @@ class Supervisor:
         if n < 0:
             raise ValueError(f"cannot scale {program} to {n} instances (must be >= 0)")
         prog = self.config.programs[program]._replace(numprocs=n)
+        if n > 1 and len(set(prog.instance_names())) < n:
+            raise ValueError(
+                f"cannot scale {program} to {n} instances: its instance_name "
+                f"{prog.instance_name!r} has no {{index}} or {{number}}"
+            )
         self.config = self.config._replace(programs={**self.config.programs, program: prog})
         before = len(programs[program])
         self._note(f"scale {program} from {before} to {n}")
@@ -471,11 +480,14 @@ class Supervisor:
         return code
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        loop.add_signal_handler(signal.SIGCHLD, self._tracker.reap)
-        _quiet_wakeup()
+        # SIGCHLD first in each dispatch: exits are known before a stop acts.
+        self._relay = SignalRelay(loop, {
+            signal.SIGCHLD: self._tracker.reap,
+            signal.SIGTERM: self._request_shutdown,
+            signal.SIGINT: self._request_shutdown,
+            signal.SIGHUP: self._request_reload,
+        })  # fmt: skip
+        self._relay.install()
         self._tracker.reap()  # whatever exited before the handler existed
         for sig in self._early_signals:  # what arrived during prestart()
             if sig == signal.SIGHUP:
@@ -492,8 +504,8 @@ class Supervisor:
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         """After the last program stopped: give back everything run() took."""
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            loop.remove_signal_handler(sig)
+        if self._relay is not None:
+            self._relay.uninstall()
         self._tracker.reap()
         self._session.close()
         self._env.close()
@@ -507,7 +519,10 @@ class Supervisor:
 
 async def _autostart(sup: Supervisor) -> None:
     """:meth:`Supervisor._autostart`'s work, kept out of the class for its size."""
-    auto = [i.name for i in sup._all() if i.config.autostart]
+    # One that prestart() spawned may have exited already: its exit was
+    # handled by its restart policy; starting it here would run a
+    # restart = "never" program (a Procfile's) twice.
+    auto = [i.name for i in sup._all() if i.config.autostart and i.state is not S.EXITED]
     results = await sup.start(auto) if auto else []
     failed = [r for r in results if not r.ok]
     for r in failed:
@@ -594,15 +609,3 @@ def _result(inst: Instance, ok: bool, message: str = "") -> OpResult:
         last_exit=inst.last_exit,
         log_tail=log_tail,
     )
-
-
-def _quiet_wakeup() -> None:
-    """No warning when asyncio's wake-up pipe is full.
-
-    A SIGCHLD storm (a hundred programs crash-looping at shutdown) fills it;
-    the bytes already in it wake the loop, and Python's warning per lost
-    byte is noise on the operator's terminal.
-    """
-    wakeup = signal.set_wakeup_fd(-1)
-    if wakeup != -1:
-        signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
