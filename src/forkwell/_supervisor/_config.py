@@ -212,9 +212,14 @@ def _got(value: Any) -> str:
     return repr(value)
 
 
+_NUL = "a NUL byte (\\0), which no path, argument or environment value can hold"
+
+
 def _str(value: Any, ctx: _Context) -> str:
     if not isinstance(value, str):
         raise _Bad(f"expected a string, got {_got(value)}")
+    if "\0" in value:
+        raise _Bad(f"got {_NUL}")
     return value
 
 
@@ -307,6 +312,8 @@ def _command(value: Any, ctx: _Context) -> tuple[str, ...]:
         raise _Bad(f"{expected}, got {_got(value)}")
     if not argv or not argv[0]:
         raise _Bad(f"{expected}, got an empty command")
+    if any("\0" in a for a in argv):
+        raise _Bad(f"{expected}, got {_NUL}")
     return tuple(argv)
 
 
@@ -320,6 +327,8 @@ def _environment(value: Any, ctx: _Context) -> dict[str, str]:
             f"expected a string value for {key!r} (quote it: {key} = \"{value[key]}\"), "
             f"got {_got(value[key])}"
         )
+    if any("\0" in v for v in value.values()):
+        raise _Bad(f"expected environment values, got {_NUL}")
     names = [k for k in value if not k or "=" in k or "\0" in k]
     if names:
         raise _Bad(f"expected environment variable names, got {names[0]!r}")
