@@ -51,6 +51,8 @@ SIGHUP reloads the config file.""",
               "start"),
         ("2", "bad usage or an invalid config file (every problem is listed; nothing was "
               "started)"),
+        ("N", "an essential program (or exit_when) ended the run: that program's exit "
+              "status, 128+N for signal N"),
     ),
     examples=(
         "forkwell up -c examples/demo.toml",

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable
 
 from . import _clock, _sys
-from ._proc import ProcStat, iter_pids, pin, read_stat
+from ._proc import ProcStat, iter_pids, pin, read_small, read_stat
 
 COOKIE_VAR = "FORKWELL_TREE"
 
@@ -140,14 +140,43 @@ HAVE_CHILDREN_FILE = _sys.HAVE_PROC and os.path.exists(f"/proc/self/task/{os.get
 
 def _children(pid: int, threads: int) -> list[int]:
     """Direct children of ``pid`` (from /proc/PID/task/TID/children)."""
-    tids = [str(pid)] if threads <= 1 else os.listdir(f"/proc/{pid}/task")
+    try:
+        tids = [str(pid)] if threads <= 1 else os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
     out: list[int] = []
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out.extend(int(x) for x in f.read().split())
-        except OSError:
+        data = read_small(f"/proc/{pid}/task/{tid}/children")
+        if data:
+            out.extend(map(int, data.split()))
+    return out
+
+
+def trees_below(roots: dict[str, int]) -> dict[str, dict[int, ProcStat]]:
+    """For a subreaper: each tree's live members (token -> root pid given), in one walk.
+
+    What ``ps`` needs, at the least cost: a root's descendants are members
+    through the children files alone (no environment is read), and the
+    cookie is read only for the processes found below us outside any root,
+    which are the orphans we adopted (and our own helpers).  A stop uses
+    :func:`walk_subtree`, which checks every process's cookie.
+    """
+    owner = {root: token for token, root in roots.items()}
+    needles = {token.encode(): token for token in roots}
+    out: dict[str, dict[int, ProcStat]] = {token: {} for token in roots}
+    me = os.getpid()
+    todo: list[tuple[int, str | None]] = [(kid, owner.get(kid)) for kid in _children(me, 2)]
+    while todo:
+        pid, token = todo.pop()
+        info = read_stat(pid)
+        if info is None:
             continue
+        if token is None and info.alive:
+            tokens = tokens_in_environ(read_environ(pid, info.ppid))
+            token = next((needles[t] for t in tokens if t in needles), None)
+        if token is not None and info.alive:
+            out[token][pid] = info
+        todo.extend((kid, token) for kid in _children(pid, info.threads))
     return out
 
 

@@ -265,6 +265,12 @@ class Fleet:
         for inst in insts:
             inst.close_io()
 
+    def close(self) -> None:
+        """From now on nothing starts, and no exit is followed by a restart."""
+        self.closed = True
+        for inst in self.all():
+            inst.no_restart = True
+
     async def shutdown(self, timeout: float, note: Callable[[str], None]) -> list[Instance]:
         """Stop everything, dependents first; after ``timeout``, SIGKILL what is left.
 
@@ -273,9 +279,7 @@ class Fleet:
         import asyncio
 
         insts = self.all()
-        self.closed = True
-        for inst in insts:
-            inst.no_restart = True
+        self.close()
         note("shutting down: stopping every program, dependents first")
         graceful = self.host.aio_loop.create_task(self.stop_ordered(insts))
         self._graceful = graceful

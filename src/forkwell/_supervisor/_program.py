@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._config import ProgramConfig
-    from ._logs import LogFile
+    from ._liveness import Liveness
     from ._loop import Handle, Loop
     from ._probes import Readiness
 
@@ -136,12 +136,14 @@ class Instance:
         self.ready_at: float | None = None
         self.restarts = 0
         self.last_exit: int | None = None
+        self.last_exit_at: float | None = None  # time.time() of that exit
         self.failures = 0  # consecutive failed starts
         self.message = ""  # why the last start failed (one line), "" if it did not
         self.colour = 0
         self._started_mono = 0.0
         self._timer: Handle | None = None  # the backoff delay
-        self._readiness: Readiness | None = None  # made for the first start not by exec
+        self.readiness: Readiness | None = None  # made for the first start not by exec
+        self.liveness: Liveness | None = None  # made by the supervisor's health, if probed
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
         self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
@@ -156,10 +158,6 @@ class Instance:
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
-
-    @property
-    def logs(self) -> dict[str, LogFile]:
-        return self.output.logs
 
     # -- state machine -------------------------------------------------------
 
@@ -203,14 +201,10 @@ class Instance:
         cfg = self.config
         streams = ("stdout",) if cfg.redirect_stderr else ("stdout", "stderr")
         paths = {stream: self.log_path(stream) for stream in streams}
-        self.output.open(paths, cfg.log_max_bytes, cfg.log_backups, self.host.loop)
+        self.output.open(paths, cfg, self.host.loop)
 
     def _echo(self, stream: str, data: bytes) -> None:
         self.host.output(self, stream, data)
-
-    def drain(self) -> None:
-        """Write whatever is still in the pipes (the process has exited)."""
-        self.output.drain()
 
     def close_io(self) -> None:
         self.output.close(self.host.loop)
@@ -250,6 +244,7 @@ class Instance:
         if proc is None:
             return
         self.proc = proc
+        self.output.mark(f"started pid {proc.pid}")
         self.started_at = time.time()
         self._started_mono = self.host.loop.time()
         self.ready_at = None
@@ -260,8 +255,8 @@ class Instance:
         """The process, spawned with its pipes, environment and user; None: a failed start."""
         cfg = self.config
         env = self.host.child_env(self)
-        if cfg.ready.kind == "notify":
-            self._readiness_of().listen(cfg.user, env)
+        if cfg.ready.kind == "notify" or cfg.watchdog_sec is not None:
+            self._readiness_of().listen(cfg, env)
         stdout, stderr = self.output.write_ends()
         identity = _identity(cfg.user, cfg.group, env)
         try:
@@ -281,8 +276,8 @@ class Instance:
             why = str(exc)
         except OSError as exc:  # e.g. EMFILE: out of fds
             why = f"cannot start: {exc.strerror or exc}"
-        if self._readiness is not None:
-            self._readiness.close_notify()
+        if self.readiness is not None:
+            self.readiness.close_notify()
         self._failed_start(why)
         return None
 
@@ -294,14 +289,14 @@ class Instance:
             self._readiness_of().start(self.config, functools.partial(self.host.child_env, self))
 
     def _readiness_of(self) -> Readiness:
-        if self._readiness is None:
+        if self.readiness is None:
             # Here: ``ready = "exec"`` programs, the quickest to start, never need it.
             from ._probes import Readiness
 
-            self._readiness = Readiness(
-                self.host, self._ready, self._ready_timeout, self._probe_failed
+            self.readiness = Readiness(
+                self.host, self._ready, self._ready_timeout, self._probe_failed, self.output
             )
-        return self._readiness
+        return self.readiness
 
     def _probe_failed(self, why: str) -> None:
         self.message = why
@@ -309,7 +304,7 @@ class Instance:
     def _ready(self, how: str) -> None:
         if self.state is not S.STARTING or self.proc is None or self._failing:
             return
-        self._cancel_readiness()
+        self._cancel_readiness(ready=True)
         self.ready_at = time.time()
         took = self.ready_at - (self.started_at or self.ready_at)
         self._set(S.RUNNING, f"pid {self.proc.pid}, ready ({how}) after {took:.3f}s")
@@ -341,9 +336,9 @@ class Instance:
             self._timer.cancel()
             self._timer = None
 
-    def _cancel_readiness(self) -> None:
-        if self._readiness is not None:
-            self._readiness.cancel()
+    def _cancel_readiness(self, ready: bool = False) -> None:
+        if self.readiness is not None:
+            self.readiness.cancel(ready)
 
     def _failed_start(self, why: str) -> None:
         """Count a failed start: BACKOFF before the next attempt, or FATAL."""
@@ -374,7 +369,8 @@ class Instance:
         if rc is None:
             return
         self.host.untrack(proc)
-        self.last_exit = rc
+        self.last_exit, self.last_exit_at = rc, time.time()
+        self.output.exited(proc.pid, rc, self.uptime())
         for fut in self._exit_waiters:
             resolve(fut)
         self._exit_waiters.clear()
@@ -443,7 +439,8 @@ class Instance:
             else:
                 resolve(fut)
         self.host.untrack(proc)
-        self.last_exit = proc.returncode
+        self.last_exit, self.last_exit_at = proc.returncode, time.time()
+        self.output.exited(proc.pid, proc.returncode, self.uptime())
         if self.proc is proc:
             self.proc = None
         proc.close()
@@ -462,8 +459,11 @@ class Instance:
             return True
         return False
 
-    async def stop(self) -> None:
-        """Stop the instance and its whole tree; return once it is STOPPED (or was down)."""
+    async def stop(self, why: str = "") -> None:
+        """Stop the instance and its whole tree; return once it is STOPPED (or was down).
+
+        ``why``: the reason, said first in the STOPPING event (a liveness failure).
+        """
         if self.state is S.STOPPING:
             await self.wait_for(lambda s: s is not S.STOPPING)
             return
@@ -473,10 +473,8 @@ class Instance:
         assert proc is not None
         self._cancel_readiness()
         signame = signal_name(self.config.stop_signal)
-        self._set(
-            S.STOPPING,
-            f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s",
-        )
+        how = f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s"
+        self._set(S.STOPPING, f"{why}; {how}" if why else how)
         pending = self._failing_task
         if pending is not None and not pending.done():
             # A failed start is already ending this tree: let it finish.
