@@ -28,6 +28,7 @@ from typing import Any, Literal, NamedTuple
 from .._core._duration import parse_duration, parse_signal
 from .._core._readiness import ReadySpec, parse_ready
 from .._exceptions import ConfigError
+from ._web._address import HttpAddress
 
 DEFAULT_FILE = "forkwell.toml"
 
@@ -52,6 +53,9 @@ class SupervisorConfig(NamedTuple):
     log_dir: Path
     state_file: Path
     shutdown_timeout: float
+    http: HttpAddress | None
+    http_actions: bool
+    http_token_file: Path | None
 
 
 class ProgramConfig(NamedTuple):
@@ -331,6 +335,31 @@ def _ready(value: Any, ctx: _Context) -> ReadySpec:
         raise _Bad(f"expected {_READY_FORMS}, got {value!r} ({detail})") from None
 
 
+def _http(value: Any, ctx: _Context) -> HttpAddress:
+    from ._web._address import EXTRA, FORMS, have_h11, parse_http
+
+    if not isinstance(value, str):
+        raise _Bad(f"expected {FORMS}, got {_got(value)}")
+    try:
+        address = parse_http(value, ctx.base)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    if not have_h11():
+        raise _Bad(f"the web endpoint needs the web extra: {EXTRA} (h11 is not installed)")
+    return address
+
+
+def _token_file(value: Any, ctx: _Context) -> Path:
+    from ._web._auth import read_token
+
+    path = _path(value, ctx)
+    try:
+        read_token(path)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return path
+
+
 def _names(value: Any, ctx: _Context) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
         raise _Bad(f"expected an array of program names like [\"db\"], got {_got(value)}")
@@ -346,6 +375,14 @@ SUPERVISOR_KEYS: tuple[Key, ...] = (
         "records what is running, so the next `forkwell up` ends survivors of a killed one"),
     Key("shutdown_timeout", "seconds", _duration, 30.0,
         "how long `forkwell down` / SIGTERM may take before everything left is SIGKILLed"),
+    Key("http", "address", _http, None,
+        "serve the status page, API, /metrics and health here: 'HOST:PORT' or 'unix:PATH' "
+        "(off by default; needs pip install 'forkwell[web]')"),
+    Key("http_actions", "boolean", _bool, False,
+        "let the web endpoint start, stop and restart programs (with the token only)"),
+    Key("http_token_file", "path", _token_file, None,
+        "a file only its owner may read, holding the bearer token that actions (and reading, "
+        "when http is not loopback) need"),
 )  # fmt: skip
 
 PROGRAM_KEYS: tuple[Key, ...] = (
@@ -427,8 +464,19 @@ def _apply(
     return out
 
 
-def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) -> Config:
-    """Validate an already-parsed TOML document (``path`` anchors relative paths)."""
+def parse_config(
+    data: Mapping[str, Any],
+    path: Path,
+    label: str | None = None,
+    *,
+    supervisor: Mapping[str, Any] | None = None,
+) -> Config:
+    """Validate an already-parsed TOML document (``path`` anchors relative paths).
+
+    ``supervisor``: ``[supervisor]`` keys given on the command line (``--http``),
+    which win over the file's; their relative paths are relative to the
+    working directory, and their errors name the option.
+    """
     label = os.fspath(path) if label is None else label
     ctx = _Context(path.parent.resolve() if str(path.parent) else Path.cwd())
     errors: list[str] = []
@@ -440,6 +488,10 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
             )
     sup_table = _table(data, "supervisor", "a table ([supervisor])", errors)
     sup = _apply(sup_table, _SUPERVISOR, "supervisor.", ctx, errors)
+    if supervisor:
+        given = {k: _SUPERVISOR[k] for k in supervisor}
+        sup.update(_apply(supervisor, given, "--", _Context(Path.cwd()), errors))
+    errors.extend(_web_errors(sup))
     programs_table = _table(data, "programs", "tables [programs.NAME]", errors)
     programs = _programs(programs_table, ctx, errors)
     # Dependencies are checked on every program, also those with other errors,
@@ -448,6 +500,24 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
     if errors:
         raise ConfigError([f"{label}: {e}" for e in errors])
     return Config(path=path, supervisor=SupervisorConfig(**sup), programs=programs)
+
+
+def _web_errors(sup: Mapping[str, Any]) -> list[str]:
+    """What the web endpoint's settings ask that cannot be safe."""
+    http, token_file = sup.get("http"), sup.get("http_token_file")
+    if http is None or token_file is not None:
+        return []
+    if sup.get("http_actions"):
+        return [
+            "supervisor.http_actions: needs http_token_file (actions are only taken with "
+            "its bearer token)"
+        ]
+    if not http.loopback:
+        return [
+            f"supervisor.http: {http} is not a loopback address, so every request must carry "
+            "a token: set http_token_file, or listen on 127.0.0.1:PORT or unix:PATH"
+        ]
+    return []
 
 
 def _table(data: Mapping[str, Any], name: str, expected: str, errors: list[str]) -> dict[str, Any]:
@@ -534,10 +604,14 @@ def _cycles(deps: Mapping[str, tuple[str, ...]]) -> list[str]:
     return errors
 
 
-def load_config(path: str | os.PathLike[str] = DEFAULT_FILE) -> Config:
+def load_config(
+    path: str | os.PathLike[str] = DEFAULT_FILE, *, supervisor: Mapping[str, Any] | None = None
+) -> Config:
     """Read and validate a config file.
 
-    Raises :class:`~forkwell.ConfigError` listing every problem found.
+    ``supervisor``: ``[supervisor]`` keys that override the file's, as
+    ``forkwell up --http`` gives them.  Raises :class:`~forkwell.ConfigError`
+    listing every problem found.
     """
     label = os.fspath(path)
     file = Path(path)
@@ -554,4 +628,4 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_FILE) -> Config:
         raise ConfigError([f"{label}: invalid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{label}: invalid TOML: not UTF-8 text"]) from None
-    return parse_config(data, file.absolute(), label)
+    return parse_config(data, file.absolute(), label, supervisor=supervisor)

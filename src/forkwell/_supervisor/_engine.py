@@ -183,8 +183,7 @@ class Supervisor:
         self._log.transition(inst.name, old.name, new.name, why)
 
     def output(self, inst: Instance, stream: str, data: bytes) -> None:
-        if self._log.console is not None:
-            self._log.console.output(inst.name, stream, data, inst.colour)
+        self._log.output(inst.name, stream, data, inst.colour)
 
     def track(self, proc: Process, on_exit: Callable[[], None]) -> None:
         self._tracker.track(proc, on_exit)
