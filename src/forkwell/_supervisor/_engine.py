@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from ._control._server import ControlServer
     from ._events import Event
     from ._loop import Loop
+    from ._web._server import WebServer
 
 S = ProgramState
 
@@ -432,9 +433,11 @@ class Supervisor:
         self.prepare()
         self._handle_signals(loop)
         control: ControlServer | None = None
+        web: WebServer | None = None
         try:
             control = self._control_server()
             await control.start()
+            web = await _start_web(self, self._log) if self.config.supervisor.http else None
             await self._autostart()
             code = await self._done
         finally:
@@ -443,6 +446,8 @@ class Supervisor:
             await asyncio.shield(self._shutdown_task)
             if control is not None:
                 await control.close()
+            if web is not None:
+                await web.close()
             self._release(loop)
         return code
 
@@ -489,6 +494,15 @@ class Supervisor:
         from ._control._server import ControlServer
 
         return ControlServer(self, self.socket_path)
+
+
+async def _start_web(sup: Supervisor, log: EventLog) -> WebServer:
+    """The web endpoint ``http`` asks for (h11 and the rest are imported only then)."""
+    from ._web._server import WebServer
+
+    web = WebServer(sup, log)
+    await web.start()
+    return web
 
 
 def _notify_ready(failed: list[OpResult], instances: int, note: Callable[[str], None]) -> None:

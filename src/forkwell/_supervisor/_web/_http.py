@@ -66,6 +66,7 @@ class Request(NamedTuple):
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    peer: str  # "127.0.0.1:51234", or "" on a Unix socket
 
 
 class Response(NamedTuple):
@@ -286,7 +287,7 @@ class HttpServer:
             status, why, request = 0, "", None
             try:
                 async with asyncio.timeout(self.limits.request_timeout):
-                    request = await self._receive(h, reader, writer)
+                    request = await self._receive(h, reader, writer, _peer(writer))
             except TimeoutError:
                 status, why = 408, f"no complete request within {self.limits.request_timeout:g}s"
             except h11.RemoteProtocolError as exc:
@@ -321,7 +322,11 @@ class HttpServer:
             return Response(500, b"internal error\n")
 
     async def _receive(
-        self, h: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        h: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
     ) -> Request | None:
         """The next request, whole; None when the client closed the connection between two."""
         head: h11.Request | None = None
@@ -344,7 +349,7 @@ class HttpServer:
                     raise _TooLarge
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                return _request(head, bytes(body))
+                return _request(head, bytes(body), peer)
             else:  # ConnectionClosed; PAUSED cannot be: we answer before reading on
                 return None
 
@@ -425,7 +430,14 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None
     return None
 
 
-def _request(head: h11.Request, body: bytes) -> Request:
+def _peer(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"[{name[0]}]:{name[1]}" if ":" in str(name[0]) else f"{name[0]}:{name[1]}"
+    return ""
+
+
+def _request(head: h11.Request, body: bytes, peer: str) -> Request:
     parts = urlsplit(head.target.decode("ascii", "replace"))
     headers: dict[str, str] = {}
     for raw_name, raw_value in head.headers:
@@ -434,4 +446,4 @@ def _request(head: h11.Request, body: bytes) -> Request:
             value = f"{headers[name]}{'; ' if name == 'cookie' else ', '}{value}"
         headers[name] = value
     query = dict(parse_qsl(parts.query, keep_blank_values=True, max_num_fields=32))
-    return Request(head.method.decode("ascii"), unquote(parts.path), query, headers, body)
+    return Request(head.method.decode("ascii"), unquote(parts.path), query, headers, body, peer)
