@@ -32,6 +32,9 @@ also printed as 'HH:MM:SS web:0 | line'.""",
                "with the reason if one failed)"),
         Option(("--pidfile",), "PATH", "with --detach: write and lock this pidfile"),
         SOCKET,
+        Option(("--http",), "ADDR",
+               "serve the status page, JSON API, /metrics and /healthz on ADDR ('127.0.0.1:9100' "
+               "or 'unix:PATH'; overrides [supervisor] http; needs pip install 'forkwell[web]')"),
         Option(("--exit-after",), "SECONDS",
                "stop everything and exit 0 after this long (demos, CI); e.g. 10, 1.5m",
                DURATION),
@@ -52,6 +55,7 @@ SIGHUP reloads the config file.""",
         "forkwell up -c examples/demo.toml",
         "forkwell up -c examples/demo.toml --exit-after 10     # a demo that ends itself",
         "forkwell up --detach && forkwell ps",
+        "forkwell up --http 127.0.0.1:9100     # then open http://127.0.0.1:9100/",
     ),
     words={"extra": "unexpected argument {operand!r} (programs come from the config file)"},
 )  # fmt: skip
@@ -64,7 +68,7 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
         return args
     if args.pidfile and not args.detach:
         return report_usage(UP, prog, "--pidfile needs --detach")
-    config = _load(prog, args.config)
+    config = _load(prog, args.config, {"http": args.http} if args.http is not None else None)
     if isinstance(config, int):
         return config
     if args.detach:
@@ -74,13 +78,13 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
     return _serve(config, args, prog)
 
 
-def _load(prog: str, path: str | None) -> Config | int:
+def _load(prog: str, path: str | None, overrides: dict[str, str] | None) -> Config | int:
     """The config, or the exit status once every problem in it is printed."""
     from .._exceptions import ConfigError
     from .._supervisor._config import DEFAULT_FILE, load_config
 
     try:
-        return load_config(path or DEFAULT_FILE)
+        return load_config(path or DEFAULT_FILE, supervisor=overrides)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"{prog}: {line}", file=sys.stderr)

@@ -491,7 +491,8 @@ def parse_config(
     if supervisor:
         given = {k: _SUPERVISOR[k] for k in supervisor}
         sup.update(_apply(supervisor, given, "--", _Context(Path.cwd()), errors))
-    errors.extend(_web_errors(sup))
+    given_as = "--http" if supervisor and "http" in supervisor else ""
+    errors.extend(_web_errors(sup, given_as))
     programs_table = _table(data, "programs", "tables [programs.NAME]", errors)
     programs = _programs(programs_table, ctx, errors)
     # Dependencies are checked on every program, also those with other errors,
@@ -502,8 +503,8 @@ def parse_config(
     return Config(path=path, supervisor=SupervisorConfig(**sup), programs=programs)
 
 
-def _web_errors(sup: Mapping[str, Any]) -> list[str]:
-    """What the web endpoint's settings ask that cannot be safe."""
+def _web_errors(sup: Mapping[str, Any], given_as: str = "") -> list[str]:
+    """What the web endpoint's settings ask that cannot be safe (``given_as``: an option)."""
     http, token_file = sup.get("http"), sup.get("http_token_file")
     if http is None or token_file is not None:
         return []
@@ -514,7 +515,7 @@ def _web_errors(sup: Mapping[str, Any]) -> list[str]:
         ]
     if not http.loopback:
         return [
-            f"supervisor.http: {http} is not a loopback address, so every request must carry "
+            f"{given_as or 'supervisor.http'}: {http} is not a loopback address, so every request must carry "
             "a token: set http_token_file, or listen on 127.0.0.1:PORT or unix:PATH"
         ]
     return []

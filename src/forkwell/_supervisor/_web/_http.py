@@ -183,9 +183,10 @@ class HttpServer:
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
         except OSError as exc:
-            raise BindError(
-                exc.errno or 0, f"http: cannot listen on {self.address}: {exc.strerror or exc}"
-            ) from None
+            # asyncio words its own strerror ("error while attempting to bind..."): the C one.
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            message = f"http: cannot listen on {self.address}: {why}"
+            raise BindError(exc.errno or 0, message) from None
 
     def _unix_socket(self, path: str) -> socket.socket:
         """Bound with mode 0660: the owner, and a reverse proxy given the group."""
