@@ -515,8 +515,9 @@ def _web_errors(sup: Mapping[str, Any], given_as: str = "") -> list[str]:
         ]
     if not http.loopback:
         return [
-            f"{given_as or 'supervisor.http'}: {http} is not a loopback address, so every request must carry "
-            "a token: set http_token_file, or listen on 127.0.0.1:PORT or unix:PATH"
+            f"{given_as or 'supervisor.http'}: {http} is not a loopback address, so every "
+            "request must carry a token: set http_token_file, or listen on 127.0.0.1:PORT or "
+            "unix:PATH"
         ]
     return []
 
