@@ -171,7 +171,7 @@ def test_a_stream_reader_that_falls_behind_is_dropped_not_buffered() -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-        r, w = await asyncio.open_connection(sock=sock)
+        _, w = await asyncio.open_connection(sock=sock)
         _clients.append(w)
         w.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
         opened: list[Stream] = server.streams_opened  # type: ignore[attr-defined]
