@@ -20,33 +20,22 @@ from pathlib import Path
 
 import pytest
 from helpers import PY, read_pids, wait_until
-from webclient import TOKEN, Events, Up, fifo_program, make_fifo, poke, token_file
+from webclient import (
+    SLEEPER,
+    TOKEN,
+    Events,
+    Up,
+    actions_up,
+    bearer,
+    fleet,
+    make_fifo,
+    poke,
+    token_file,
+)
 
 from forkwell import ConfigError, load_config
 
 pytestmark = pytest.mark.timeout(60)
-
-SLEEPER = '["sleep", "1000"]'
-
-
-def fleet(tmp_path: Path) -> tuple[str, Path, Path]:
-    """db, web (after db, 2 instances) and crashy (crashes when its FIFO is written)."""
-    fifo, pids = make_fifo(tmp_path / "crash.fifo"), tmp_path / "crashy.pids"
-    programs = f"""
-    [programs.db]
-    command = {SLEEPER}
-
-    [programs.web]
-    command = {SLEEPER}
-    numprocs = 2
-    depends_on = ["db"]
-
-    [programs.crashy]
-    command = {fifo_program(fifo, pids)}
-    min_uptime = 0
-    """
-    return programs, fifo, pids
-
 
 # -- the setting -----------------------------------------------------------------
 
@@ -426,18 +415,6 @@ def test_the_page_shows_every_instance_by_program_in_dependency_order(tmp_path: 
 
 
 # -- acting ----------------------------------------------------------------------
-
-
-def actions_up(tmp_path: Path, http: str = "127.0.0.1:0") -> tuple[Up, Path, Path]:
-    programs, fifo, pids = fleet(tmp_path)
-    tok = token_file(tmp_path)
-    up = Up(tmp_path, programs, http=http,
-            supervisor=f'http_actions = true\nhttp_token_file = "{tok}"')  # fmt: skip
-    return up, fifo, pids
-
-
-def bearer(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_actions_are_off_unless_asked_for(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ events on top of it.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 from helpers import PY, wait_until
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
+SLEEPER = '["sleep", "1000"]'
 _BANNER = re.compile(r"http: serving (\S+?): ")
 
 
@@ -227,10 +229,56 @@ def make_fifo(path: Path) -> Path:
     return path
 
 
-def poke(fifo: Path, text: str = "now") -> None:
-    """Write a line to ``fifo`` (a reader is waiting on it: the program under test)."""
-    fd = os.open(fifo, os.O_WRONLY)
+def poke(fifo: Path, text: str = "now", timeout: float = 10.0) -> None:
+    """Write a line to ``fifo`` once the program under test has it open for reading.
+
+    A non-blocking open fails with ENXIO while no reader has the FIFO open, so
+    the wait has a deadline and a failure says so, rather than hanging the test.
+    """
+    fds: list[int] = []
+
+    def opened() -> bool:
+        try:
+            fds.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return False
+        return True
+
+    wait_until(opened, timeout, f"a reader of {fifo}")
     try:
-        os.write(fd, text.encode() + b"\n")
+        os.write(fds[0], text.encode() + b"\n")
     finally:
-        os.close(fd)
+        os.close(fds[0])
+
+
+def fleet(tmp_path: Path) -> tuple[str, Path, Path]:
+    """db, web (after db, 2 instances) and crashy (crashes when its FIFO is written)."""
+    fifo, pids = make_fifo(tmp_path / "crash.fifo"), tmp_path / "crashy.pids"
+    programs = f"""
+    [programs.db]
+    command = {SLEEPER}
+
+    [programs.web]
+    command = {SLEEPER}
+    numprocs = 2
+    depends_on = ["db"]
+
+    [programs.crashy]
+    command = {fifo_program(fifo, pids)}
+    min_uptime = 0
+    """
+    return programs, fifo, pids
+
+
+def actions_up(tmp_path: Path, http: str = "127.0.0.1:0") -> tuple[Up, Path, Path]:
+    programs, fifo, pids = fleet(tmp_path)
+    tok = token_file(tmp_path)
+    up = Up(tmp_path, programs, http=http,
+            supervisor=f'http_actions = true\nhttp_token_file = "{tok}"')  # fmt: skip
+    return up, fifo, pids
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -60,7 +60,10 @@ CSP = (
 )
 SECURITY = (
     ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
+    # Not "no-referrer": under it a browser sends "Origin: null" with the page's
+    # own form POSTs, which cross_site() must refuse.  "same-origin" still
+    # tells no other site anything (found by tests/test_web_browser.py).
+    ("referrer-policy", "same-origin"),
     ("x-frame-options", "DENY"),
     ("cross-origin-resource-policy", "same-origin"),
     ("cache-control", "no-store"),
