@@ -34,7 +34,7 @@ class Family(NamedTuple):
     name: str
     kind: str  # gauge, counter
     help: str
-    samples: list[tuple[Mapping[str, str], float]]
+    samples: list[tuple[str, float]]  # (the label set as rendered by labels(), value)
 
 
 class SupervisorStats(NamedTuple):
@@ -59,16 +59,23 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+def labels(pairs: Iterable[tuple[str, str]]) -> str:
+    """A label set in the text format, ``program="web",instance="web:0"``, made once per
+    instance and shared by its every sample (rendering is most of a scrape's cost)."""
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+
+
 def render(families: Iterable[Family]) -> bytes:
     """The text format: ``# HELP``, ``# TYPE`` and the samples of each family."""
     out: list[str] = []
     for fam in families:
         out.append(f"# HELP {fam.name} {fam.help.replace(chr(92), chr(92) * 2)}\n")
         out.append(f"# TYPE {fam.name} {fam.kind}\n")
-        for labels, value in fam.samples:
-            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            out.append(f"{fam.name}{{{text}}} {_number(value)}\n" if text else
-                       f"{fam.name} {_number(value)}\n")  # fmt: skip
+        name = fam.name
+        out.extend(
+            f"{name}{{{text}}} {_number(value)}\n" if text else f"{name} {_number(value)}\n"
+            for text, value in fam.samples
+        )
     return "".join(out).encode()
 
 
@@ -94,21 +101,21 @@ def instance_families(
               "User and system CPU time of the running main process, from /proc.")
     memory = fam("memory_bytes", "gauge", "Resident memory of the running main process.")
     for info in infos:
-        labels = {"program": info.program, "instance": info.name}
-        up.samples.append((labels, info.state == "RUNNING"))
-        state.samples.extend(({**labels, "state": s}, info.state == s) for s in _STATES)
-        restarts.samples.append((labels, info.restarts))
-        failed.samples.append((labels, failed_starts.get(info.name, 0)))
+        who = labels((("program", info.program), ("instance", info.name)))
+        up.samples.append((who, info.state == "RUNNING"))
+        state.samples.extend((f'{who},state="{s}"', info.state == s) for s in _STATES)
+        restarts.samples.append((who, info.restarts))
+        failed.samples.append((who, failed_starts.get(info.name, 0)))
         if info.last_exit is not None:
-            last.samples.append((labels, info.last_exit))
+            last.samples.append((who, info.last_exit))
         if info.pid is None:
             continue
         if info.started_at is not None:
-            started.samples.append((labels, info.started_at))
+            started.samples.append((who, info.started_at))
         stat = _proc.read_stat(info.pid)
         if stat is not None:
-            cpu.samples.append((labels, stat.cpu_ticks / _proc.CLK_TCK))
-            memory.samples.append((labels, stat.rss_bytes))
+            cpu.samples.append((who, stat.cpu_ticks / _proc.CLK_TCK))
+            memory.samples.append((who, stat.rss_bytes))
     return [up, state, restarts, failed, started, last, cpu, memory]
 
 
@@ -123,7 +130,7 @@ def supervisor_families(stats: SupervisorStats, instances: int) -> list[Family]:
     http = stats.http
 
     def one(name: str, kind: str, help: str, value: float) -> Family:
-        return Family(f"forkwell_supervisor_{name}", kind, help, [({}, value)])
+        return Family(f"forkwell_supervisor_{name}", kind, help, [("", value)])
 
     return [
         one("start_time_seconds", "gauge", "Unix time the supervisor started.", stats.start_time),
