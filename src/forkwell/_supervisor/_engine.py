@@ -51,6 +51,7 @@ from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
 from ._session import Session
+from ._signals import SignalRelay
 from ._tracking import Tracker, TreeEnder
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class Supervisor:
         self._watchdog = self._session.watchdog
         self._tracker = Tracker(self._loops, self._watchdog)
         self._early = EarlySignals()
+        self._relay: SignalRelay | None = None
         self._done: asyncio.Future[int] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self.startup_failures: list[OpResult] = []
@@ -456,16 +458,14 @@ class Supervisor:
         return code
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        loop.add_signal_handler(signal.SIGCHLD, self._tracker.reap)
-        # A SIGCHLD storm (a hundred programs crash-looping at shutdown) fills
-        # asyncio's wake-up pipe; one byte already wakes the loop, so a full
-        # pipe loses nothing, and Python's warning per lost byte is noise.
-        wakeup = signal.set_wakeup_fd(-1)
-        if wakeup != -1:
-            signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
+        # SIGCHLD first in each dispatch: exits are known before a stop acts.
+        self._relay = SignalRelay(loop, {
+            signal.SIGCHLD: self._tracker.reap,
+            signal.SIGTERM: self._request_shutdown,
+            signal.SIGINT: self._request_shutdown,
+            signal.SIGHUP: self._request_reload,
+        })  # fmt: skip
+        self._relay.install()
         self._tracker.reap()  # whatever exited before the handler existed
         for sig in self._early_signals:  # what arrived during prestart()
             if sig == signal.SIGHUP:
@@ -493,8 +493,8 @@ class Supervisor:
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         """After the last program stopped: give back everything run() took."""
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            loop.remove_signal_handler(sig)
+        if self._relay is not None:
+            self._relay.uninstall()
         self._tracker.reap()
         self._session.close()
         self._env.close()
