@@ -24,6 +24,7 @@ from webclient import (
     SLEEPER,
     TOKEN,
     Events,
+    UnixHTTPConnection,
     Up,
     actions_up,
     bearer,
@@ -158,6 +159,37 @@ def test_http_option_overrides_the_file_and_its_errors_name_the_option(tmp_path:
             args=("--http", f"unix:{sock}")) as up:  # fmt: skip
         assert up.url == f"unix:{sock}"
         assert up.get("/healthz").status == 200
+
+
+def test_http_option_serves_a_procfile_fleet_too(tmp_path: Path) -> None:
+    """--http goes through the format loader: a Procfile (no [supervisor] table) gets it."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("web: exec sleep 1000\n")
+    sock = tmp_path / "pf.sock"
+    proc = subprocess.Popen(
+        [PY, "-m", "forkwell", "up", "-c", str(procfile), "--http", f"unix:{sock}", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: sock.exists() or proc.poll() is not None, 30, "the http socket")
+        assert proc.poll() is None, proc.communicate()
+        wait_until(lambda: _get(sock, "/readyz")[0] == 200, 30, "web.1 up on /readyz")
+        doc = json.loads(_get(sock, "/api/v1/programs")[1])
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert [r["name"] for r in doc["instances"]] == ["web.1"]
+    assert proc.returncode == 0
+
+
+def _get(sock: Path, path: str) -> tuple[int, bytes]:
+    conn = UnixHTTPConnection(str(sock))
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 # -- reading ---------------------------------------------------------------------
