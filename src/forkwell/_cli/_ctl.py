@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .._core._proc import wait_gone
-from .._core._status import exit_label
+from .._core._status import exit_label, format_bytes, format_uptime
 from .._exceptions import ControlRequestError, SupervisorUnreachableError
 from .._supervisor._control._client import ControlClient
 from .._supervisor._control._discovery import find_socket
@@ -276,26 +276,6 @@ def _failure_cell(r: dict[str, Any], now: float) -> str:
         return "-"
     at = r.get("last_probe_failure_at")
     return f"{format_uptime(max(0.0, now - at))} ago: {text}" if at else str(text)
-
-
-def format_uptime(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def format_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{value:.1f}G"  # pragma: no cover
 
 
 # -- start / stop / restart / signal / scale --------------------------------

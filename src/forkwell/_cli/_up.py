@@ -35,6 +35,9 @@ also printed as 'HH:MM:SS web:0 | line'.""",
                "with the reason if one failed)"),
         Option(("--pidfile",), "PATH", "with --detach: write and lock this pidfile"),
         SOCKET,
+        Option(("--http",), "ADDR",
+               "serve the status page, JSON API, /metrics and /healthz on ADDR ('127.0.0.1:9100' "
+               "or 'unix:PATH'; overrides [supervisor] http; needs pip install 'forkwell[web]')"),
         Option(("--exit-after",), "SECONDS",
                "stop everything and exit 0 after this long (demos, CI); e.g. 10, 1.5m",
                DURATION),
@@ -60,6 +63,7 @@ SIGHUP reloads the config file.""",
         "forkwell up -c supervisord.conf --detach && forkwell ps -c supervisord.conf",
         "forkwell up -c examples/demo.toml --exit-after 10     # a demo that ends itself",
         "forkwell up --detach && forkwell ps",
+        "forkwell up --http 127.0.0.1:9100     # then open http://127.0.0.1:9100/",
     ),
     words={"extra": "unexpected argument {operand!r} (programs come from the config file)"},
 )  # fmt: skip
@@ -97,11 +101,12 @@ def _load(prog: str, args: SimpleNamespace) -> tuple[Config, Callable[[Path], Co
     except KeyboardInterrupt:
         return 130
     options = _fleetfile.procfile_options(args)
+    overrides = _fleetfile.overrides(args)  # --http holds across reloads too
 
     def reader(path: Path) -> Config:
         from .._supervisor._formats._load import load
 
-        return load(path, loaded.format, options).config
+        return load(path, loaded.format, options, overrides).config
 
     return loaded.config, reader
 

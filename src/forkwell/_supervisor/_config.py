@@ -39,6 +39,7 @@ from ._probespec import (
     ProbeSpec,
     parse_probe,
 )
+from ._web._address import HttpAddress
 
 DEFAULT_FILE = "forkwell.toml"
 
@@ -65,6 +66,9 @@ class SupervisorConfig(NamedTuple):
     log_dir: Path
     state_file: Path
     shutdown_timeout: float
+    http: HttpAddress | None
+    http_actions: bool
+    http_token_file: Path | None
     env_file: tuple[Path, ...] = ()
     env_file_optional: bool = False
     exit_when: ExitWhen = "never"
@@ -127,7 +131,9 @@ class ProgramConfig(NamedTuple):
         if self.instance_name == DEFAULT_INSTANCE_NAME:
             return f"{self.name}:{index}"
         return self.instance_name.format(
-            program=self.name, index=index, number=index + 1,
+            program=self.name,
+            index=index,
+            number=index + 1,
             process_group=self.process_group or self.name,
         )
 
@@ -319,12 +325,12 @@ def _command(value: Any, ctx: _Context) -> tuple[str, ...]:
 
 def _environment(value: Any, ctx: _Context) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise _Bad(f"expected a table of strings like {{ PORT = \"8000\" }}, got {_got(value)}")
+        raise _Bad(f'expected a table of strings like {{ PORT = "8000" }}, got {_got(value)}')
     bad = [k for k, v in value.items() if not isinstance(v, str)]
     if bad:
         key = bad[0]
         raise _Bad(
-            f"expected a string value for {key!r} (quote it: {key} = \"{value[key]}\"), "
+            f'expected a string value for {key!r} (quote it: {key} = "{value[key]}"), '
             f"got {_got(value[key])}"
         )
     if any("\0" in v for v in value.values()):
@@ -409,7 +415,7 @@ def _paths(value: Any, ctx: _Context) -> tuple[Path, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Bad(f"expected a path or an array of paths like [\".env\"], got {_got(value)}")
+        raise _Bad(f'expected a path or an array of paths like [".env"], got {_got(value)}')
     return tuple(_path(v, ctx) for v in value)
 
 
@@ -452,6 +458,31 @@ def dependency_names(raw: Any) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(n for n in names if isinstance(n, str)))
 
 
+def _http(value: Any, ctx: _Context) -> HttpAddress:
+    from ._web._address import EXTRA, FORMS, have_h11, parse_http
+
+    if not isinstance(value, str):
+        raise _Bad(f"expected {FORMS}, got {_got(value)}")
+    try:
+        address = parse_http(value, ctx.base)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    if not have_h11():
+        raise _Bad(f"the web endpoint needs the web extra: {EXTRA} (h11 is not installed)")
+    return address
+
+
+def _token_file(value: Any, ctx: _Context) -> Path:
+    from ._web._auth import read_token
+
+    path = _path(value, ctx)
+    try:
+        read_token(path)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return path
+
+
 def _int(value: Any, ctx: _Context) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(f"expected an integer, got {_got(value)}")
@@ -474,8 +505,11 @@ def _group_name(value: Any, ctx: _Context) -> str:
 def _instance_name(value: Any, ctx: _Context) -> str:
     text = _str(value, ctx)
     fields = {"program": "p", "index": 0, "number": 1, "process_group": "g"}
-    expected = "expected a name like '{program}.{number}' (fields: " + ", ".join(
-        "{" + f + "}" for f in _INSTANCE_FIELDS) + ")"
+    expected = (
+        "expected a name like '{program}.{number}' (fields: "
+        + ", ".join("{" + f + "}" for f in _INSTANCE_FIELDS)
+        + ")"
+    )
     try:
         made = text.format(**fields)
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
@@ -486,7 +520,7 @@ def _instance_name(value: Any, ctx: _Context) -> str:
 
 
 def _variable_names(value: Any, ctx: _Context) -> tuple[str, ...]:
-    expected = "expected an array of environment variable names like [\"PS\"]"
+    expected = 'expected an array of environment variable names like ["PS"]'
     if not isinstance(value, list) or not all(
         isinstance(n, str) and n and "=" not in n and "\0" not in n for n in value
     ):
@@ -512,6 +546,14 @@ SUPERVISOR_KEYS: tuple[Key, ...] = (
         "exited; 'never'"),
     Key("log_timestamps", "boolean", _bool, False,
         "the default of every program's log_timestamps"),
+    Key("http", "address", _http, None,
+        "serve the status page, API, /metrics and health here: 'HOST:PORT' or 'unix:PATH' "
+        "(off by default; needs pip install 'forkwell[web]')"),
+    Key("http_actions", "boolean", _bool, False,
+        "let the web endpoint start, stop and restart programs (with the token only)"),
+    Key("http_token_file", "path", _token_file, None,
+        "a file only its owner may read, holding the bearer token that actions (and reading, "
+        "when http is not loopback) need"),
 )  # fmt: skip
 
 PROGRAM_KEYS: tuple[Key, ...] = (
@@ -627,8 +669,19 @@ def _apply(
     return out
 
 
-def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) -> Config:
-    """Validate an already-parsed TOML document (``path`` anchors relative paths)."""
+def parse_config(
+    data: Mapping[str, Any],
+    path: Path,
+    label: str | None = None,
+    *,
+    supervisor: Mapping[str, Any] | None = None,
+) -> Config:
+    """Validate an already-parsed TOML document (``path`` anchors relative paths).
+
+    ``supervisor``: ``[supervisor]`` keys given on the command line (``--http``),
+    which win over the file's; their relative paths are relative to the
+    working directory, and their errors name the option.
+    """
     label = os.fspath(path) if label is None else label
     ctx = _Context(path.parent.resolve() if str(path.parent) else Path.cwd())
     errors: list[str] = []
@@ -640,6 +693,11 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
             )
     sup_table = _table(data, "supervisor", "a table ([supervisor])", errors)
     sup = ctx.sup = _apply(sup_table, _SUPERVISOR, "supervisor.", ctx, errors)
+    if supervisor:
+        given = {k: _SUPERVISOR[k] for k in supervisor}
+        sup.update(_apply(supervisor, given, "--", _Context(Path.cwd()), errors))
+    given_as = "--http" if supervisor and "http" in supervisor else ""
+    errors.extend(_web_errors(sup, given_as))
     ctx.shared_env = _env_files(sup, "supervisor.", ctx, errors)
     programs_table = _table(data, "programs", "tables [programs.NAME]", errors)
     programs = _programs(programs_table, ctx, errors)
@@ -650,6 +708,25 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
     if errors:
         raise ConfigError([f"{label}: {e}" for e in errors])
     return Config(path=path, supervisor=SupervisorConfig(**sup), programs=programs)
+
+
+def _web_errors(sup: Mapping[str, Any], given_as: str = "") -> list[str]:
+    """What the web endpoint's settings ask that cannot be safe (``given_as``: an option)."""
+    http, token_file = sup.get("http"), sup.get("http_token_file")
+    if http is None or token_file is not None:
+        return []
+    if sup.get("http_actions"):
+        return [
+            "supervisor.http_actions: needs http_token_file (actions are only taken with "
+            "its bearer token)"
+        ]
+    if not http.loopback:
+        return [
+            f"{given_as or 'supervisor.http'}: {http} is not a loopback address, so every "
+            "request must carry a token: set http_token_file, or listen on 127.0.0.1:PORT or "
+            "unix:PATH"
+        ]
+    return []
 
 
 def _table(data: Mapping[str, Any], name: str, expected: str, errors: list[str]) -> dict[str, Any]:
@@ -750,8 +827,10 @@ def _naming_errors(programs: Mapping[str, ProgramConfig]) -> list[str]:
     for prog in programs.values():
         key = f"programs.{prog.name}.instance_name"
         if prog.numprocs > 1 and not re.search(r"\{(index|number)[}:!]", prog.instance_name):
-            errors.append(f"{key}: {prog.instance_name!r} names every instance alike; "
-                          "with numprocs > 1 it needs {index} or {number}")
+            errors.append(
+                f"{key}: {prog.instance_name!r} names every instance alike; "
+                "with numprocs > 1 it needs {index} or {number}"
+            )
             continue
         for inst in prog.instance_names():
             other = owners.setdefault(inst, prog.name)
@@ -817,10 +896,14 @@ def _cycles(deps: Mapping[str, tuple[str, ...]]) -> list[str]:
     return errors
 
 
-def load_config(path: str | os.PathLike[str] = DEFAULT_FILE) -> Config:
+def load_config(
+    path: str | os.PathLike[str] = DEFAULT_FILE, *, supervisor: Mapping[str, Any] | None = None
+) -> Config:
     """Read and validate a config file.
 
-    Raises :class:`~forkwell.ConfigError` listing every problem found.
+    ``supervisor``: ``[supervisor]`` keys that override the file's, as
+    ``forkwell up --http`` gives them.  Raises :class:`~forkwell.ConfigError`
+    listing every problem found.
     """
     label = os.fspath(path)
     file = Path(path)
@@ -837,4 +920,4 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_FILE) -> Config:
         raise ConfigError([f"{label}: invalid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{label}: invalid TOML: not UTF-8 text"]) from None
-    return parse_config(data, file.absolute(), label)
+    return parse_config(data, file.absolute(), label, supervisor=supervisor)

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from ._control._server import ControlServer
     from ._events import Event
     from ._loop import Loop
+    from ._web._server import WebServer
 
 S = ProgramState
 
@@ -203,8 +204,7 @@ class Supervisor:
         self._health.transition(inst, old, new)
 
     def output(self, inst: Instance, stream: str, data: bytes) -> None:
-        if self._log.console is not None:
-            self._log.console.output(inst.name, stream, data, inst.colour)
+        self._log.output(inst.name, stream, data, inst.colour)
 
     def track(self, proc: Process, on_exit: Callable[[], None]) -> None:
         self._tracker.track(proc, on_exit)
@@ -465,9 +465,11 @@ class Supervisor:
         self.prepare()
         self._handle_signals(loop)
         control: ControlServer | None = None
+        web: WebServer | None = None
         try:
             control = self._control_server()
             await control.start()
+            web = await _start_web(self, self._log) if self.config.supervisor.http else None
             await self._autostart()
             code = await self._done
         finally:
@@ -476,6 +478,8 @@ class Supervisor:
             await asyncio.shield(self._shutdown_task)
             if control is not None:
                 await control.close()
+            if web is not None:
+                await web.close()
             self._release(loop)
         return code
 
@@ -536,6 +540,15 @@ async def _autostart(sup: Supervisor) -> None:
         raise ForkwellError(f"{failed[0].message}{more}")
     _notify_ready(failed, len(sup._all()), sup._note)
     sup.up.set()
+
+
+async def _start_web(sup: Supervisor, log: EventLog) -> WebServer:
+    """The web endpoint ``http`` asks for (h11 and the rest are imported only then)."""
+    from ._web._server import WebServer
+
+    web = WebServer(sup, log)
+    await web.start()
+    return web
 
 
 def _notify_ready(failed: list[OpResult], instances: int, note: Callable[[str], None]) -> None:
