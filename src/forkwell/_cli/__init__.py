@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reload": ("._ctl", "re-read the config and apply only what changed"),
     "scale": ("._ctl", "change a program's number of instances"),
     "down": ("._ctl", "stop every program and the supervisor"),
+    "probe": ("._probe", "exit 0 if a URL, port, command or the supervisor is up"),
+    "export": ("._export", "write systemd units or Kubernetes manifests for a fleet"),
 }
 
 USAGE = "usage: forkwell [--version] [--help] COMMAND [ARGS...]"

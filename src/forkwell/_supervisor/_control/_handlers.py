@@ -24,6 +24,7 @@ from ._protocol import (
     error_reply,
     ok_reply,
 )
+from ._protocol import healthy_row as _healthy
 
 if TYPE_CHECKING:
     # Only for the type checker: defining Protocols costs start-up time.
@@ -326,18 +327,6 @@ COMMANDS: dict[str, _Handler] = {
     "scale": Handlers.scale,
     "down": Handlers.down,
 }
-
-
-def _healthy(row: dict[str, Any]) -> bool:
-    """RUNNING, or a one-shot job that finished with status 0 and stays finished.
-
-    EXITED is only ever a resting state when the restart policy says "do not
-    restart", so EXITED with 0 is a job done, not an outage.  Anything else
-    (STARTING, BACKOFF, FATAL, STOPPED, a failed exit) is not healthy: unlike
-    supervisorctl (issue 1488), "still starting" does not count as up.
-    """
-    state, last_exit = row["state"], row["last_exit"]
-    return bool(state == "RUNNING" or (state == "EXITED" and last_exit == 0))
 
 
 def _config_error(exc: ConfigError) -> dict[str, Any]:
