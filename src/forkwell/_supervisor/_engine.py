@@ -349,10 +349,10 @@ class Supervisor:
         if self._done is not None and not self._done.done():
             self._done.set_result(0)
 
-    def _request_shutdown(self) -> None:
+    def _request_shutdown(self, hurry: bool = True) -> None:
         if self._shutdown_task is None:
             self._shutdown_task = self.aio_loop.create_task(self._shutdown())
-        elif self._fleet.hurry():
+        elif hurry and self._fleet.hurry():
             # A second Ctrl-C: do not wait for graceful stops any more.
             self._note("second stop request: SIGKILL to every tree now")
 
@@ -448,7 +448,8 @@ class Supervisor:
         return code
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
+        # Only a second Ctrl-C hurries a stop; a repeated SIGTERM (an orchestrator's) does not.
+        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown, False)
         loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         loop.add_signal_handler(signal.SIGCHLD, self._tracker.reap)

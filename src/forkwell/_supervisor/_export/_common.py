@@ -31,22 +31,23 @@ class Site(NamedTuple):
 
     def moved(self, path: Path) -> Path:
         """``path`` (absolute, on this machine) as the target sees it: under ``root``."""
-        here = self.config.path.parent
+        here = self.config.path.parent.resolve()  # as the config resolves its paths
         try:
-            return self.root / path.relative_to(here)
+            return self.root / path.resolve().relative_to(here)
         except ValueError:
             return path  # outside the fleet's directory: it stays where it is
 
     @property
     def config_file(self) -> Path:
-        return self.moved(self.config.path)
+        return self.root / self.config.path.name
 
 
 def default_prefix(config: Config) -> str:
     """``demo`` for ``demo.toml``; the directory's name for ``forkwell.toml``."""
     path = config.path
-    stem = path.stem if path.stem != "forkwell" else path.parent.name
-    return _UNSAFE.sub("-", stem).strip("-") or "forkwell"
+    stem = path.stem if path.stem != "forkwell" else path.resolve().parent.name
+    name = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:40].strip("-")
+    return name or "forkwell"
 
 
 def check_prefix(prefix: str) -> str:
