@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -366,3 +367,37 @@ def test_examples_deploy_is_what_the_exporters_write_today(tmp_path: Path) -> No
     kept = sorted(p.relative_to(committed) for p in committed.rglob("*")
                   if p.is_file() and p.name != "export.sh")  # fmt: skip
     assert kept == written
+
+
+def test_forkwell_up_tells_systemd_ready_reloading_and_stopping(tmp_path: Path) -> None:
+    """What --single's Type=notify unit relies on, through a real $NOTIFY_SOCKET."""
+    import socket
+
+    from test_ctl_e2e import IDLE
+
+    config = tmp_path / "forkwell.toml"
+    config.write_text(f"[programs.idle]\n{IDLE}\n")
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        manager.settimeout(30)
+        proc = subprocess.Popen([PY, "-m", "forkwell", "up", "-c", str(config), "--quiet"],
+                                env={**os.environ, "NOTIFY_SOCKET": str(path)})  # fmt: skip
+
+        def next_message() -> dict[str, str]:
+            data = manager.recv(4096).decode()
+            return dict(line.split("=", 1) for line in data.splitlines())
+
+        try:
+            ready = next_message()
+            assert ready["READY"] == "1" and ready["MAINPID"] == str(proc.pid)
+            proc.send_signal(signal.SIGHUP)
+            assert next_message() == {"RELOADING": "1"}
+            assert next_message() == {"READY": "1"}
+            proc.send_signal(signal.SIGTERM)
+            assert next_message() == {"STOPPING": "1"}
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
