@@ -212,3 +212,19 @@ def test_ready_when_every_autostart_program_is_up(make_fleet: Any, tmp_path: Pat
     assert (result.returncode, result.stderr) == (0, "")
     # --socket names the supervisor as for `forkwell ps`
     assert probe("ready", "--socket", str(fleet.sock)).returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["tcp", "http"])
+def test_a_network_probe_stays_lean(http_port: int, kind: str) -> None:
+    """It runs every few seconds in every pod: none of the heavy modules load."""
+    target = f"tcp:127.0.0.1:{http_port}" if kind == "tcp" else f"http://127.0.0.1:{http_port}/"
+    code = (
+        "import sys; from forkwell._cli import main; rc = main(['probe', sys.argv[1]]);"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr); sys.exit(rc)"
+    )
+    result = subprocess.run([PY, "-c", code, target], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stderr.split())
+    heavy = {"asyncio", "tomllib", "http.client", "email", "ssl", "subprocess", "socket",
+             "forkwell._supervisor._engine", "forkwell._supervisor._control._client"}  # fmt: skip
+    assert not loaded & heavy
