@@ -454,23 +454,15 @@ class Supervisor:
         return code
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-<<<<<<< HEAD
-        # Only a second Ctrl-C hurries a stop; a repeated SIGTERM (an orchestrator's) does not.
-        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown, False)
-        loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        loop.add_signal_handler(signal.SIGCHLD, self._tracker.reap)
-        _quiet_wakeup()
-=======
         # SIGCHLD first in each dispatch: exits are known before a stop acts.
+        # Only a second Ctrl-C hurries a stop; a repeated SIGTERM (an orchestrator's) does not.
         self._relay = SignalRelay(loop, {
             signal.SIGCHLD: self._tracker.reap,
-            signal.SIGTERM: self._request_shutdown,
+            signal.SIGTERM: lambda: self._request_shutdown(False),
             signal.SIGINT: self._request_shutdown,
             signal.SIGHUP: self._request_reload,
         })  # fmt: skip
         self._relay.install()
->>>>>>> main
         self._tracker.reap()  # whatever exited before the handler existed
         for sig in self._early_signals:  # what arrived during prestart()
             if sig == signal.SIGHUP:
