@@ -79,10 +79,11 @@ def export(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 
 
 def fleets(tmp_path: Path) -> list[Path]:
-    """Every example fleet, and one that uses every key."""
+    """Every example fleet (every format forkwell up reads), and one that uses every key."""
     rich = tmp_path / "rich.toml"
     rich.write_text(RICH)
-    return [*sorted(EXAMPLES.glob("*.toml")), rich]
+    kinds = ("*.toml", "Procfile", "supervisord.conf", "process-compose.yaml")
+    return [*sorted(p for kind in kinds for p in EXAMPLES.glob(kind)), rich]
 
 
 def verify(directory: Path, *, user: bool = False) -> None:
@@ -118,7 +119,7 @@ def test_every_fleet_exports_units_systemd_verifies_silently(tmp_path: Path, mod
         out = tmp_path / f"out-{config.stem}-{'-'.join(mode)}"
         result = export("systemd", "-c", str(config), "-o", str(out), *mode)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith(f"forkwell export systemd: wrote {config.stem}.")
+        assert result.stdout.startswith("forkwell export systemd: wrote ")
         verify(out, user="--user" in mode)
 
 
@@ -401,3 +402,22 @@ def test_forkwell_up_tells_systemd_ready_reloading_and_stopping(tmp_path: Path) 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_foreman_style_keys_port_and_names(tmp_path: Path) -> None:
+    """port, name_variables and instance_name (the Procfile keys) in both engines."""
+    config = tmp_path / "procfile.toml"
+    config.write_text('[programs.web]\ncommand = "sleep 100"\nport = 5000\nnumprocs = 2\n'
+                      'name_variables = ["PS"]\ninstance_name = "{program}.{number}"\n')  # fmt: skip
+    out = tmp_path / "units"
+    assert export("systemd", "-c", str(config), "-o", str(out)).returncode == 0
+    unit = lines((out / "procfile-web@.service").read_text())
+    assert {'Environment="PORT=5000"', 'Environment="PS=web.%i"',
+            'Environment="FORKWELL_INSTANCE=web.%i"'} <= set(unit)  # fmt: skip
+    assert any(x.startswith("# port 5000: every instance gets PORT=5000") for x in unit)
+    if SYSTEMD_ANALYZE is not None:
+        verify(out)
+    (deploy,) = manifests(config)
+    env = deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "PORT", "value": "5000"} in env
+    assert {"name": "PS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in env

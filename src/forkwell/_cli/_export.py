@@ -126,10 +126,16 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
 
 
 def _site(args: SimpleNamespace, root: str | None, forkwell: tuple[str, ...]) -> Site:
-    from .._supervisor._config import DEFAULT_FILE, load_config
     from .._supervisor._export._common import Site, check_prefix, default_prefix
+    from .._supervisor._formats._load import load
+    from ._fleetfile import choose
 
-    config = load_config(args.config or DEFAULT_FILE)
+    # Any fleet file `forkwell up` reads: forkwell.toml, a Procfile, supervisord.conf...
+    path = choose(f"forkwell export {args.action}", args.config)
+    loaded = load(path)
+    for what in loaded.ignored:
+        print(f"forkwell export {args.action}: {path}: {what}", file=sys.stderr)
+    config = loaded.config
     prefix = check_prefix(args.prefix or default_prefix(config))
     where = Path(root) if root else config.path.parent
     if not where.is_absolute():

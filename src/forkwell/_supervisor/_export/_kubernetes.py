@@ -46,6 +46,11 @@ MAPPING: dict[str, str] = {
     "redirect_stderr": "both streams go to the container's log",
     "log_max_bytes": "the kubelet's containerLogMaxSize",
     "log_backups": "the kubelet's containerLogMaxFiles",
+    "priority": "not expressible: Kubernetes starts Deployments in no order",
+    "process_group": "not expressible (select the Deployments by label instead)",
+    "instance_name": "not expressible: a pod is named by Kubernetes",
+    "port": "env PORT (the same in every replica: each pod has its own address)",
+    "name_variables": "env from the pod's name (metadata.name)",
 }
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -102,8 +107,13 @@ def _program(site: Site, program: ProgramConfig, image: str) -> list[Manifest]:
     notes = [f"{program.name}: {n}" for n in _unexpressed(program)]
     container: dict[str, Any] = {"name": name, "image": image, **_command(site, program)}
     container["workingDir"] = str(site.moved(program.directory))
-    if program.environment:
-        container["env"] = [{"name": k, "value": v} for k, v in program.environment.items()]
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in program.environment.items()]
+    if program.port is not None:
+        env.append({"name": "PORT", "value": str(program.port)})
+    pod_name = {"valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    env += [{"name": var, **pod_name} for var in program.name_variables]
+    if env:
+        container["env"] = env
     port = _port(program)
     if port is not None:
         container["ports"] = [{"containerPort": port, "name": "ready"}]

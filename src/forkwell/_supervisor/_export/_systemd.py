@@ -56,6 +56,12 @@ MAPPING: dict[str, str] = {
     "redirect_stderr": "both streams go to the journal",
     "log_max_bytes": "the journal's own limits (journald.conf)",
     "log_backups": "the journal's own limits (journald.conf)",
+    "priority": "not expressible: only depends_on orders units (After=)",
+    "process_group": "not needed: systemctl takes globs ('PREFIX-web@*')",
+    "instance_name": "FORKWELL_INSTANCE= (and name_variables), %i for {index}; {number} "
+    "becomes %i too (systemd cannot add 1)",
+    "port": "Environment=PORT= (one instance; PORT+I is not expressible for more)",
+    "name_variables": "Environment= set to the instance's name",
 }
 
 # What systemd's unit-file parser takes as a bare word in an Exec line.
@@ -217,8 +223,27 @@ def _readiness(site: Site, program: ProgramConfig) -> list[str]:
 def _environment(program: ProgramConfig) -> list[str]:
     # What the supervisor gives each instance, %i being the instance's index.
     env = {k: _specifiers(v) for k, v in program.environment.items()}
-    env |= {"FORKWELL_INSTANCE": f"{program.name}:%i", "FORKWELL_INDEX": "%i"}
-    return [f"Environment={_quote(f'{k}={v}')}" for k, v in env.items()]
+    notes = []
+    if program.port is not None:
+        env["PORT"] = str(program.port)
+        if program.numprocs > 1:
+            notes.append(f"# port {program.port}: every instance gets PORT={program.port}; "
+                         "systemd cannot add the instance's index")  # fmt: skip
+    name = _instance_name(program)
+    for var in program.name_variables:
+        env[var] = name
+    env |= {"FORKWELL_INSTANCE": name, "FORKWELL_INDEX": "%i"}
+    return notes + [f"Environment={_quote(f'{k}={v}')}" for k, v in env.items()]
+
+
+def _instance_name(program: ProgramConfig) -> str:
+    """The instance's name, %i standing for its index.
+
+    ``{number}`` (the index + 1) becomes %i too: systemd cannot add 1.
+    """
+    group = program.process_group or program.name
+    return _specifiers(program.instance_name).format(
+        program=program.name, index="%i", number="%i", process_group=group)
 
 
 def _identity(program: ProgramConfig, user: bool) -> list[str]:
