@@ -381,10 +381,10 @@ class Supervisor:
         if self._done is not None and not self._done.done():
             self._done.set_result(self._health.exit_code)  # 0, or an essential's status
 
-    def _request_shutdown(self) -> None:
+    def _request_shutdown(self, hurry: bool = True) -> None:
         if self._shutdown_task is None:
             self._shutdown_task = self.aio_loop.create_task(self._shutdown())
-        elif self._fleet.hurry():
+        elif hurry and self._fleet.hurry():
             # A second Ctrl-C: do not wait for graceful stops any more.
             self._note("second stop request: SIGKILL to every tree now")
 
@@ -485,9 +485,10 @@ class Supervisor:
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         # SIGCHLD first in each dispatch: exits are known before a stop acts.
+        # Only a second Ctrl-C hurries a stop; a repeated SIGTERM (an orchestrator's) does not.
         self._relay = SignalRelay(loop, {
             signal.SIGCHLD: self._tracker.reap,
-            signal.SIGTERM: self._request_shutdown,
+            signal.SIGTERM: lambda: self._request_shutdown(False),
             signal.SIGINT: self._request_shutdown,
             signal.SIGHUP: self._request_reload,
         })  # fmt: skip

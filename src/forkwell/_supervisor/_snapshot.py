@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._core import _proc, _tree
+from ._control._protocol import healthy_row
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -181,15 +182,3 @@ class Snapshot:
         if info.started_at is not None and now_wall - info.started_at > 0.05:
             return round(usage.cpu_ticks / _proc.CLK_TCK / (now_wall - info.started_at) * 100, 1)
         return None
-
-
-def healthy_row(row: Mapping[str, Any]) -> bool:
-    """RUNNING, or a one-shot job that finished with status 0 and stays finished.
-
-    EXITED is only ever a resting state when the restart policy says "do not
-    restart", so EXITED with 0 is a job done, not an outage.  Anything else
-    (STARTING, BACKOFF, FATAL, STOPPED, a failed exit) is not healthy: unlike
-    supervisorctl (issue 1488), "still starting" does not count as up.
-    """
-    state, last_exit = row["state"], row["last_exit"]
-    return bool(state == "RUNNING" or (state == "EXITED" and last_exit == 0))

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, quote
 
 from ..._core._files import tail
 from ..._exceptions import UnknownProgramError
-from .._snapshot import healthy_row as _healthy
+from .._control._protocol import healthy_row as _healthy
 from . import _metrics, _page
 from ._auth import SESSION_SECONDS, cookie, cross_site, host_is_loopback
 from ._http import Request, Response, StreamResponse
