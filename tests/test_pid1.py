@@ -26,8 +26,9 @@ import forkwell
 UNSHARE = shutil.which("unshare")
 pytestmark = [
     pytest.mark.timeout(90),
-    pytest.mark.skipif(not IS_ROOT or UNSHARE is None,
-                       reason="needs root and unshare(1) for a PID namespace"),
+    pytest.mark.skipif(
+        not IS_ROOT or UNSHARE is None, reason="needs root and unshare(1) for a PID namespace"
+    ),
 ]
 
 # Handles TERM: notes it, exits at once.
@@ -127,6 +128,14 @@ def up(tmp_path: Path, config: Path) -> Pid1:
     pid1 = Pid1([PY, "-m", "forkwell", "up", "-c", str(config)], tmp_path)
     wait_until(lambda: healthy(config), 30, "the fleet up")
     wait_until((tmp_path / "forks.mark.ready").exists, 10, "the setsid grandchild")
+    # RUNNING means exec'd, not that the program's TERM handler is in place:
+    # each says "up" once it is (a TERM before that kills it by default).
+    for name in ("handles", "ignores"):
+        if (tmp_path / f"{name}.py").exists():
+            log = tmp_path / ".forkwell" / "logs" / f"{name}.0.stdout.log"
+            wait_until(
+                lambda log=log: log.exists() and b"up\n" in log.read_bytes(), 10, f"{name} up"
+            )
     return pid1
 
 
@@ -164,8 +173,11 @@ def test_up_as_pid1_kills_what_ignores_term_within_stop_timeout(tmp_path: Path) 
 
 def test_init_as_pid1_forwards_term_and_exits_once_the_tree_is_gone(tmp_path: Path) -> None:
     script = tmp_path / "forks.py"
-    script.write_text(FORKS.replace("sys.exit(0))\nsignal.pause()",
-                                    "sys.exit(0))\nprint('up', flush=True)\nsignal.pause()"))
+    script.write_text(
+        FORKS.replace(
+            "sys.exit(0))\nsignal.pause()", "sys.exit(0))\nprint('up', flush=True)\nsignal.pause()"
+        )
+    )
     env_mark = tmp_path / "init.mark"
     pid1 = Pid1(["env", f"MARK={env_mark}", PY, "-m", "forkwell", "init", "--", PY, str(script)],
                 tmp_path)  # fmt: skip
