@@ -15,6 +15,11 @@ feature                        Linux    fallback
 ``PR_SET_PDEATHSIG``           2.1      none: the child outlives a killed parent
 ``/proc/PID/environ``, ``stat``  any    the process group is the only tree we know
 =============================  =======  ==============================================
+
+``FORKWELL_NO_PIDFD=1`` in the environment forces the fallbacks of the first
+three rows on a kernel that has pidfds (read once, when this module is first
+imported): the tests run every command that way, and an operator can use it
+where a seccomp filter or a container runtime breaks pidfds.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from typing import Any
 from . import _clock
 
 IS_LINUX = sys.platform.startswith("linux")
-HAVE_PIDFD = IS_LINUX and hasattr(os, "pidfd_open") and hasattr(os, "P_PIDFD")
+#: The switch documented above; children inherit it like any variable.
+NO_PIDFD_VAR = "FORKWELL_NO_PIDFD"
+HAVE_PIDFD = (
+    IS_LINUX
+    and hasattr(os, "pidfd_open")
+    and hasattr(os, "P_PIDFD")
+    and os.environ.get(NO_PIDFD_VAR) != "1"
+)
 HAVE_PROC = IS_LINUX and os.path.isdir("/proc/self")
 
 PR_SET_PDEATHSIG = 1
