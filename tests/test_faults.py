@@ -1,0 +1,462 @@
+"""Fault injection: the kernel made to fail under forkwell, and the promise checked after.
+
+Each test provokes the fault for real (an rlimit, a mount namespace, a
+read-only bind mount, libfaketime moving the wall clock, a program that
+misbehaves) and checks afterwards what forkwell promises: a clear one-line
+error or event, no traceback, and nothing left running or unreaped (the
+autouse leak check of tests/leakcheck.py sees every process these tests
+start, in any namespace, by the ``FORKWELL_TEST_ID`` they inherit).
+
+Faults that need root (another uid for RLIMIT_NPROC, mount namespaces) are
+skipped with the reason when not root.  docs/reliability.md ("Faults tried")
+lists each fault, how it is provoked, what forkwell does and the test here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import IS_ROOT, PY, public_sources, read_pids, running, wait_until
+
+import forkwell
+
+pytestmark = pytest.mark.timeout(60)
+
+NEEDS_ROOT = pytest.mark.skipif(not IS_ROOT, reason="needs root (another uid, mount namespaces)")
+HAVE_UNSHARE = shutil.which("unshare") is not None
+NEEDS_UNSHARE = pytest.mark.skipif(not (IS_ROOT and HAVE_UNSHARE), reason="needs root and unshare(1)")
+# An uid no account uses: RLIMIT_NPROC counts every process of the real uid,
+# and `nobody` may be busy with another test or service at the same time.
+LONELY_UID = 54321
+
+
+def toml_list(*argv: str) -> str:
+    return json.dumps(list(argv))  # a JSON array of strings is a TOML array
+
+
+def no_traceback(text: str) -> None:
+    assert "Traceback" not in text and "Error:" not in text.replace("Error: ", "Error:x"), text
+
+
+def cpu_seconds(pid: int) -> float:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = data[data.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def no_proc(*argv: str) -> list[str]:
+    """``argv`` run in a mount namespace where /proc is an empty tmpfs (no /proc at all)."""
+    script = 'mount -t tmpfs none /proc && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
+def as_uid(uid: int, *argv: str) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+
+
+class Up:
+    """A real ``forkwell up`` (optionally behind a prefix: prlimit, unshare, setpriv)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        programs: str,
+        *,
+        prefix: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.dir = directory
+        self.cfg = directory / "forkwell.toml"
+        self.cfg.write_text("[supervisor]\nshutdown_timeout = 10\n\n" + textwrap.dedent(programs))
+        self.sock = directory / ".forkwell" / "forkwell.sock"
+        self.out_path = directory / "up.out"
+        argv = [*prefix, PY, "-m", "forkwell", "up", "-c", str(self.cfg)]
+        with self.out_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*argv, *(["--quiet"] if quiet else [])],
+                stdout=out, stderr=subprocess.STDOUT, cwd=directory,
+                env={**os.environ, **(env or {})},
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        with forkwell.ControlClient(self.sock) as c:
+            return {r["name"]: r for r in c.request("ps")["instances"]}
+
+    def wait_state(self, name: str, state: str, timeout: float = 20.0) -> dict[str, Any]:
+        def there() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited {self.proc.returncode}: {self.output()}")
+            try:
+                return self.rows()[name]["state"] == state
+            except (forkwell.ControlError, KeyError):
+                return False
+
+        wait_until(there, timeout, f"{name} {state}")
+        return self.rows()[name]
+
+    def down(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"supervisor did not stop on SIGTERM: {self.output()}") from None
+
+
+@pytest.fixture
+def ups(tmp_path: Path) -> Iterator[list[Up]]:
+    made: list[Up] = []
+    yield made
+    for up in made:
+        if up.proc.poll() is None:
+            up.proc.kill()
+            up.proc.wait()
+
+
+def start_up(ups: list[Up], directory: Path, programs: str, **kwargs: Any) -> Up:
+    up = Up(directory, programs, **kwargs)
+    ups.append(up)
+    return up
+
+
+def public_dir(owner: int) -> Path:
+    """A fresh directory owned by ``owner`` that it can reach (tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="forkwell-faults-"))
+    os.chown(path, owner, owner)
+    return path
+
+
+IDLE = toml_list(PY, "-c", "import signal; print('up', flush=True); signal.pause()")
+
+
+# -- EMFILE: a low RLIMIT_NOFILE -----------------------------------------------------
+
+RUN_UNDER_NOFILE = """
+import os, resource, sys, forkwell
+spare = int(sys.argv[1])
+used = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (used + spare, used + spare))
+try:
+    r = forkwell.run(["sh", "-c", "sleep 30 & sleep 30"], timeout=0.3, capture_output=True)
+except forkwell.ForkwellError as e:
+    print("error", type(e).__name__, e)
+except OSError as e:
+    print("oserror", e.errno, e)
+else:
+    print("ran", r.returncode, r.timed_out)
+"""
+
+
+@pytest.mark.parametrize("spare", [0, 1, 2, 3, 4, 6, 8])
+def test_emfile_in_run_is_a_clear_error_and_leaves_nothing(spare: int) -> None:
+    out = subprocess.run([PY, "-c", RUN_UNDER_NOFILE, str(spare)], capture_output=True,
+                         text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 0 and out.stderr == "", out
+    line = out.stdout.strip()
+    assert "\n" not in line, out
+    # Either it ran to its deadline (its tree ended), or it said why it could not start.
+    if line.startswith("ran"):
+        assert line == "ran -15 True", out
+    else:
+        assert line == "error SpawnError cannot start 'sh': Too many open files", out
+
+
+@pytest.mark.parametrize("nofile", [5, 6, 7, 8, 10, 12, 16])
+def test_emfile_in_forkwell_timeout_exits_125_with_one_line(nofile: int) -> None:
+    argv = ["prlimit", f"--nofile={nofile}", PY, "-m", "forkwell", "timeout", "0.3",
+            "sh", "-c", "sleep 30 & sleep 30"]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if out.returncode == 124:  # enough fds after all: the deadline ended the tree
+        assert out.stderr == "", out
+        return
+    assert out.returncode == 125, out
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("forkwell timeout: "), out
+    assert "Too many open files" in out.stderr, out
+
+
+@pytest.mark.parametrize("nofile", [8, 16, 20, 24, 32])
+def test_emfile_in_forkwell_up_fails_cleanly_and_stops_what_started(
+    tmp_path: Path, ups: list[Up], nofile: int
+) -> None:
+    up = start_up(ups, tmp_path, f"""
+        [programs.web]
+        command = {IDLE}
+        numprocs = 8
+        start_retries = 2
+        stop_timeout = 5
+        """, prefix=("prlimit", f"--nofile={nofile}"))  # fmt: skip
+
+    def settled() -> bool:
+        text = up.output()
+        return up.proc.poll() is not None or "autostart done" in text
+
+    wait_until(settled, 20, "autostart to finish or the supervisor to exit")
+    if up.proc.poll() is None:
+        started = time.monotonic()
+        assert up.down(15) == 0, up.output()
+        # Stopping needs fds too (pidfds, /proc): it must not wait out shutdown_timeout.
+        assert time.monotonic() - started < 6, up.output()
+        text = up.output()
+        assert "Too many open files" in text or "8 up" in text, text
+    else:
+        text = up.output()
+        assert up.proc.returncode == 1, text
+        lines = text.strip().splitlines()
+        assert len(lines) == 1 and "Too many open files" in lines[0], text
+    no_traceback(text)
+
+
+# -- EAGAIN on fork: RLIMIT_NPROC as an unprivileged user ------------------------------
+
+
+@NEEDS_ROOT
+def test_eagain_on_fork_under_forkwell_up_is_a_failed_start(ups: list[Up]) -> None:
+    directory = public_dir(LONELY_UID)
+    try:
+        # The supervisor, its watchdog and two programs: the rest cannot fork.
+        up = start_up(ups, directory, f"""
+            [programs.web]
+            command = {IDLE}
+            numprocs = 4
+            start_retries = 2
+            backoff_max = 0.2
+            """, prefix=("prlimit", "--nproc=4", *as_uid(LONELY_UID)),
+            env={"PYTHONPATH": str(public_sources())})  # fmt: skip
+        wait_until(lambda: "autostart done" in up.output(), 20, "autostart done")
+        rows = up.rows()
+        states = sorted(r["state"] for r in rows.values())
+        assert states.count("FATAL") >= 1 and "RUNNING" in states, (states, up.output())
+        text = up.output()
+        assert "Resource temporarily unavailable" in text, text
+        assert up.down() == 0, up.output()
+        no_traceback(up.output())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@NEEDS_ROOT
+def test_eagain_on_fork_in_forkwell_timeout_exits_125_with_one_line() -> None:
+    argv = ["prlimit", "--nproc=1", *as_uid(LONELY_UID), PY, "-m", "forkwell", "timeout", "5", "true"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/",
+                         env={**os.environ, "PYTHONPATH": str(public_sources())})  # fmt: skip
+    assert out.returncode == 125, out
+    assert out.stderr.count("\n") == 1, out
+    assert out.stderr.startswith("forkwell timeout: cannot start 'true'"), out
+    assert "Resource temporarily unavailable" in out.stderr, out
+
+
+# -- ENOMEM: RLIMIT_AS on a child ------------------------------------------------------
+
+GREEDY = "import sys; print('allocating', flush=True); b = bytearray(512 << 20); print('got it')"
+
+
+def test_enomem_in_a_child_of_run_is_its_exit_status_and_stderr() -> None:
+    result = forkwell.run(["prlimit", "--as=268435456", PY, "-c", GREEDY], capture_output=True)
+    assert result.returncode == 1, result
+    assert result.stdout == b"allocating\n", result
+    assert result.stderr.rstrip().endswith(b"MemoryError"), result
+
+
+def test_enomem_in_a_program_under_up_is_fatal_with_its_exit(tmp_path: Path, ups: list[Up]) -> None:
+    up = start_up(ups, tmp_path, f"""
+        [programs.greedy]
+        command = {toml_list("prlimit", "--as=268435456", PY, "-c", GREEDY)}
+        start_retries = 2
+        backoff_max = 0.1
+        """)  # fmt: skip
+    up.wait_state("greedy:0", "FATAL")
+    assert "greedy:0 is FATAL: exited with code 1" in up.output(), up.output()
+    err = (tmp_path / ".forkwell" / "logs" / "greedy.0.stderr.log").read_text()
+    assert err.count("MemoryError") == 3, err  # the first start and two retries
+    assert up.down() == 0
+
+
+# -- no /proc: a mount namespace with an empty tmpfs over it ---------------------------
+
+TREE = "sleep 30 & setsid sleep 30 & sh -c 'sleep 30 &' ; sleep 30"
+
+
+@NEEDS_UNSHARE
+def test_no_proc_forkwell_timeout_still_ends_the_tree() -> None:
+    started = time.monotonic()
+    out = subprocess.run(no_proc(PY, "-m", "forkwell", "timeout", "0.5", "sh", "-c", TREE),
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 124 and out.stderr == "", out
+    assert time.monotonic() - started < 8, out
+
+
+@NEEDS_UNSHARE
+def test_no_proc_run_still_ends_the_tree() -> None:
+    code = (
+        "import forkwell\n"
+        f"r = forkwell.run(['sh', '-c', {TREE!r}], timeout=0.5)\n"
+        "print(r.returncode, r.timed_out)\n"
+    )
+    out = subprocess.run(no_proc(PY, "-c", code), capture_output=True, text=True, timeout=30)
+    assert out.stdout == "-15 True\n" and out.stderr == "", out
+
+
+@NEEDS_UNSHARE
+def test_no_proc_forkwell_init_reaps_and_forwards() -> None:
+    orphans = "sh -c 'sleep 0.1 &' ; sh -c 'sleep 0.1 &' ; sleep 0.3; exit 7"
+    out = subprocess.run(no_proc(PY, "-m", "forkwell", "init", "--", "sh", "-c", orphans),
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 7 and out.stderr == "", out
+
+
+@NEEDS_UNSHARE
+def test_no_proc_forkwell_up_starts_and_stops(tmp_path: Path, ups: list[Up]) -> None:
+    pids = tmp_path / "pids"
+    script = f"sleep 30 & echo $! >> {pids}; setsid sleep 30 & echo $! >> {pids}; exec sleep 30"
+    up = start_up(ups, tmp_path, f"""
+        [programs.web]
+        command = {toml_list("sh", "-c", script)}
+        stop_timeout = 2
+        """, prefix=tuple(no_proc()))  # fmt: skip
+    row = up.wait_state("web:0", "RUNNING")
+    kids = read_pids(pids, 2)
+    assert all(running(p) for p in [row["pid"], *kids])
+    assert up.down() == 0, up.output()
+    assert not any(running(p) for p in [row["pid"], *kids]), up.output()
+    no_traceback(up.output())
+
+
+# -- no pidfd: the fallback forced by FORKWELL_NO_PIDFD=1 -------------------------------
+
+NO_PIDFD = {"FORKWELL_NO_PIDFD": "1"}
+
+
+def test_no_pidfd_switch_turns_pidfds_off() -> None:
+    code = "from forkwell._core import _sys; print(_sys.HAVE_PIDFD)"
+    env = {**os.environ, **NO_PIDFD}
+    off = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert off.stdout == "False\n"
+    env["FORKWELL_NO_PIDFD"] = "0"
+    on = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert on.stdout == f"{hasattr(os, 'pidfd_open')}\n"
+
+
+def test_no_pidfd_run_ends_the_tree_without_waiting_out_the_grace() -> None:
+    code = (
+        "import forkwell\n"
+        f"r = forkwell.run(['sh', '-c', {TREE!r}], timeout=0.3, grace=10)\n"
+        "print(r.returncode, r.timed_out, r.duration < 3)\n"
+        "r = forkwell.run(['sh', '-c', 'sleep 30 & exit 3'], grace=10)\n"
+        "print(r.returncode, r.duration < 3)\n"
+    )
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, **NO_PIDFD})  # fmt: skip
+    assert out.stdout == "-15 True True\n3 True\n" and out.stderr == "", out
+
+
+def test_no_pidfd_forkwell_timeout() -> None:
+    env = {**os.environ, **NO_PIDFD}
+    started = time.monotonic()
+    out = subprocess.run([PY, "-m", "forkwell", "timeout", "-k", "10", "0.3", "sh", "-c", TREE],
+                         capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+    assert out.returncode == 124 and out.stderr == "", out
+    assert time.monotonic() - started < 5, "waited out the -k grace"
+    out = subprocess.run([PY, "-m", "forkwell", "timeout", "5", "sh", "-c", "exit 3"],
+                         capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+    assert out.returncode == 3 and out.stderr == "", out
+
+
+def test_no_pidfd_forkwell_init() -> None:
+    orphans = "sh -c 'sleep 0.1 &' ; sh -c 'sleep 0.1 &' ; sleep 0.3; exit 7"
+    out = subprocess.run([PY, "-m", "forkwell", "init", "--", "sh", "-c", orphans],
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, **NO_PIDFD})  # fmt: skip
+    assert out.returncode == 7 and out.stderr == "", out
+
+
+def test_no_pidfd_forkwell_up_restarts_and_stops_without_spinning(
+    tmp_path: Path, ups: list[Up]
+) -> None:
+    stubborn = toml_list("sh", "-c", "trap '' TERM; sleep 30 & wait")
+    up = start_up(ups, tmp_path, f"""
+        [programs.web]
+        command = {IDLE}
+
+        [programs.stubborn]
+        command = {stubborn}
+        stop_timeout = 1.5
+        """, env=NO_PIDFD)  # fmt: skip
+    web = up.wait_state("web:0", "RUNNING")
+    up.wait_state("stubborn:0", "RUNNING")
+    os.kill(web["pid"], signal.SIGKILL)  # a crash: seen without a pidfd, restarted
+    wait_until(lambda: up.rows()["web:0"]["pid"] not in (None, web["pid"])
+               and up.rows()["web:0"]["state"] == "RUNNING", 10, "web restarted")  # fmt: skip
+    stubborn_pid = up.rows()["stubborn:0"]["pid"]
+    cpu0, wall0 = cpu_seconds(up.proc.pid), time.monotonic()
+    with forkwell.ControlClient(up.sock) as c:
+        c.request("stop", {"names": ["stubborn"]}, timeout=30)
+    took = time.monotonic() - wall0
+    cpu = cpu_seconds(up.proc.pid) - cpu0
+    assert not running(stubborn_pid)
+    assert 1.4 <= took < 6, (took, up.output())  # its 1.5 s grace, then SIGKILL
+    # Without pidfds the grace is polled: gently, not in a busy loop.
+    assert cpu / took < 0.25, (cpu, took)
+    assert up.down() == 0, up.output()
+    no_traceback(up.output())
+
+
+# -- a read-only state directory ----------------------------------------------------------
+
+
+@NEEDS_UNSHARE
+def test_read_only_state_directory_is_one_line_and_starts_nothing(
+    tmp_path: Path, ups: list[Up]
+) -> None:
+    state = tmp_path / ".forkwell"
+    state.mkdir(mode=0o700)
+    script = f'mount --bind {state} {state} && mount -o remount,bind,ro {state} && exec "$@"'
+    prefix = ("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh")
+    pids = tmp_path / "pids"
+    up = start_up(ups, tmp_path, f"""
+        [programs.web]
+        command = {toml_list("sh", "-c", f"echo $$ >> {pids}; exec sleep 30")}
+        """, prefix=prefix)  # fmt: skip
+    assert up.proc.wait(20) == 1, up.output()
+    lines = up.output().strip().splitlines()
+    assert len(lines) == 1 and "Read-only file system" in lines[0], lines
+    assert not pids.exists(), "a program was started"
+
+
+@NEEDS_ROOT
+def test_state_directory_not_writable_by_the_user_is_one_line(ups: list[Up]) -> None:
+    directory = public_dir(LONELY_UID)
+    try:
+        (directory / ".forkwell").mkdir(mode=0o755)  # root's, not the user's
+        up = start_up(ups, directory, f"[programs.web]\ncommand = {IDLE}\n",
+                      prefix=as_uid(LONELY_UID), env={"PYTHONPATH": str(public_sources())})  # fmt: skip
+        assert up.proc.wait(20) == 1, up.output()
+        lines = up.output().strip().splitlines()
+        assert len(lines) == 1 and "Permission denied" in lines[0], lines
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
