@@ -422,6 +422,8 @@ class Instance:
                     proc.tree, self.config.stop_signal, self.config.stop_timeout,
                     include_root=False,
                 )  # fmt: skip
+            elif proc.tree is None:
+                await _end_group(proc, self.config.stop_signal, self.config.stop_timeout)
         finally:
             proc.close()
 
@@ -431,6 +433,8 @@ class Instance:
         """End ``proc``'s whole tree (``sig``, ``grace``, SIGKILL) and reap it."""
         if proc.tree is not None:
             await self.host.end_tree(proc.tree, sig, grace)
+        else:
+            await _end_group(proc, sig, grace)
         if proc.poll() is None:
             # The tree scan no longer sees it (a zombie not yet reaped, or
             # it cannot be scanned): make sure, and wait for the exit callback.
@@ -515,6 +519,25 @@ class Instance:
             proc.signal_tree(sig)
             return True
         return proc.send_signal(sig)
+
+
+async def _end_group(proc: Process, sig: int, grace: float) -> None:
+    """No /proc, so no Tree: the process group is the tree (``_core/_sys`` table).
+
+    ``sig`` to the group, up to ``grace`` for the program to exit (polled:
+    nothing else wakes us for the group), then SIGKILL to whatever is left
+    of the group.  A descendant that left it (``setsid``) cannot be found.
+    """
+    import asyncio  # the engine's loop is running: asyncio is imported already
+
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, sig)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(grace, 0.0)
+    while proc.returncode is None and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _success(cfg: ProgramConfig, rc: int) -> bool:
