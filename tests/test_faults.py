@@ -463,3 +463,227 @@ def test_state_directory_not_writable_by_the_user_is_one_line(ups: list[Up]) -> 
         assert len(lines) == 1 and "Permission denied" in lines[0], lines
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- clock jumps: the wall clock moves, no deadline does ---------------------------------
+
+FAKETIME_LIB = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+NEEDS_FAKETIME = pytest.mark.skipif(FAKETIME_LIB is None, reason="needs libfaketime (Debian faketime)")
+DAY = 86400
+
+
+def faketime_env(offset_file: Path) -> dict[str, str]:
+    """libfaketime with the wall clock read from ``offset_file`` on every call."""
+    offset_file.write_text("+10d\n")  # 10 days ahead from the start: the fake is visible
+    return {
+        "LD_PRELOAD": str(FAKETIME_LIB),
+        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
+def wall_clock_under(env: dict[str, str]) -> float:
+    out = subprocess.run(["date", "+%s"], capture_output=True, text=True, check=True,
+                         env={**os.environ, **env})  # fmt: skip
+    return float(out.stdout)
+
+
+JUMPS = pytest.mark.parametrize("jump", ["+11d", "+9d"], ids=["forward-1d", "back-1d"])
+
+
+@NEEDS_FAKETIME
+@JUMPS
+def test_clock_jump_does_not_move_the_timeout_deadline(tmp_path: Path, jump: str) -> None:
+    env = faketime_env(tmp_path / "offset")
+    assert abs(wall_clock_under(env) - time.time() - 10 * DAY) < 60  # the fake works
+    stamp = tmp_path / "started"
+    child = f"echo started > {stamp}; exec sleep 30"
+    started = time.monotonic()
+    proc = subprocess.Popen([PY, "-m", "forkwell", "timeout", "1.5", "sh", "-c", child],
+                            env={**os.environ, **env})  # fmt: skip
+    wait_until(stamp.exists, 10, "the command to start")
+    (tmp_path / "offset").write_text(jump + "\n")
+    assert abs(wall_clock_under(env) - time.time() - int(jump[1:-1]) * DAY) < 60
+    assert proc.wait(20) == 124
+    took = time.monotonic() - started
+    assert 1.4 <= took < 4, took
+
+
+@NEEDS_FAKETIME
+@JUMPS
+def test_clock_jump_does_not_move_backoff_or_grace(tmp_path: Path, ups: list[Up], jump: str) -> None:
+    env = faketime_env(tmp_path / "offset")
+    starts = tmp_path / "starts"  # /proc/uptime: a monotonic clock the programs share with us
+    up = start_up(ups, tmp_path, f"""
+        [programs.crasher]
+        command = {toml_list("sh", "-c", f"cut -d' ' -f1 /proc/uptime >> {starts}; exit 1")}
+        start_retries = 100
+        backoff_max = 0.5
+
+        [programs.stubborn]
+        command = {toml_list("sh", "-c", "trap '' TERM; sleep 30 & wait")}
+        stop_timeout = 1.5
+        """, env=env, quiet=True)  # fmt: skip
+    def count() -> int:
+        return len(starts.read_text().split()) if starts.exists() else 0
+
+    wait_until(lambda: count() >= 3, 20, "3 starts")
+    (tmp_path / "offset").write_text(jump + "\n")
+    before = count()
+    wait_until(lambda: count() >= before + 4, 20, "4 more starts")
+    times = [float(x) for x in starts.read_text().split()]
+    gaps = [b - a for a, b in zip(times[before - 1 :], times[before:], strict=False)]
+    # 0.4 s, then 0.5 s (backoff_max): neither at once nor never
+    assert all(0.3 <= g <= 1.5 for g in gaps), gaps
+    pid = up.wait_state("stubborn:0", "RUNNING")["pid"]
+    (tmp_path / "offset").write_text("+10d\n")
+    with forkwell.ControlClient(up.sock) as c:
+        started = time.monotonic()
+        # The jump lands inside the 1.5 s grace: the supervisor reads the clock
+        # when the stop begins and the program has not been SIGKILLed yet.
+        (tmp_path / "offset").write_text(jump + "\n")
+        c.request("stop", {"names": ["stubborn"]}, timeout=30)
+    took = time.monotonic() - started
+    assert not running(pid)
+    assert 1.4 <= took < 4, took
+    assert up.down() == 0
+
+
+# -- misbehaving programs ------------------------------------------------------------------
+
+
+def test_program_that_closes_stdout_and_stderr(tmp_path: Path, ups: list[Up]) -> None:
+    up = start_up(ups, tmp_path, f"""
+        [programs.mute]
+        command = {toml_list("sh", "-c", "echo bye; exec >&- 2>&-; exec sleep 30")}
+        """)  # fmt: skip
+    pid = up.wait_state("mute:0", "RUNNING")["pid"]
+    wait_until(lambda: "mute:0   | bye" in up.output() or "mute:0 | bye" in up.output(), 10, "bye")
+    cpu0, wall0 = cpu_seconds(up.proc.pid), time.monotonic()
+    wait_until(lambda: time.monotonic() - wall0 >= 0.5, 2, "half a second")  # EOF must not spin
+    assert cpu_seconds(up.proc.pid) - cpu0 < 0.1
+    assert up.rows()["mute:0"]["state"] == "RUNNING"
+    assert up.down() == 0 and not running(pid)
+    result = forkwell.run(["sh", "-c", "echo bye; exec >&- 2>&-; sleep 0.2; exit 4"],
+                          capture_output=True, timeout=10)  # fmt: skip
+    assert (result.returncode, result.stdout, result.timed_out) == (4, b"bye\n", False)
+
+
+def test_program_that_writes_without_newlines(tmp_path: Path, ups: list[Up]) -> None:
+    size = 3 << 20
+    writer = f"""
+import os, signal, sys
+for i in range({size} // 4096):
+    os.write(1, bytes([65 + i % 26]) * 4096)
+signal.pause()
+"""
+    up = start_up(ups, tmp_path, f"""
+        [programs.nolines]
+        command = {toml_list(PY, "-c", writer)}
+        """, quiet=True)  # fmt: skip
+    log = tmp_path / ".forkwell" / "logs" / "nolines.0.stdout.log"
+    # All of it reaches the log while the program still runs: a partial line is not held back.
+    wait_until(lambda: log.exists() and log.stat().st_size >= size, 20, "3 MB in the log")
+    assert status_kib(up.proc.pid, "VmHWM") < 200 * 1024
+    assert up.down() == 0
+    expected = b"".join(bytes([65 + i % 26]) * 4096 for i in range(size // 4096))
+    assert log.read_bytes() == expected
+
+
+GIGABYTE_WRITER = """
+import sys
+out = sys.stdout.buffer
+for i in range(int(sys.argv[1])):
+    out.write(i.to_bytes(8, "big") * 131072)  # 1 MiB blocks, each naming its index
+out.flush()
+"""
+
+
+def test_program_that_writes_1_gb_loses_no_byte(tmp_path: Path, ups: list[Up]) -> None:
+    mib = 1024
+    up = start_up(ups, tmp_path, f"""
+        [programs.firehose]
+        command = {toml_list(PY, "-c", GIGABYTE_WRITER, str(mib))}
+        restart = "never"
+        log_max_bytes = "2GB"
+        """, quiet=True)  # fmt: skip
+    up.wait_state("firehose:0", "EXITED", timeout=50)
+    log = tmp_path / ".forkwell" / "logs" / "firehose.0.stdout.log"
+    wait_until(lambda: log.stat().st_size >= mib << 20, 20, "1 GB in the log")
+    # The supervisor copied 1 GB through a bounded buffer: its peak RSS stays small.
+    assert status_kib(up.proc.pid, "VmHWM") < 200 * 1024
+    assert up.down() == 0
+    got, want = hashlib.sha256(), hashlib.sha256()
+    with log.open("rb") as f:
+        while block := f.read(1 << 20):
+            got.update(block)
+    for i in range(mib):
+        want.update(i.to_bytes(8, "big") * 131072)
+    assert log.stat().st_size == mib << 20 and got.hexdigest() == want.hexdigest()
+    log.unlink()
+
+
+FORKER = """
+import os, signal, sys
+pids = []
+for _ in range(1000):
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    pids.append(pid)
+with open(sys.argv[1], "w") as f:
+    f.write("\\n".join(map(str, pids)) + "\\n")
+"""
+
+
+def test_program_that_forks_1000_children_and_exits(tmp_path: Path, ups: list[Up]) -> None:
+    pids_file = tmp_path / "pids"
+    up = start_up(ups, tmp_path, f"""
+        [programs.forker]
+        command = {toml_list(PY, "-c", FORKER, str(pids_file))}
+        restart = "never"
+        stop_timeout = 2
+        """, quiet=True)  # fmt: skip
+    pids = read_pids(pids_file, 1000, timeout=30)
+    up.wait_state("forker:0", "EXITED", timeout=30)
+    # Its exit ends what it left: all 1000, reaped (the supervisor is their subreaper).
+    wait_until(lambda: not any(running(p) for p in pids), 20, "the 1000 children to end")
+    assert up.down() == 0
+    result = forkwell.run([PY, "-c", FORKER, str(pids_file)], grace=2, timeout=30)
+    assert result.returncode == 0 and not result.timed_out
+    assert not any(running(p) for p in read_pids(pids_file, 1000))
+
+
+ESCAPER = """
+import os, signal, sys
+pids = []
+for how in ("setsid", "setpgid"):
+    pid = os.fork()
+    if pid == 0:
+        os.setsid() if how == "setsid" else os.setpgid(0, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # survives exec: only SIGKILL ends it
+        os.execv("/bin/sleep", ["not-sleep-" + how, "30"])
+    pids.append(pid)
+with open(sys.argv[1], "w") as f:
+    f.write("\\n".join(map(str, [os.getpid(), *pids])) + "\\n")
+os.execv("/bin/sleep", ["renamed-parent", "30"])
+"""
+
+
+def test_program_that_changes_group_session_and_argv0(tmp_path: Path, ups: list[Up]) -> None:
+    pids_file = tmp_path / "pids"
+    up = start_up(ups, tmp_path, f"""
+        [programs.escaper]
+        command = {toml_list(PY, "-c", ESCAPER, str(pids_file))}
+        stop_timeout = 1
+        """, quiet=True)  # fmt: skip
+    pids = read_pids(pids_file, 3)
+    wait_until(lambda: all(Path(f"/proc/{p}/cmdline").read_bytes().startswith((b"not-sleep", b"renamed"))
+                           for p in pids), 10, "the renames")  # fmt: skip
+    assert len({os.getsid(p) for p in pids}) == 2 and len({os.getpgid(p) for p in pids}) == 3
+    with forkwell.ControlClient(up.sock) as c:
+        c.request("stop", {"names": ["escaper"]}, timeout=30)
+    assert not any(running(p) for p in pids)
+    assert up.down() == 0
