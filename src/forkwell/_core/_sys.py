@@ -186,6 +186,22 @@ def last_pid() -> int | None:
         return None
 
 
+def free_fds() -> int | None:
+    """How many more fds this process may open (RLIMIT_NOFILE), or None if unknown."""
+    if not HAVE_PROC:
+        return None
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        used = len(os.listdir("/proc/self/fd")) - 1  # listdir's own fd
+    except OSError:
+        return 0
+    return max(0, soft - used)
+
+
 def close_fds_except(keep: set[int]) -> None:
     """Close every fd >= 3 except ``keep``, in a few syscalls (close_range on Linux)."""
     lo = 3

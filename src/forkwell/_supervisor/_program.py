@@ -46,7 +46,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .._core import _tree
+from .._core import _sys, _tree
 from .._core._process import Process, spawn
 from .._core._state import check
 from .._core._status import describe_exit, signal_name
@@ -239,11 +239,18 @@ class Instance:
     def spawn(self) -> None:
         """Start the process now (state STARTING); on failure, a failed start."""
         assert self.state is S.STARTING
+        free = _sys.free_fds()
+        if free is not None and free < FD_RESERVE:
+            # Ending trees needs fds too (pidfds, /proc): never spend the last ones.
+            self._failed_start(f"too many open files: {free} left under RLIMIT_NOFILE, "
+                               f"{FD_RESERVE} are kept free to stop programs")  # fmt: skip
+            return
         try:
             self._open_io()
         except OSError as exc:
             # This runs from timers and exit callbacks too: report, never raise.
-            self._failed_start(f"cannot open its log files: {exc.strerror or exc}: {exc.filename}")
+            where = f": {exc.filename}" if exc.filename else ""  # pipe(2) names no file
+            self._failed_start(f"cannot open its pipes and log files: {exc.strerror or exc}{where}")
             return
         proc = self._spawn_process()
         if proc is None:
@@ -538,6 +545,11 @@ async def _end_group(proc: Process, sig: int, grace: float) -> None:
         await asyncio.sleep(0.05)
     with contextlib.suppress(OSError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+#: fds a start must leave free: a stop needs a pidfd per member and one /proc
+#: read at a time, a control connection one more.
+FD_RESERVE = 16
 
 
 def _success(cfg: ProgramConfig, rc: int) -> bool:
