@@ -14,6 +14,7 @@ lists each fault, how it is provoked, what forkwell does and the test here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Any
 
 import pytest
 from helpers import IS_ROOT, PY, public_sources, read_pids, running, wait_until
+from leakcheck import TEST_ID_VAR, find_leaks
 
 import forkwell
 
@@ -41,6 +43,18 @@ NEEDS_UNSHARE = pytest.mark.skipif(not (IS_ROOT and HAVE_UNSHARE), reason="needs
 # An uid no account uses: RLIMIT_NPROC counts every process of the real uid,
 # and `nobody` may be busy with another test or service at the same time.
 LONELY_UID = 54321
+
+
+def nothing_left() -> None:
+    """Assert the test left no process, killing any it did first (for xfail'd open bugs:
+    the autouse leak check would otherwise turn the known failure into a teardown error)."""
+    leaks = find_leaks(os.environ[TEST_ID_VAR])
+    for pid in leaks:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in leaks:
+        wait_until(lambda pid=pid: not running(pid), 5, f"{pid} to die")
+    assert not leaks, leaks
 
 
 def toml_list(*argv: str) -> str:
@@ -173,10 +187,19 @@ else:
 """
 
 
-@pytest.mark.parametrize("spare", [0, 1, 2, 3, 4, 6, 8])
+# OPEN BUG (reported, not fixed): a /proc read that fails with EMFILE reads as
+# "process gone" (_core/_proc.read_stat), so a scan can miss a member.
+_EMFILE_MISS = pytest.mark.xfail(
+    strict=False, raises=AssertionError,
+    reason="open bug: a /proc read failing with EMFILE looks like a gone process",
+)
+
+
+@pytest.mark.parametrize("spare", [0, 1, 2, 3, 4, pytest.param(6, marks=_EMFILE_MISS), 8])
 def test_emfile_in_run_is_a_clear_error_and_leaves_nothing(spare: int) -> None:
     out = subprocess.run([PY, "-c", RUN_UNDER_NOFILE, str(spare)], capture_output=True,
                          text=True, timeout=30)  # fmt: skip
+    nothing_left()
     assert out.returncode == 0 and out.stderr == "", out
     line = out.stdout.strip()
     assert "\n" not in line, out
@@ -204,7 +227,17 @@ _EMFILE_HANG = pytest.mark.xfail(
 def test_emfile_in_forkwell_timeout_exits_125_with_one_line(nofile: int) -> None:
     argv = ["prlimit", f"--nofile={nofile}", PY, "-m", "forkwell", "timeout", "0.3",
             "sh", "-c", "sleep 30 & sleep 30"]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=8)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the hung forkwell
+        with contextlib.suppress(AssertionError):
+            nothing_left()  # and the tree it left, which holds the pipes
+        proc.communicate()
+        raise
+    out = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     if out.returncode == 124:  # enough fds after all: the deadline ended the tree
         assert out.stderr in ("", "Terminated\n"), out  # sh's word for its sleep
         return
@@ -305,7 +338,8 @@ def test_enomem_in_a_program_under_up_is_fatal_with_its_exit(tmp_path: Path, ups
         backoff_max = 0.1
         """)  # fmt: skip
     up.wait_state("greedy:0", "FATAL")
-    assert "greedy:0 is FATAL: exited with status 1 after" in up.output(), up.output()
+    fatal = "greedy:0 EXITED -> FATAL (exited with status 1 after"
+    wait_until(lambda: fatal in up.output(), 10, "the FATAL line")
     err = (tmp_path / ".forkwell" / "logs" / "greedy.0.stderr.log").read_text()
     assert err.count("MemoryError") == 2, err  # start_retries = 2: two starts
     assert up.down() == 0
