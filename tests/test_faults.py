@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -287,7 +286,7 @@ def test_eagain_on_fork_under_forkwell_up_is_a_failed_start(ups: list[Up]) -> No
     directory = public_dir(LONELY_UID)
     try:
         # The supervisor, its watchdog and two programs: the rest cannot fork.
-        up = start_up(ups, directory, f"""
+        up = start_up(ups, directory, """
             [programs.web]
             command = ["sleep", "30"]
             numprocs = 4

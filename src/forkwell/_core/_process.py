@@ -84,7 +84,7 @@ class Process(metaclass=_FromFactory):
         # Without /proc no cookie can be read: a Tree would find no member, not
         # even the root, and signal nobody.  The process group is then the tree.
         tracked = token is not None and _sys.HAVE_PROC
-        self.tree = _tree.Tree(token, self.pid, not_before) if tracked else None
+        self.tree = _tree.Tree(token, self.pid, not_before) if token and tracked else None
         self.stdin = popen.stdin
         self.stdout = popen.stdout
         self.stderr = popen.stderr
