@@ -51,6 +51,7 @@ from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
 from ._session import Session
+from ._signals import SignalRelay
 from ._tracking import Tracker, TreeEnder
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class Supervisor:
         self._watchdog = self._session.watchdog
         self._tracker = Tracker(self._loops, self._watchdog)
         self._early = EarlySignals()
+        self._relay: SignalRelay | None = None
         self._done: asyncio.Future[int] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self.startup_failures: list[OpResult] = []
@@ -199,6 +201,10 @@ class Supervisor:
         await self._trees.end_tree(tree, sig, grace, include_root=include_root)
 
     def _note(self, text: str) -> None:
+        self._log.note(text)
+
+    def note(self, text: str) -> None:
+        """A line in the event log (an instance's news that is not a transition)."""
         self._log.note(text)
 
     # -- read side ------------------------------------------------------------
@@ -448,10 +454,14 @@ class Supervisor:
         return code
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        loop.add_signal_handler(signal.SIGCHLD, self._tracker.reap)
+        # SIGCHLD first in each dispatch: exits are known before a stop acts.
+        self._relay = SignalRelay(loop, {
+            signal.SIGCHLD: self._tracker.reap,
+            signal.SIGTERM: self._request_shutdown,
+            signal.SIGINT: self._request_shutdown,
+            signal.SIGHUP: self._request_reload,
+        })  # fmt: skip
+        self._relay.install()
         self._tracker.reap()  # whatever exited before the handler existed
         for sig in self._early_signals:  # what arrived during prestart()
             if sig == signal.SIGHUP:
@@ -479,8 +489,8 @@ class Supervisor:
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         """After the last program stopped: give back everything run() took."""
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            loop.remove_signal_handler(sig)
+        if self._relay is not None:
+            self._relay.uninstall()
         self._tracker.reap()
         self._session.close()
         self._env.close()
