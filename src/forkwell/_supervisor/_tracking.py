@@ -195,12 +195,9 @@ class TreeEnder:
         if fds:
             await self._wait_fds(fds, until)
         else:
-            fut: asyncio.Future[None] = loop.create_future()
-            timer = loop.call_at(until, resolve, fut)
-            try:
-                await fut
-            finally:
-                timer.cancel()
+            import asyncio  # running in its loop: imported already
+
+            await asyncio.sleep(max(0.0, until - loop.time()))
         return loop.time() < deadline
 
     async def _wait_fds(self, fds: list[int], deadline: float) -> bool:
