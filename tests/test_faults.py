@@ -416,9 +416,9 @@ def test_no_pidfd_run_ends_the_tree_without_waiting_out_the_grace() -> None:
     code = (
         "import forkwell\n"
         f"r = forkwell.run(['sh', '-c', {TREE!r}], timeout=0.3, grace=10)\n"
-        "print(r.returncode, r.timed_out, r.duration < 3)\n"
+        "print(r.returncode, r.timed_out, r.duration < 8)\n"
         "r = forkwell.run(['sh', '-c', 'sleep 30 & exit 3'], grace=10)\n"
-        "print(r.returncode, r.duration < 3)\n"
+        "print(r.returncode, r.duration < 8)\n"
     )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30,
                          env={**os.environ, **NO_PIDFD})  # fmt: skip
@@ -431,7 +431,7 @@ def test_no_pidfd_forkwell_timeout() -> None:
     out = subprocess.run([PY, "-m", "forkwell", "timeout", "-k", "10", "0.3", "sh", "-c", TREE],
                          capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
     assert out.returncode == 124 and out.stderr == "", out
-    assert time.monotonic() - started < 5, "waited out the -k grace"
+    assert time.monotonic() - started < 8, "waited out the -k grace"
     out = subprocess.run([PY, "-m", "forkwell", "timeout", "5", "sh", "-c", "exit 3"],
                          capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
     assert out.returncode == 3 and out.stderr == "", out
