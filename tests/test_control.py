@@ -1168,6 +1168,6 @@ def test_the_parser_agrees_with_argparse_on_generated_command_lines() -> None:
             diverged += 1
     assert agreed > 3000 and accepted > 300 and diverged < 600, (agreed, accepted, diverged)
     assert vars(parse(DECLARED["logs"], ["web", "-n", "3", "-f"])) == {
-        "config": None, "socket": None, "names": ["web"], "lines": 3, "follow": True,
+        "config": None, "format": None, "socket": None, "names": ["web"], "lines": 3, "follow": True,
         "stderr": False,
     }  # fmt: skip

@@ -25,6 +25,8 @@ from .._supervisor._control._discovery import find_socket
 from ._options import (
     CONFIG,
     FLOAT,
+    FORMAT,
+    PROCFILE_OPTIONS,
     SIGNAL,
     SOCKET,
     Command,
@@ -53,7 +55,8 @@ def _target(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
-_NAMES_HELP = "program (all its instances), program:N (one instance) or 'all'"
+_NAMES_HELP = ("program (all its instances), program:N (one instance), a group (GROUP or "
+               "GROUP:*) or 'all'")
 _NAMES = Operand("NAME", _NAMES_HELP, nargs="+", dest="names")
 _NO_WAIT = Option(("--no-wait",), None, "return once the request is taken")
 _EXITS = (
@@ -78,8 +81,8 @@ def _control(name: str, description: str, *pieces: Option | Operand, **more: Any
     operands = tuple(p for p in pieces if isinstance(p, Operand))
     more.setdefault("exits", _EXITS)
     more.setdefault("notes", "See docs/control.md.")
-    return Command(name, description, options=(CONFIG, SOCKET, *options), operands=operands,
-                   words=_WORDS, **more)  # fmt: skip
+    return Command(name, description, options=(CONFIG, FORMAT, SOCKET, *options),
+                   operands=operands, words=_WORDS, **more)  # fmt: skip
 
 
 _OP_WORDS = {"start": ("Start instances and wait until each is RUNNING (ready) or has failed; "
@@ -156,11 +159,12 @@ DECLARED = {
     ),
     "check": Command(
         "check",
-        "Validate a config file without a running supervisor; list every error.",
-        options=(CONFIG,),
+        "Validate a config file without a running supervisor; list every error.\n"
+        "A Procfile is read with the options 'forkwell up' would be given.",
+        options=(CONFIG, FORMAT, *PROCFILE_OPTIONS),
         exits=(("0", "the config is valid (prints its programs and socket)"),
                ("2", "bad usage, or an invalid config (every error is listed)")),
-        examples=("forkwell check -c deploy/forkwell.toml",),
+        examples=("forkwell check -c deploy/forkwell.toml", "forkwell check -c supervisord.conf"),
     ),
 }  # fmt: skip
 
@@ -198,7 +202,7 @@ def _silence_stdout() -> None:
 
 
 def _connect(ns: SimpleNamespace) -> ControlClient:
-    return ControlClient(find_socket(ns.socket, ns.config))
+    return ControlClient(find_socket(ns.socket, ns.config, fmt=ns.format))
 
 
 # -- ps -------------------------------------------------------------------
@@ -422,21 +426,23 @@ def _logs(prog: str, ns: SimpleNamespace) -> int:
 
 def _check(prog: str, ns: SimpleNamespace) -> int:
     from .._exceptions import ConfigError
-    from .._supervisor._config import DEFAULT_FILE, load_config
+    from . import _fleetfile
 
-    path = ns.config or DEFAULT_FILE
+    path = _fleetfile.choose(prog, ns.config)
     try:
-        config = load_config(path)
+        loaded = _fleetfile.load(prog, ns, path)
     except ConfigError as exc:
         n = len(exc.errors)
         _err(prog, f"{path}: {n} error{'s' if n != 1 else ''}")
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
+    config = loaded.config
     programs = config.programs
     instances = sum(p.numprocs for p in programs.values())
     print(
-        f"{path}: ok ({len(programs)} program{'s' if len(programs) != 1 else ''},"
+        f"{path}: ok ({'' if loaded.format == 'toml' else loaded.format + '; '}"
+        f"{len(programs)} program{'s' if len(programs) != 1 else ''},"
         f" {instances} instance{'s' if instances != 1 else ''}; socket {config.supervisor.socket})"
     )
     return EXIT_OK

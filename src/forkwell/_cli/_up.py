@@ -6,11 +6,13 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._options import CONFIG, DURATION, SOCKET, Command, Option
+from ._options import CONFIG, DURATION, FORMAT, PROCFILE_OPTIONS, SOCKET, Command, Option
 from ._parser import parse_or_report as _parse_or_report
 from ._parser import report_usage
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
     from types import SimpleNamespace
 
     from .._supervisor._config import Config
@@ -25,6 +27,7 @@ output in rotated log files, and serve the control socket for 'forkwell ps',
 also printed as 'HH:MM:SS web:0 | line'.""",
     options=(
         CONFIG,
+        FORMAT,
         Option(("-q", "--quiet"), None,
                "do not echo program output and events (log files are still written)"),
         Option(("-d", "--detach"), None,
@@ -35,6 +38,7 @@ also printed as 'HH:MM:SS web:0 | line'.""",
         Option(("--exit-after",), "SECONDS",
                "stop everything and exit 0 after this long (demos, CI); e.g. 10, 1.5m",
                DURATION),
+        *PROCFILE_OPTIONS,
     ),
     notes="""\
 Ctrl-C or SIGTERM stops every program (dependents first, whole process
@@ -50,6 +54,8 @@ SIGHUP reloads the config file.""",
     ),
     examples=(
         "forkwell up -c examples/demo.toml",
+        "forkwell up -c Procfile -m web=2         # as 'foreman start -m web=2'",
+        "forkwell up -c supervisord.conf --detach && forkwell ps -c supervisord.conf",
         "forkwell up -c examples/demo.toml --exit-after 10     # a demo that ends itself",
         "forkwell up --detach && forkwell ps",
     ),
@@ -64,31 +70,38 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
         return args
     if args.pidfile and not args.detach:
         return report_usage(UP, prog, "--pidfile needs --detach")
-    config = _load(prog, args.config)
-    if isinstance(config, int):
-        return config
+    loaded = _load(prog, args)
+    if isinstance(loaded, int):
+        return loaded
+    config, reader = loaded
     if args.detach:
         failed = _detach(prog, args.pidfile)
         if failed:
             return failed
-    return _serve(config, args, prog)
+    return _serve(config, reader, args, prog)
 
 
-def _load(prog: str, path: str | None) -> Config | int:
-    """The config, or the exit status once every problem in it is printed."""
+def _load(prog: str, args: SimpleNamespace) -> tuple[Config, Callable[[Path], Config]] | int:
+    """The config and how to read it again (reload), or the exit status once its problems
+    are printed."""
     from .._exceptions import ConfigError
-    from .._supervisor._config import DEFAULT_FILE, load_config
+    from . import _fleetfile
 
+    path = _fleetfile.choose(prog, args.config)
     try:
-        return load_config(path or DEFAULT_FILE)
+        loaded = _fleetfile.load(prog, args, path)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{prog}: {line}", file=sys.stderr)
-        if len(exc.errors) > 1:
-            print(f"{prog}: {len(exc.errors)} problems; nothing was started", file=sys.stderr)
-        return 2
+        return _fleetfile.report(prog, exc.errors)
     except KeyboardInterrupt:
         return 130
+    options = _fleetfile.procfile_options(args)
+
+    def reader(path: Path) -> Config:
+        from .._supervisor._formats._load import load
+
+        return load(path, loaded.format, options).config
+
+    return loaded.config, reader
 
 
 def _detach(prog: str, pidfile: str | None) -> int:
@@ -110,13 +123,16 @@ def _detach(prog: str, pidfile: str | None) -> int:
     return 0
 
 
-def _serve(config: Config, args: SimpleNamespace, prog: str) -> int:
+def _serve(
+    config: Config, reader: Callable[[Path], Config], args: SimpleNamespace, prog: str
+) -> int:
     from pathlib import Path
 
     from .._exceptions import ForkwellError
     from .._supervisor._engine import Supervisor
 
     supervisor = Supervisor(config, quiet=args.quiet or args.detach)
+    supervisor.reader = reader
     # The same precedence as the control commands: --socket, $FORKWELL_SOCKET, the config.
     socket_path = args.socket or os.environ.get("FORKWELL_SOCKET")
     if socket_path:

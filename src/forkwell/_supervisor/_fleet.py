@@ -106,6 +106,11 @@ def dependents_closure(config: Config, program: str) -> set[str]:
     return out
 
 
+def _ranked(config: Config) -> list[str]:
+    """Program names by ``priority`` (lower first), then file order: the order they start in."""
+    return sorted(config.programs, key=lambda name: config.programs[name].priority)
+
+
 class Fleet:
     """The instances of a config's programs, started and stopped in dependency order.
 
@@ -117,7 +122,7 @@ class Fleet:
         self.config = config
         self._on_change = on_change
         self.programs: dict[str, list[Instance]] = {
-            prog.name: self.new_instances(prog, 0) for prog in config.programs.values()
+            name: self.new_instances(config.programs[name], 0) for name in _ranked(config)
         }
         self.closed = False  # shutting down: from now on nothing starts
         self._graceful: asyncio.Task[None] | None = None
@@ -135,7 +140,10 @@ class Fleet:
         return {inst.name: inst for inst in self.all()}
 
     def resolve(self, names: Sequence[str]) -> list[str]:
-        """Instance names for ``"web"`` (all its instances), ``"web:1"`` or ``"all"``."""
+        """Instance names for ``"web"`` (all its instances), ``"web:1"`` or ``"all"``.
+
+        A group (``group = "g"``) is named ``g`` or ``g:*``, as supervisorctl names it.
+        """
         by_name = self.by_name()
         out: dict[str, None] = {}
         for name in names:
@@ -146,24 +154,33 @@ class Fleet:
             elif name in by_name:
                 out[name] = None
             else:
-                raise self._unknown(name)
+                members = self.group(name.removesuffix(":*"))
+                if not members:
+                    raise self._unknown(name)
+                out.update(dict.fromkeys(i.name for i in members))
         return list(out)
+
+    def group(self, name: str) -> list[Instance]:
+        """Every instance of the programs whose ``group`` is ``name``."""
+        return [i for i in self.all() if i.config.process_group == name]
 
     def _unknown(self, name: str) -> UnknownProgramError:
         program, colon, _ = name.partition(":")
         if colon and program in self.programs:
-            count = len(self.programs[program])
+            insts = self.programs[program]
             return UnknownProgramError(
                 f"unknown instance {name!r}: {program} has instances "
-                f"{program}:0..{program}:{count - 1}"
-                if count
+                f"{insts[0].name}..{insts[-1].name}"
+                if insts
                 else f"unknown instance {name!r}: {program} has no instances (numprocs 0)"
             )
         return self.unknown_program(name)
 
     def unknown_program(self, name: str) -> UnknownProgramError:
         known = ", ".join(self.programs) or "(none)"
-        return UnknownProgramError(f"unknown program {name!r} (programs: {known})")
+        groups = sorted({i.config.process_group for i in self.all() if i.config.process_group})
+        also = f"; groups: {', '.join(groups)}" if groups else ""
+        return UnknownProgramError(f"unknown program {name!r} (programs: {known}{also})")
 
     def lookup(self, names: Iterable[str]) -> list[Instance]:
         by_name = self.by_name()
@@ -224,13 +241,23 @@ class Fleet:
         order += [p for p in by_program if p not in order]  # removed by a reload
         loop = self.host.aio_loop
         for program in reversed(order):
-            first = [tasks[q] for q in dependents_closure(self.config, program) if q in tasks]
+            # Only tasks made already are awaited (the reverse start order): no cycle.
+            after = dependents_closure(self.config, program) | self._stops_before(program)
+            first = [tasks[q] for q in after if q in tasks]
             tasks[program] = loop.create_task(stop_program(by_program[program], first))
         try:
             await asyncio.gather(*tasks.values())
         finally:
             for task in tasks.values():
                 task.cancel()
+
+    def _stops_before(self, program: str) -> set[str]:
+        """Programs with a higher ``priority``: supervisord stops them first."""
+        programs = self.config.programs
+        mine = programs[program].priority if program in programs else None
+        if mine is None:
+            return set()
+        return {name for name, p in programs.items() if p.priority > mine}
 
     async def remove(self, insts: list[Instance]) -> None:
         """Stop ``insts`` for good: their pipes and log files are closed too."""
@@ -304,6 +331,7 @@ class Fleet:
                         inst.config = prog
             else:
                 programs[name] = self.new_instances(prog, 0)
+        programs = {name: programs[name] for name in _ranked(config)}
         self.config = config
         self.programs = programs
         self._on_change()

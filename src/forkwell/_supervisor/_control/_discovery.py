@@ -17,20 +17,30 @@ DEFAULT_SOCKET_SETTING = ".forkwell/forkwell.sock"
 
 
 def find_socket(
-    socket_opt: str | None, config_opt: str | None, env: dict[str, str] | None = None
+    socket_opt: str | None,
+    config_opt: str | None,
+    env: dict[str, str] | None = None,
+    fmt: str | None = None,
 ) -> str:
     """The control socket's path: ``--socket``, then ``$FORKWELL_SOCKET``, then the config.
 
-    The config's ``[supervisor] socket`` is read with a small scanner so the
-    CLI does not pay for tomllib and the engine; anything the scanner is not
-    sure about falls back to the real config loader.
+    The config is ``config_opt``, else the first of ``forkwell.toml``,
+    ``Procfile``, ``process-compose.yaml``, ``supervisord.conf`` here, in the
+    format ``fmt`` or its name says.  A TOML file's ``[supervisor] socket``
+    is read with a small scanner so the CLI does not pay for tomllib and the
+    engine; anything the scanner is not sure about falls back to a real
+    TOML parse.  The other formats are read by their own readers.
     """
+    from .._formats._detect import TOML, detect, find_default
+
     environ = os.environ if env is None else env
     if socket_opt:
         return os.path.abspath(socket_opt)
     if environ.get(SOCKET_ENV):
         return os.path.abspath(environ[SOCKET_ENV])
-    config = os.path.abspath(config_opt or DEFAULT_CONFIG)
+    config = os.path.abspath(config_opt or find_default() or DEFAULT_CONFIG)
+    if detect(config, fmt) != TOML:
+        return resolve_socket_setting(_socket_setting_of(config, fmt), config)
     try:
         with open(config, "rb") as f:
             text = f.read().decode()
@@ -116,6 +126,25 @@ def resolve_socket_setting(value: str | None, config_path: str) -> str:
     base = os.path.realpath(os.path.dirname(config_path) or ".")
     setting = DEFAULT_SOCKET_SETTING if value is None else value
     return os.path.realpath(os.path.join(base, os.path.expanduser(setting)))
+
+
+def _socket_setting_of(config: str, fmt: str | None) -> str | None:
+    """``[supervisor] socket`` as a Procfile, supervisord.conf or process-compose.yaml says it.
+
+    The file is read by its format's reader, without validating the rest:
+    a file broken after ``forkwell up`` still finds the running supervisor.
+    """
+    from ..._exceptions import ConfigError
+    from .._formats._load import read
+
+    try:
+        _, imported = read(config, fmt)
+    except ConfigError:
+        return None
+    if imported is None:
+        return None
+    value = imported.data.get("supervisor", {}).get("socket")
+    return value if isinstance(value, str) and value else None
 
 
 def _socket_setting_from_toml(text: str) -> str | None:
