@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._options import CONFIG, DURATION, FORMAT, PROCFILE_OPTIONS, SOCKET, Command, Option
 from ._parser import parse_or_report as _parse_or_report
@@ -161,7 +161,9 @@ def _serve(
                 loop.call_later(args.exit_after, lambda: loop.create_task(supervisor.shutdown()))
             return await supervisor.run()
 
-        code = asyncio.run(serve())
+        loop = _new_loop(asyncio)
+        with asyncio.Runner(loop_factory=lambda: loop) as runner:
+            code = runner.run(serve())
     except ForkwellError as exc:
         _report_detached_failure(args.detach, exc)
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -173,6 +175,27 @@ def _serve(
     except KeyboardInterrupt:  # Ctrl-C before the loop handled signals
         return 130
     return code
+
+
+def _new_loop(asyncio: Any) -> Any:
+    """The event loop; an OSError (EMFILE: no fd for its self-pipe) is the one-line error.
+
+    A loop that failed half-built prints a traceback from ``__del__`` at exit
+    (it closes a self-pipe it never made): collect it here, quietly.
+    """
+    import gc
+
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _unraisable: None
+    try:
+        try:
+            return asyncio.new_event_loop()
+        except OSError as exc:
+            # A fresh error: the original's traceback would keep the loop alive.
+            error = OSError(exc.errno, f"cannot create its event loop: {exc.strerror}")
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    raise error
 
 
 def _report_detached_failure(detached: bool, exc: BaseException) -> None:

@@ -25,6 +25,8 @@ delegated; process groups are the fallback where ``/proc`` is missing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import select
 import signal
@@ -263,6 +265,7 @@ class Tree:
         # must never make a later stop skip anyone.
         self._round_sig: int | None = None
         self._round: set[tuple[int, int]] = set()
+        self._blind = False  # the last scan failed for want of fds (EMFILE)
 
     # -- discovery -----------------------------------------------------------
 
@@ -273,10 +276,24 @@ class Tree:
 
     def members(self, include_root: bool = True) -> dict[int, ProcStat]:
         roots = (self.root,) if include_root else ()
-        if self.own_subtree:
-            found = walk_subtree({self.token: tuple(roots)}).get(self.token, {})
-        else:
-            found = find_tree(self.token, roots, self.not_before)
+        try:
+            if self.own_subtree:
+                found = walk_subtree({self.token: tuple(roots)}).get(self.token, {})
+            else:
+                found = find_tree(self.token, roots, self.not_before)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # No fd to read /proc with: the next signal goes to the root's
+            # process group, the one tree known without /proc.
+            self._blind = True
+            return {}
+        if include_root and self.root not in found and read_stat(self.root) is None:
+            # /proc says nothing of a root that kill(0) still reaches: the
+            # reads failed (EMFILE swallowed by read_stat), not the process.
+            with contextlib.suppress(OSError):
+                os.kill(self.root, 0)
+                self._blind = True
         if not include_root:
             found.pop(self.root, None)
         return found
@@ -309,6 +326,10 @@ class Tree:
         """
         if members is None:
             members = self.members()
+        if self._blind:
+            self._blind = False
+            with contextlib.suppress(OSError):
+                os.killpg(self.root, sig)
         if not only_new or sig != self._round_sig:
             self._round_sig = sig
             self._round = set()

@@ -46,7 +46,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .._core import _tree
+from .._core import _sys, _tree
 from .._core._process import Process, spawn
 from .._core._state import check
 from .._core._status import describe_exit, signal_name
@@ -234,11 +234,18 @@ class Instance:
     def spawn(self) -> None:
         """Start the process now (state STARTING); on failure, a failed start."""
         assert self.state is S.STARTING
+        free = _sys.free_fds()
+        if free is not None and free < FD_RESERVE:
+            # Ending trees needs fds too (pidfds, /proc): never spend the last ones.
+            self._failed_start(f"too many open files: {free} left under RLIMIT_NOFILE, "
+                               f"{FD_RESERVE} are kept free to stop programs")  # fmt: skip
+            return
         try:
             self._open_io()
         except OSError as exc:
             # This runs from timers and exit callbacks too: report, never raise.
-            self._failed_start(f"cannot open its log files: {exc.strerror or exc}: {exc.filename}")
+            where = f": {exc.filename}" if exc.filename else ""  # pipe(2) names no file
+            self._failed_start(f"cannot open its pipes and log files: {exc.strerror or exc}{where}")
             return
         proc = self._spawn_process()
         if proc is None:
@@ -419,6 +426,8 @@ class Instance:
                     proc.tree, self.config.stop_signal, self.config.stop_timeout,
                     include_root=False,
                 )  # fmt: skip
+            elif proc.tree is None:
+                await _end_group(proc, self.config.stop_signal, self.config.stop_timeout)
         finally:
             proc.close()
 
@@ -428,6 +437,8 @@ class Instance:
         """End ``proc``'s whole tree (``sig``, ``grace``, SIGKILL) and reap it."""
         if proc.tree is not None:
             await self.host.end_tree(proc.tree, sig, grace)
+        else:
+            await _end_group(proc, sig, grace)
         if proc.poll() is None:
             # The tree scan no longer sees it (a zombie not yet reaped, or
             # it cannot be scanned): make sure, and wait for the exit callback.
@@ -514,6 +525,30 @@ class Instance:
             proc.signal_tree(sig)
             return True
         return proc.send_signal(sig)
+
+
+async def _end_group(proc: Process, sig: int, grace: float) -> None:
+    """No /proc, so no Tree: the process group is the tree (``_core/_sys`` table).
+
+    ``sig`` to the group, up to ``grace`` for the program to exit (polled:
+    nothing else wakes us for the group), then SIGKILL to whatever is left
+    of the group.  A descendant that left it (``setsid``) cannot be found.
+    """
+    import asyncio  # the engine's loop is running: asyncio is imported already
+
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, sig)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(grace, 0.0)
+    while proc.returncode is None and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+#: fds a start must leave free: a stop needs a pidfd per member and one /proc
+#: read at a time, a control connection one more.
+FD_RESERVE = 16
 
 
 def _success(cfg: ProgramConfig, rc: int) -> bool:
