@@ -628,6 +628,7 @@ signal.pause()
     up = start_up(ups, tmp_path, f"""
         [programs.nolines]
         command = {toml_list(PY, "-c", writer)}
+        log_markers = false  # the log is compared with the program's bytes
         """, quiet=True)  # fmt: skip
     log = tmp_path / ".forkwell" / "logs" / "nolines.0.stdout.log"
     # All of it reaches the log while the program still runs: a partial line is not held back.
@@ -659,6 +660,7 @@ def test_program_that_writes_1_gb_loses_no_byte(tmp_path: Path, ups: list[Up]) -
         command = {toml_list(PY, "-c", GIGABYTE_WRITER, str(mib))}
         restart = "never"
         log_max_bytes = "2GB"
+        log_markers = false  # the log is compared with the program's bytes
         """, quiet=True)  # fmt: skip
     up.wait_state("firehose:0", "EXITED", timeout=50)
     log = tmp_path / ".forkwell" / "logs" / "firehose.0.stdout.log"
