@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from helpers import PY
 
+import forkwell
 from forkwell._supervisor._config import PROGRAM_KEYS
 from forkwell._supervisor._export import _kubernetes, _systemd
 
@@ -308,7 +309,13 @@ def test_what_kubernetes_cannot_express_is_said_above_the_object(tmp_path: Path)
 def test_a_loopback_port_is_probed_from_inside_the_container() -> None:
     docs = by_name(manifests(EXAMPLES / "demo.toml"))
     web = docs["Deployment", "demo-web"]["spec"]["template"]["spec"]["containers"][0]
-    assert web["readinessProbe"]["exec"]["command"] == ["forkwell", "probe", "tcp:127.0.0.1:8765"]
+    program = forkwell.load_config(EXAMPLES / "demo.toml").programs["web"]
+    assert program.ready.host == "127.0.0.1"  # the kubelet's own check would miss it
+    assert web["readinessProbe"]["exec"]["command"] == ["forkwell", "probe", str(program.ready)]
+    if program.liveness is not None:  # the same, for liveness
+        live = web["livenessProbe"]
+        assert live["exec"]["command"] == ["forkwell", "probe", str(program.liveness)]
+        assert live["failureThreshold"] == program.liveness_failures
 
 
 def test_pod_runs_forkwell_up_with_the_grace_of_the_longest_stop_chain(tmp_path: Path) -> None:

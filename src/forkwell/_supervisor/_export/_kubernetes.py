@@ -14,10 +14,12 @@ Objects are plain dicts; :func:`render` writes them as YAML with PyYAML (the
 
 from __future__ import annotations
 
+import math
 import signal
 from typing import Any, NamedTuple
 
 from .._config import Config, ProgramConfig
+from .._probespec import ProbeSpec
 from ._common import Site, argv, object_name, seconds, shutdown_seconds
 
 #: forkwell.toml key -> what the manifest says (docs/deploy.md's Kubernetes column).
@@ -51,6 +53,19 @@ MAPPING: dict[str, str] = {
     "instance_name": "not expressible: a pod is named by Kubernetes",
     "port": "env PORT (the same in every replica: each pod has its own address)",
     "name_variables": "env from the pod's name (metadata.name)",
+    "env_file": "not expressed: a comment (make a ConfigMap with kubectl create configmap "
+    "--from-env-file, and envFrom it)",
+    "env_file_optional": "not expressed (with env_file)",
+    "liveness": "livenessProbe (tcpSocket, httpGet, or exec forkwell probe / sh -c); "
+    "watchdog: not expressible (a comment)",
+    "liveness_period": "livenessProbe.periodSeconds",
+    "liveness_timeout": "livenessProbe.timeoutSeconds",
+    "liveness_failures": "livenessProbe.failureThreshold",
+    "liveness_delay": "livenessProbe.initialDelaySeconds",
+    "watchdog_sec": "not expressible (a comment, with liveness)",
+    "essential": "not expressible: a pod's containers restart alone (a comment)",
+    "log_timestamps": "the container runtime timestamps every line (kubectl logs --timestamps)",
+    "log_markers": "the kubelet records each start and exit (kubectl describe)",
 }
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -83,8 +98,9 @@ def render(manifests: list[Manifest], header: str) -> str:
 
     parts = [_comment(header.splitlines())]
     for m in manifests:
-        text = yaml.dump(m.body, Dumper=Dumper, sort_keys=False, default_flow_style=False,
-                         width=100)
+        text = yaml.dump(
+            m.body, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=100
+        )
         parts.append(f"---\n{_comment(m.notes)}{text}")
     return "".join(parts)
 
@@ -104,7 +120,7 @@ def _metadata(site: Site, name: str) -> dict[str, Any]:
 
 def _program(site: Site, program: ProgramConfig, image: str) -> list[Manifest]:
     name = object_name(site, program.name)
-    notes = [f"{program.name}: {n}" for n in _unexpressed(program)]
+    notes = [f"{program.name}: {n}" for n in _unexpressed(site, program)]
     container: dict[str, Any] = {"name": name, "image": image, **_command(site, program)}
     container["workingDir"] = str(site.moved(program.directory))
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in program.environment.items()]
@@ -144,8 +160,10 @@ def _workload(
         return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(site, name),
                 "spec": {"parallelism": replicas, "completions": replicas,
                          "backoffLimit": 0, "template": template}}  # fmt: skip
-    body: dict[str, Any] = {"replicas": replicas,
-                            "selector": {"matchLabels": {"app.kubernetes.io/name": name}}}
+    body: dict[str, Any] = {
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+    }
     if program.ready.kind == "delay":
         assert program.ready.seconds is not None
         body["minReadySeconds"] = seconds(program.ready.seconds)
@@ -160,12 +178,21 @@ def _command(site: Site, program: ProgramConfig) -> dict[str, Any]:
 
 
 def _port(program: ProgramConfig) -> int | None:
-    return program.ready.port if program.ready.kind == "tcp" else None
+    return program.ready.port if program.ready.kind in ("tcp", "http") else None
 
 
 def _handler(site: Site, program: ProgramConfig) -> dict[str, Any] | None:
     """How the kubelet probes ``ready``, from inside the container; None: it cannot."""
-    ready = program.ready
+    return _handler_of(site, program.ready)
+
+
+def _handler_of(site: Site, ready: ProbeSpec) -> dict[str, Any] | None:
+    """How the kubelet runs one probe; None: it cannot (delay, notify, log, watchdog)."""
+    if ready.kind == "http":
+        if ready.host in _LOOPBACK:
+            return {"exec": {"command": [*site.forkwell, "probe", str(ready)]}}
+        scheme = "HTTPS" if ready.tls else "HTTP"
+        return {"httpGet": {"path": ready.target or "/", "port": ready.port, "scheme": scheme}}
     if ready.kind == "tcp":
         if ready.host in _LOOPBACK:
             return {"exec": {"command": [*site.forkwell, "probe", str(ready)]}}
@@ -177,10 +204,18 @@ def _handler(site: Site, program: ProgramConfig) -> dict[str, Any] | None:
 
 
 def _probes(site: Site, program: ProgramConfig) -> dict[str, Any]:
+    live = program.liveness
+    alive = None if live is None else _handler_of(site, live)
+    liveness = {} if alive is None else {"livenessProbe": {
+        **alive, "periodSeconds": seconds(program.liveness_period),
+        "timeoutSeconds": seconds(program.liveness_timeout),
+        "failureThreshold": program.liveness_failures,
+        "initialDelaySeconds": math.ceil(program.liveness_delay),
+    }}  # fmt: skip
     handler = _handler(site, program)
     if handler is None:
-        return {}
-    return {
+        return liveness
+    return liveness | {
         "readinessProbe": {**handler, "periodSeconds": 10, "timeoutSeconds": 1},
         # ready_timeout: probed each second until it is up, or the container is restarted.
         "startupProbe": {**handler, "periodSeconds": 1, "timeoutSeconds": 1,
@@ -201,8 +236,10 @@ def _waits(site: Site, program: ProgramConfig, image: str, notes: list[str]) -> 
         waits.append({"name": f"wait-for-{object_name(site, dep)}", "image": image,
                       "command": [*site.forkwell, "probe", "--wait", target]})  # fmt: skip
     if waits:
-        notes.append(f"{program.name}: Kubernetes does not order Deployments: the init "
-                     "containers wait for depends_on's Services, on the first start only")
+        notes.append(
+            f"{program.name}: Kubernetes does not order Deployments: the init "
+            "containers wait for depends_on's Services, on the first start only"
+        )
     return waits
 
 
@@ -214,7 +251,7 @@ def _service(site: Site, name: str, ports: list[int]) -> Manifest:
     })  # fmt: skip
 
 
-def _unexpressed(program: ProgramConfig) -> list[str]:
+def _unexpressed(site: Site, program: ProgramConfig) -> list[str]:
     """What this program's settings ask that Kubernetes cannot do."""
     notes = []
     if program.stop_signal != signal.SIGTERM:
@@ -230,6 +267,21 @@ def _unexpressed(program: ProgramConfig) -> list[str]:
             notes.append(f"{key} {value}: set securityContext.runAs{key.title()} to its id")
     if program.umask is not None:
         notes.append(f"umask {program.umask:03o}: set it in the image's entrypoint")
+    return notes + _health_notes(site, program)
+
+
+def _health_notes(site: Site, program: ProgramConfig) -> list[str]:
+    notes = []
+    if program.env_file:
+        files = ", ".join(str(site.moved(p)) for p in program.env_file)
+        notes.append(f"env_file {files}: make a ConfigMap of it (kubectl create configmap "
+                     "--from-env-file) and add it with envFrom")  # fmt: skip
+    if program.liveness is not None and program.liveness.kind == "watchdog":
+        notes.append("liveness watchdog: Kubernetes has no sd_notify watchdog")
+    if program.ready.kind == "log":
+        notes.append(f"ready {program.ready}: Kubernetes cannot wait for a log line")
+    if program.essential:
+        notes.append("essential: a pod's containers restart alone; use --pod to keep it")
     return notes
 
 

@@ -62,6 +62,20 @@ MAPPING: dict[str, str] = {
     "becomes %i too (systemd cannot add 1)",
     "port": "Environment=PORT= (one instance; PORT+I is not expressible for more)",
     "name_variables": "Environment= set to the instance's name",
+    "env_file": "EnvironmentFile= (forkwell's environment still wins: it is also written "
+    "as Environment=, which systemd lets EnvironmentFile= override, so a comment says so)",
+    "env_file_optional": "EnvironmentFile=- (a missing file is skipped)",
+    "liveness": "watchdog: WatchdogSec= and NotifyAccess=all; http/tcp/cmd: not expressible "
+    "(systemd has no liveness probe; a comment names it)",
+    "liveness_period": "not expressible (a comment, with liveness)",
+    "liveness_timeout": "not expressible (a comment, with liveness)",
+    "liveness_failures": "not expressible (a comment, with liveness)",
+    "liveness_delay": "not expressible (a comment, with liveness)",
+    "watchdog_sec": "WatchdogSec=",
+    "essential": "not expressed: a comment (PropagatesStopTo= would also stop the target "
+    "on a clean stop)",
+    "log_timestamps": "the journal timestamps every line itself",
+    "log_markers": "the journal records each start and exit itself",
 }
 
 # What systemd's unit-file parser takes as a bare word in an Exec line.
@@ -162,7 +176,7 @@ def _template(site: Site, program: ProgramConfig, *, user: bool, version: int | 
         "[Service]",
         *_readiness(site, program),
         f"WorkingDirectory={_path(site.moved(program.directory))}",
-        *_environment(program),
+        *_environment(site, program),
         *_identity(program, user),
         *_restart(program, version),
         "KillMode=control-group",
@@ -205,11 +219,17 @@ def _readiness(site: Site, program: ProgramConfig) -> list[str]:
     ready = program.ready
     kind = "notify" if ready.kind == "notify" else "exec"
     lines = [f"Type={kind}"]
-    if kind == "notify":
+    watchdog = program.liveness is not None and program.liveness.kind == "watchdog"
+    if kind == "notify" or watchdog:
         lines.append("NotifyAccess=all")  # as the supervisor: any process of the tree may
+    if watchdog and program.watchdog_sec is not None:
+        lines.append(f"WatchdogSec={_duration(program.watchdog_sec)}")
+    lines.extend(_liveness_notes(program))
     lines.append(f"ExecStart={_exec(argv(site, program))}")
     timeout = program.ready_timeout
-    if ready.kind in ("tcp", "cmd"):
+    if ready.kind == "log":
+        lines.append(f"# ready {ready}: systemd cannot wait for a log line; it is up at exec")
+    if ready.kind in ("tcp", "cmd", "http"):
         probe = [*site.forkwell, "probe", "--wait", "--timeout", f"{timeout:g}", str(ready)]
         lines.append(f"ExecStartPost={_exec(probe)}")
     elif ready.kind == "delay":
@@ -220,10 +240,30 @@ def _readiness(site: Site, program: ProgramConfig) -> list[str]:
     return lines
 
 
-def _environment(program: ProgramConfig) -> list[str]:
+def _liveness_notes(program: ProgramConfig) -> list[str]:
+    notes = []
+    live = program.liveness
+    if live is not None and live.kind != "watchdog":
+        every = f"every {program.liveness_period:g}s, {program.liveness_failures} failures"
+        notes.append(f"# liveness {live} ({every}): systemd has no liveness probe")
+    if program.essential:
+        notes.append(
+            "# essential: forkwell up stops the fleet when this ends; systemd restarts it "
+            "alone (PropagatesStopTo= would also stop on a clean stop)"
+        )
+    return notes
+
+
+def _environment(site: Site, program: ProgramConfig) -> list[str]:
     # What the supervisor gives each instance, %i being the instance's index.
     env = {k: _specifiers(v) for k, v in program.environment.items()}
     notes = []
+    dash = "-" if program.env_file_optional else ""
+    for path in program.env_file:
+        notes.append(f"EnvironmentFile={dash}{_path(site.moved(path))}")
+    if program.env_file and program.environment:
+        notes.append("# systemd lets EnvironmentFile= override Environment=; forkwell lets "
+                     "environment override env_file: keep the names apart")  # fmt: skip
     if program.port is not None:
         env["PORT"] = str(program.port)
         if program.numprocs > 1:
@@ -243,7 +283,8 @@ def _instance_name(program: ProgramConfig) -> str:
     """
     group = program.process_group or program.name
     return _specifiers(program.instance_name).format(
-        program=program.name, index="%i", number="%i", process_group=group)
+        program=program.name, index="%i", number="%i", process_group=group
+    )
 
 
 def _identity(program: ProgramConfig, user: bool) -> list[str]:
