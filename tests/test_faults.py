@@ -738,6 +738,8 @@ def test_program_that_changes_group_session_and_argv0(tmp_path: Path, ups: list[
     wait_until(lambda: all(Path(f"/proc/{p}/cmdline").read_bytes().startswith((b"not-sleep", b"renamed"))
                            for p in pids), 10, "the renames")  # fmt: skip
     assert len({os.getsid(p) for p in pids}) == 2 and len({os.getpgid(p) for p in pids}) == 3
+    # Spawned before the event loop (and its control socket) exists: wait for it.
+    up.wait_state("escaper:0", "RUNNING")
     with forkwell.ControlClient(up.sock) as c:
         c.request("stop", {"names": ["escaper"]}, timeout=30)
     assert not any(running(p) for p in pids)
