@@ -186,15 +186,7 @@ else:
 """
 
 
-# OPEN BUG (reported, not fixed): a /proc read that fails with EMFILE reads as
-# "process gone" (_core/_proc.read_stat), so a scan can miss a member.
-_EMFILE_MISS = pytest.mark.xfail(
-    strict=False, raises=AssertionError,
-    reason="open bug: a /proc read failing with EMFILE looks like a gone process",
-)
-
-
-@pytest.mark.parametrize("spare", [0, 1, 2, 3, 4, pytest.param(6, marks=_EMFILE_MISS), 8])
+@pytest.mark.parametrize("spare", [0, 1, 2, 3, 4, 5, 6, 7, 8, 10])
 def test_emfile_in_run_is_a_clear_error_and_leaves_nothing(spare: int) -> None:
     out = subprocess.run([PY, "-c", RUN_UNDER_NOFILE, str(spare)], capture_output=True,
                          text=True, timeout=30)  # fmt: skip
@@ -210,19 +202,11 @@ def test_emfile_in_run_is_a_clear_error_and_leaves_nothing(spare: int) -> None:
         assert line == "error SpawnError cannot start 'sh': Too many open files", out
 
 
-# OPEN BUG (reported, not fixed): with the limit leaving a few fds after the
-# start, the scan at the deadline cannot read /proc and forkwell timeout hangs
-# past it.  Which limits hit it depends on the interpreter's own fds, hence
-# not strict.
-_EMFILE_HANG = pytest.mark.xfail(
-    strict=False, raises=subprocess.TimeoutExpired,
-    reason="open bug: forkwell timeout can hang at the deadline when no fd is left for /proc",
-)
-
-
-@pytest.mark.parametrize("nofile", [5, 6, pytest.param(7, marks=_EMFILE_HANG),
-                                    pytest.param(8, marks=_EMFILE_HANG),
-                                    pytest.param(10, marks=_EMFILE_HANG), 12, 16])  # fmt: skip
+# A /proc read that failed for want of fds used to read as "process gone": at
+# 7-10 fds forkwell timeout hung at the deadline (it signalled nobody) and
+# run() left a member at 6 spare fds.  Now a scan that cannot read /proc
+# signals the root's process group and scans again after reaping.
+@pytest.mark.parametrize("nofile", [5, 6, 7, 8, 9, 10, 11, 12, 16])
 def test_emfile_in_forkwell_timeout_exits_125_with_one_line(nofile: int) -> None:
     argv = ["prlimit", f"--nofile={nofile}", PY, "-m", "forkwell", "timeout", "0.3",
             "sh", "-c", "sleep 30 & sleep 30"]  # fmt: skip

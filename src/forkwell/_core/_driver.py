@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from . import _clock
 from ._process import Process
 from ._state import check
+from ._tree import POLL, TreeUnreadable
 
 _CHUNK = 65536
 
@@ -157,6 +158,7 @@ class Driver:
         self.sel = selectors.DefaultSelector()
         self._member_fds: set[int] = set()
         self._exit_handled = False  # _child_exited ran (pidfd readable, or polled)
+        self._polled = proc.fileno() < 0  # no pidfd: the child's exit is seen by polling
         self._register(hooks.wake_fd)
 
     def _register(self, wake_fd: int | None) -> None:
@@ -198,16 +200,17 @@ class Driver:
     def _signal_members(self, sig: int, *, include_root: bool, only_new: bool) -> None:
         tree = self.proc.tree
         assert tree is not None
-        members = tree.members(include_root=include_root and self.proc.returncode is None)
-        tree.signal(sig, members, only_new=only_new)
+        root = include_root and self.proc.returncode is None
+        members, _ = tree.scan_or_blind(sig, root, only_new=only_new)
         pinned = tree.pinned()
-        for pid in members:
+        for pid in members or ():  # blind (None): the clock scans again
             held = pinned.get(pid)
             if pid == self.proc.pid or held is None or held[0] in self._member_fds:
                 continue
             self._member_fds.add(held[0])
             self.sel.register(held[0], selectors.EVENT_READ, self._on_member)
-        self._check_tree_gone()
+        if not tree.unwaited:  # else the clock scans again (see _timeout)
+            self._check_tree_gone()
 
     def _check_tree_gone(self) -> None:
         if self.phase is not Phase.TERMINATING or self.proc.returncode is None:
@@ -216,9 +219,15 @@ class Driver:
             return
         tree = self.proc.tree
         if tree is not None:
-            # All we signalled are gone: look again for any forked meanwhile.
+            # All we signalled are gone: look again for any forked meanwhile
+            # (or, when /proc could not be read, whether any is left at all).
             tree.reap_adopted()
-            if tree.members(include_root=False):
+            tree.release_exited()  # none is registered now: free their fds for the scan
+            try:
+                left = tree.members(include_root=False)
+            except TreeUnreadable:
+                left = None
+            if left != {}:
                 self._signal_members(self.stop_signal, include_root=False, only_new=True)
                 return
         self._goto(Phase.DRAINING)
@@ -234,6 +243,7 @@ class Driver:
         if tree is not None:
             tree.kill_all()
         self._reap_child(block=True)
+        self._release_child()
         if tree is not None:
             tree.kill_all()
         for fd in list(self._member_fds):
@@ -273,13 +283,10 @@ class Driver:
         if self._exit_handled:
             return
         self._exit_handled = True
-        if self.proc.fileno() >= 0:
-            self.sel.unregister(self.proc.fileno())
         self._reap_child(block=True)
+        self._release_child()
         if self.phase is Phase.RUNNING:
-            tree = self.proc.tree
-            left = tree is not None and tree.may_have_descendants()
-            if left and tree is not None and tree.members(include_root=False):
+            if self._left_behind():
                 self.begin_termination(self.stop_signal, self.leftover_grace, include_root=False)
             else:
                 self._goto(Phase.DRAINING)
@@ -289,6 +296,24 @@ class Driver:
                 # what it left behind still gets the leftover grace.
                 self.kill_at = _clock.monotonic() + self.leftover_grace
             self._check_tree_gone()
+
+    def _release_child(self) -> None:
+        """The child is reaped: close its pidfd, which may be the fd a scan lacks (EMFILE)."""
+        fd = self.proc.fileno()
+        if fd >= 0 and self.proc.returncode is not None:
+            if fd in self.sel.get_map():
+                self.sel.unregister(fd)
+            self.proc.release_pidfd()
+
+    def _left_behind(self) -> bool:
+        """Whether the exited child may have left processes (True when /proc is unreadable)."""
+        tree = self.proc.tree
+        if tree is None or not tree.may_have_descendants():
+            return False
+        try:
+            return bool(tree.members(include_root=False))
+        except TreeUnreadable:
+            return True
 
     def _read(self, fd: int) -> bool:
         """Read what is there; False at EOF."""
@@ -327,11 +352,20 @@ class Driver:
             wait = max(0.0, self.deadline - now)
         elif self.phase is Phase.TERMINATING and self.kill_at is not None:
             wait = max(0.0, self.kill_at - now)
-        if self.phase in (Phase.RUNNING, Phase.TERMINATING) and self.proc.fileno() < 0:
+        if self.phase in (Phase.RUNNING, Phase.TERMINATING) and self._polled:
             # No pidfd (Linux < 5.3, FORKWELL_NO_PIDFD=1): poll for the child and
             # its tree, also during a grace (else every stop waits it out).
-            wait = 0.05 if wait is None else min(wait, 0.05)
+            wait = POLL if wait is None else min(wait, POLL)
+        elif self._unwaited():
+            # Signalled without a pidfd (no fd was free): scan again until a scan
+            # shows the tree gone.
+            wait = POLL if wait is None else min(wait, POLL)
         return wait
+
+    def _unwaited(self) -> bool:
+        tree = self.proc.tree
+        return (self.phase is Phase.TERMINATING and self.proc.returncode is not None
+                and tree is not None and tree.unwaited)  # fmt: skip
 
     def run(self) -> None:
         try:
@@ -375,8 +409,12 @@ class Driver:
 
     def _on_clock(self) -> None:
         now = _clock.monotonic()
-        if self.proc.fileno() < 0 and self._poll_exit():
+        if self._polled and self._poll_exit():
             return
+        if self._unwaited() and not self._member_fds:
+            self._check_tree_gone()
+            if self.phase is not Phase.TERMINATING:
+                return
         if self.phase is Phase.RUNNING and self.deadline is not None and now >= self.deadline:
             self.timed_out = True
             if self.on_timeout is not None:

@@ -10,6 +10,7 @@ control client imports it.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -41,16 +42,30 @@ class ProcStat(NamedTuple):
         return self.state not in ("Z", "X")
 
 
+# The errors that mean "that process is gone" (reaped, or never was).  Any
+# other (EMFILE and ENFILE above all: no fd to read with) says nothing about
+# the process, and reading it as "gone" made a scan miss a live member.
+GONE_ERRNOS = (errno.ENOENT, errno.ESRCH)
+
+
+def is_gone(exc: OSError) -> bool:
+    """True when ``exc``, from reading ``/proc/PID/...``, means the process is gone."""
+    return exc.errno in GONE_ERRNOS
+
+
 def read_small(path: str) -> bytes | None:
     """A /proc file, read with few syscalls (open() takes twice as many); None if gone.
 
     ``ps`` of 1,000 instances reads 2,000 of them: on a VM, where a syscall
     costs microseconds, the saving is most of the time ``ps`` spends.
+    Raises ``OSError`` for any other failure (EMFILE: no fd to read with).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
+    except OSError as exc:
+        if is_gone(exc):
+            return None
+        raise
     try:
         data = chunk = os.read(fd, 65536)
         # /proc hands a file out a page (4 KiB) of whole records per read: a children
@@ -61,14 +76,20 @@ def read_small(path: str) -> bytes | None:
             chunk = os.read(fd, 65536)
             data += chunk
         return data
-    except OSError:
-        return None
+    except OSError as exc:
+        if is_gone(exc):
+            return None
+        raise
     finally:
         os.close(fd)
 
 
 def read_stat(pid: int) -> ProcStat | None:
-    """Parse ``/proc/PID/stat``; None if the process is gone (or unreadable)."""
+    """Parse ``/proc/PID/stat``; None if the process is gone.
+
+    Raises ``OSError`` when it cannot be read for another reason (EMFILE):
+    the caller must not take that for an exit.
+    """
     data = read_small(f"/proc/{pid}/stat")
     if data is None:
         return None
@@ -117,7 +138,7 @@ def boot_ticks() -> int:
 
 
 def uptime(pid: int) -> float | None:
-    """Seconds since ``pid`` started, or None if it is gone."""
+    """Seconds since ``pid`` started, or None if it is gone (``OSError``: unreadable)."""
     info = read_stat(pid)
     if info is None:
         return None
@@ -125,12 +146,11 @@ def uptime(pid: int) -> float | None:
 
 
 def name(pid: int) -> str | None:
-    """The base name of ``pid``'s ``argv[0]``, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0")[0]
-    except OSError:
+    """The base name of ``pid``'s ``argv[0]``, or None if it is gone (``OSError``: unreadable)."""
+    data = read_small(f"/proc/{pid}/cmdline")
+    if data is None:
         return None
+    argv0 = data.split(b"\0")[0]
     return os.path.basename(argv0.decode(errors="replace")) or None
 
 
@@ -144,11 +164,30 @@ def pin(info: ProcStat) -> int | None:
     fd = _sys.pidfd_open(info.pid)
     if fd is None:
         return None
-    again = read_stat(info.pid)
+    try:
+        again = read_stat(info.pid)
+    except OSError:
+        os.close(fd)
+        raise
     if again is None or again.starttime != info.starttime:
         os.close(fd)
         return None
     return fd
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is no zombie; without a free fd, kill(0) answers."""
+    try:
+        info = read_stat(pid)
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True  # EPERM: someone else's, and there
+        return True
+    return info is not None and info.alive
 
 
 def wait_gone(pid: int, timeout: float, *, pidfd: int | None = None) -> bool:
@@ -156,12 +195,17 @@ def wait_gone(pid: int, timeout: float, *, pidfd: int | None = None) -> bool:
 
     A zombie counts as gone: it runs nothing any more.  By pidfd where the
     kernel has them (``pidfd``, when the caller holds one already), else by
-    polling ``/proc`` every 20 ms.
+    polling ``/proc`` every 20 ms (also when no fd is free for a pidfd).
     """
     deadline = _clock.monotonic() + timeout
-    fd = pidfd if pidfd is not None else _sys.pidfd_open(pid)
-    if fd is None and pidfd is None and read_stat(pid) is None:
-        return True
+    fd = pidfd
+    if fd is None:
+        try:
+            fd = _sys.pidfd_open(pid)
+        except OSError:  # EMFILE: poll instead
+            fd = None
+        if fd is None and not running(pid):
+            return True
     try:
         while True:
             left = max(0.0, deadline - _clock.monotonic())
@@ -169,8 +213,7 @@ def wait_gone(pid: int, timeout: float, *, pidfd: int | None = None) -> bool:
                 if _sys.wait_ready([fd], left):
                     return True
             else:
-                info = read_stat(pid)
-                if info is None or not info.alive:
+                if not running(pid):
                     return True
                 _sys.wait_ready([], min(0.02, left))
             if left <= 0:

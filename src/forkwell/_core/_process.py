@@ -132,6 +132,12 @@ class Process(metaclass=_FromFactory):
         except subprocess.TimeoutExpired:
             return None
 
+    def release_pidfd(self) -> None:
+        """Close the pidfd once the child is reaped: one fd back (for a scan of /proc)."""
+        if self._popen.returncode is not None and self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
     def _set_reaped(self, returncode: int) -> None:
         """Record a status reaped elsewhere (a dedicated process reaping with waitpid(-1))."""
         self._popen.returncode = returncode

@@ -34,9 +34,19 @@ import time
 from collections.abc import Iterable
 
 from . import _clock, _sys
-from ._proc import ProcStat, iter_pids, pin, read_small, read_stat
+from ._proc import ProcStat, is_gone, iter_pids, pin, read_small, read_stat
 
 COOKIE_VAR = "FORKWELL_TREE"
+POLL = 0.05  # seconds between scans while some signalled process has no pidfd to wake us
+
+
+class TreeUnreadable(OSError):
+    """``/proc`` could not be read (EMFILE, ENFILE): the members are unknown, not gone.
+
+    Raised by :meth:`Tree.members`; a caller ending the tree falls back to
+    :meth:`Tree.signal_blind` and scans again once it has waited (and reaped,
+    which frees fds), rather than read "unknown" as "nobody is left".
+    """
 
 
 def new_token() -> str:
@@ -144,8 +154,10 @@ def _children(pid: int, threads: int) -> list[int]:
     """Direct children of ``pid`` (from /proc/PID/task/TID/children)."""
     try:
         tids = [str(pid)] if threads <= 1 else os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
+    except OSError as exc:
+        if is_gone(exc):
+            return []
+        raise
     out: list[int] = []
     for tid in tids:
         data = read_small(f"/proc/{pid}/task/{tid}/children")
@@ -187,7 +199,9 @@ _KTHREADD = 2
 
 
 def read_environ(pid: int, ppid: int) -> bytes:
-    """``/proc/PID/environ``; b"" if unreadable or the process is gone.
+    """``/proc/PID/environ``; b"" if the process is gone or not ours to read.
+
+    Any other failure (EMFILE) raises: an unread cookie would drop a member.
 
     A process inside ``execve()`` shows an empty environment for a moment
     (the new image's is not mapped yet): a descendant caught exec'ing, say
@@ -200,8 +214,10 @@ def read_environ(pid: int, ppid: int) -> bytes:
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read()
-        except OSError:
-            return b""
+        except OSError as exc:
+            if is_gone(exc) or exc.errno in (errno.EACCES, errno.EPERM):
+                return b""
+            raise
         if env or ppid in (0, _KTHREADD) or pid == _KTHREADD:
             return env
         now = time.monotonic()
@@ -265,7 +281,11 @@ class Tree:
         # must never make a later stop skip anyone.
         self._round_sig: int | None = None
         self._round: set[tuple[int, int]] = set()
-        self._blind = False  # the last scan failed for want of fds (EMFILE)
+        # Some process signalled in this round has no pidfd (the scan could not
+        # read /proc, or no fd was free to pin it): nothing wakes a waiter when
+        # it exits, so whoever ends the tree scans again every POLL seconds.
+        self.unwaited = False
+        self._blind_round: set[int] = set()  # signals sent blind in this round
 
     # -- discovery -----------------------------------------------------------
 
@@ -275,6 +295,7 @@ class Tree:
         return last is None or last != self.spawn_pid
 
     def members(self, include_root: bool = True) -> dict[int, ProcStat]:
+        """The live members, from a scan of ``/proc``; raises :class:`TreeUnreadable`."""
         roots = (self.root,) if include_root else ()
         try:
             if self.own_subtree:
@@ -282,18 +303,7 @@ class Tree:
             else:
                 found = find_tree(self.token, roots, self.not_before)
         except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                raise
-            # No fd to read /proc with: the next signal goes to the root's
-            # process group, the one tree known without /proc.
-            self._blind = True
-            return {}
-        if include_root and self.root not in found and read_stat(self.root) is None:
-            # /proc says nothing of a root that kill(0) still reaches: the
-            # reads failed (EMFILE swallowed by read_stat), not the process.
-            with contextlib.suppress(OSError):
-                os.kill(self.root, 0)
-                self._blind = True
+            raise TreeUnreadable(exc.errno, f"cannot read /proc: {exc.strerror}") from exc
         if not include_root:
             found.pop(self.root, None)
         return found
@@ -301,7 +311,10 @@ class Tree:
     # -- signalling ----------------------------------------------------------
 
     def _pin(self, info: ProcStat) -> int | None:
-        """Open a pidfd for ``info`` and verify it is still the same process."""
+        """Open a pidfd for ``info`` and verify it is still the same process.
+
+        None if it is gone; -1 if no fd was free for the pidfd.
+        """
         held = self._pinned.get(info.pid)
         if held is not None:
             if held[1] == info.starttime:
@@ -309,7 +322,13 @@ class Tree:
             # The pid was recycled inside the tree; forget the old pin.
             os.close(held[0])
             del self._pinned[info.pid]
-        fd = pin(info)
+        try:
+            fd = pin(info)
+        except OSError:
+            # No fd for a pidfd (EMFILE): the caller signals by pid, as where
+            # the kernel has no pidfds; the scan has just seen this start time.
+            self.unwaited = True
+            return -1
         if fd is None:
             return None
         self._pinned[info.pid] = (fd, info.starttime)
@@ -325,14 +344,11 @@ class Tree:
         SIGINT or SIGTERM as "abort now".
         """
         if members is None:
-            members = self.members()
-        if self._blind:
-            self._blind = False
-            with contextlib.suppress(OSError):
-                os.killpg(self.root, sig)
-        if not only_new or sig != self._round_sig:
-            self._round_sig = sig
-            self._round = set()
+            try:
+                members = self.members()
+            except TreeUnreadable:
+                return self.signal_blind(sig, only_new=only_new)
+        self._start_round(sig, only_new)
         fds: list[int] = []
         for info in members.values():
             key = (info.pid, info.starttime)
@@ -340,8 +356,9 @@ class Tree:
                 continue
             self._round.add(key)
             fd = self._pin(info)
-            if fd is None:
-                if not _sys.HAVE_PIDFD:
+            if fd is None or fd < 0:
+                if fd is not None or not _sys.HAVE_PIDFD:
+                    self.unwaited = True  # no pidfd will say when it exits
                     try:
                         os.kill(info.pid, sig)
                     except OSError:
@@ -354,21 +371,96 @@ class Tree:
                     _sys.pidfd_signal(fd, signal.SIGCONT)
         return fds
 
+    def signal_blind(self, sig: int, *, only_new: bool = False) -> list[int]:
+        """No scan: ``sig`` to the root's process group and to every member pinned before.
+
+        What reaches the tree when ``/proc`` cannot be read: the group is the
+        one set of processes known without it (who left it is found by the
+        next scan that succeeds).  With ``only_new``, once per round.
+        """
+        self._start_round(sig, only_new)
+        self.unwaited = True
+        if only_new and sig in self._blind_round:
+            return []
+        self._blind_round.add(sig)
+        with contextlib.suppress(OSError):
+            os.killpg(self.root, sig)
+        fds = [fd for fd, _ in self._pinned.values() if _sys.pidfd_signal(fd, sig)]
+        if sig not in (signal.SIGKILL, signal.SIGCONT):
+            for fd in fds:
+                _sys.pidfd_signal(fd, signal.SIGCONT)
+        return fds
+
+    def _start_round(self, sig: int, only_new: bool) -> None:
+        if not only_new or sig != self._round_sig:
+            self._round_sig = sig
+            self._round = set()
+            self._blind_round = set()
+            self.unwaited = False
+
     def new_round(self) -> None:
         """Forget who was signalled: the next ``only_new`` signal reaches everyone."""
         self._round_sig = None
         self._round = set()
+        self._blind_round = set()
+        self.unwaited = False
+
+    def scan_or_blind(self, sig: int, include_root: bool, *, only_new: bool) -> tuple[
+        dict[int, ProcStat] | None, list[int]
+    ]:
+        """Scan and signal the members (``only_new`` as in :meth:`signal`).
+
+        Returns the members (None when ``/proc`` could not be read, and the
+        signal went out blind) and the pidfds signalled.
+        """
+        try:
+            members = self.members(include_root=include_root)
+        except TreeUnreadable:
+            return None, self.signal_blind(sig, only_new=only_new)
+        if not members:
+            return members, []
+        return members, self.signal(sig, members, only_new=only_new)
+
+    def settle(self, fds: list[int], deadline: float) -> bool:
+        """Wait for ``fds`` to exit; False once ``deadline`` passed.
+
+        With :attr:`unwaited` members (no pidfd wakes us for them) it waits
+        a :data:`POLL` at most, so that the caller scans again; and it
+        releases the pidfds of the members that exited (an EMFILE may
+        have been for want of those very fds).
+        """
+        if self.unwaited:
+            self.wait_gone(fds, min(deadline, _clock.monotonic() + POLL), pause=True)
+        else:
+            self.wait_gone(fds, deadline)
+        self.reap_adopted()
+        self.release_exited()
+        return _clock.monotonic() < deadline
+
+    def release_exited(self) -> None:
+        """Close the pidfds of the members that have exited (reap them first)."""
+        exited = set(_sys.wait_ready([fd for fd, _ in self._pinned.values()], 0))
+        for pid, (fd, _) in list(self._pinned.items()):
+            if fd in exited:
+                os.close(fd)
+                del self._pinned[pid]
 
     def pinned(self) -> dict[int, tuple[int, int]]:
         return dict(self._pinned)
 
-    def wait_gone(self, fds: list[int], deadline: float) -> bool:
-        """Wait until every pidfd in ``fds`` reports exit, or ``deadline``."""
+    def wait_gone(self, fds: list[int], deadline: float, *, pause: bool = False) -> bool:
+        """Wait until every pidfd in ``fds`` reports exit, or ``deadline``.
+
+        ``pause``: wait until ``deadline`` even with no fd to wait for.
+        """
         pending = set(fds)
         poller = select.poll()
         for fd in pending:
             poller.register(fd, select.POLLIN)
-        while pending:
+        while pending or pause:
+            if not pending:
+                _clock.poll(poller, max(0.0, deadline - _clock.monotonic()))
+                return False
             remaining = deadline - _clock.monotonic()
             if remaining <= 0:
                 return False
@@ -384,15 +476,15 @@ class Tree:
         """
         deadline = _clock.monotonic() + timeout
         while True:
-            members = self.members(include_root=include_root)
-            if not members:
+            members, fds = self.scan_or_blind(signal.SIGKILL, include_root, only_new=False)
+            if members == {}:
                 self.reap_adopted()
                 return True
-            fds = self.signal(signal.SIGKILL, members)
-            self.wait_gone(fds, deadline)
-            self.reap_adopted()
-            if _clock.monotonic() >= deadline:
-                return not self.members(include_root=include_root)
+            if not self.settle(fds, deadline):
+                try:
+                    return not self.members(include_root=include_root)
+                except TreeUnreadable:
+                    return False
 
     def reap_adopted(self) -> None:
         """Reap members that were re-parented to us (we are a subreaper or PID 1)."""
@@ -427,12 +519,13 @@ def terminate_tree(
     deadline = _clock.monotonic() + max(grace, 0.0)
     tree.new_round()
     while True:
-        members = tree.members(include_root=include_root)
-        if not members:
+        members, _ = tree.scan_or_blind(stop_signal, include_root, only_new=True)
+        if members == {}:
             break
-        tree.signal(stop_signal, members, only_new=True)
-        fds = [fd for pid, (fd, _) in tree.pinned().items() if pid in members]
-        if not tree.wait_gone(fds, deadline):
+        known = tree.pinned()
+        fds = [fd for fd, _ in known.values()] if members is None else [
+            known[pid][0] for pid in members if pid in known
+        ]
+        if not tree.settle(fds, deadline):
             break
-        tree.reap_adopted()
     tree.kill_all(include_root=include_root)
