@@ -362,7 +362,10 @@ class Init:
         self._stop_asked = False
         # The stop was reported once; the command may have been continued since.
         if self._proc_ours:
-            info = _proc.read_stat(proc.pid)
+            try:
+                info = _proc.read_stat(proc.pid)
+            except OSError:  # no fd to read it with: cannot tell, so do not stop
+                return
             if info is None or info.state not in ("T", "t"):
                 return
         self._give_back_tty()
@@ -417,14 +420,19 @@ class Init:
                     else:
                         self._signal_group(sig)
             return
-        for info in _descendants().values():
+        try:
+            found = _descendants()
+        except OSError:
+            self._blind(signal.SIGTERM)
+            return
+        for info in found.values():
             held = self._termed.get(info.pid)
             if held is not None and held[1] == info.starttime:
                 continue
             if held is not None and held[0] >= 0:
                 os.close(held[0])
-            fd = _proc.pin(info)
-            if fd is None and _sys.HAVE_PIDFD:
+            fd, by_pid = _pin_or_pid(info)
+            if fd is None and not by_pid:
                 continue  # gone meanwhile
             self._termed[info.pid] = (-1 if fd is None else fd, info.starttime)
             if self.verbose:
@@ -440,12 +448,35 @@ class Init:
         if not self._proc_ours:
             self._signal_group(signal.SIGKILL)
             return
-        for info in _descendants().values():
-            fd = _proc.pin(info)
-            if fd is not None or not _sys.HAVE_PIDFD:
+        try:
+            found = _descendants()
+        except OSError:
+            self._blind(signal.SIGKILL)
+            return
+        for info in found.values():
+            fd, by_pid = _pin_or_pid(info)
+            if fd is not None or by_pid:
                 _sys.send_signal(info.pid, fd, signal.SIGKILL)
             if fd is not None:
                 os.close(fd)
+
+    def _blind(self, sig: int) -> None:
+        """/proc cannot be read (EMFILE): ``sig`` (once) to whom we reach without it.
+
+        The namespace for PID 1, else the command's group; the loop's next
+        wake-up (a child's exit) scans again, and ``_reap`` knows when no
+        child is left without reading /proc.
+        """
+        key = -sig  # beside the pids in _termed: "sent blind"
+        if key in self._termed:
+            return
+        if sig != signal.SIGKILL:  # a KILL may go again: it reaches newcomers
+            self._termed[key] = (-1, 0)
+        for each in (sig, signal.SIGCONT):
+            if self.pid1:
+                _kill_everyone(each)
+            else:
+                self._signal_group(each)
 
     def _signal_group(self, sig: int) -> None:
         if self._proc is not None:
@@ -498,6 +529,19 @@ def _inherited_fds() -> list[int]:
         except OSError:
             continue  # the directory's own fd, closed by now
     return sorted(fds)
+
+
+def _pin_or_pid(info: _proc.ProcStat) -> tuple[int | None, bool]:
+    """A pidfd for ``info`` (None if gone), and whether to signal it by pid instead.
+
+    By pid where the kernel has no pidfds, or no fd is free for one (EMFILE):
+    the scan has just seen its start time.
+    """
+    try:
+        fd = _proc.pin(info)
+    except OSError:
+        return None, True
+    return fd, fd is None and not _sys.HAVE_PIDFD
 
 
 def _descendants() -> dict[int, _proc.ProcStat]:

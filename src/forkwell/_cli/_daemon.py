@@ -203,9 +203,14 @@ def _status(here: str, args: SimpleNamespace) -> int:
         if st.pid is None:
             print(f"running (pidfile {path} is locked from another pid namespace)")
             return 0
-        name = _proc.name(st.pid) or "daemon"
-        uptime = _proc.uptime(st.pid)
-        up = f", up {_format_uptime(uptime)}" if uptime is not None else ""
+        try:
+            name = _proc.name(st.pid) or "daemon"
+            uptime = _proc.uptime(st.pid)
+        except OSError as exc:  # EMFILE: the pidfile lock said it runs; the rest is unknown
+            name, uptime = "daemon", None
+            up = f", uptime unknown: {exc.strerror}"
+        else:
+            up = f", up {_format_uptime(uptime)}" if uptime is not None else ""
         print(f"{name} is running (pid {st.pid}{up})")
         return 0
     if st.state is PidfileState.STALE:

@@ -194,8 +194,11 @@ class Process(metaclass=_FromFactory):
         """After the child has exited: end whatever it left running.  True if any."""
         if self.tree is None or not self.tree.may_have_descendants():
             return False
-        if not self.tree.members(include_root=False):
-            return False
+        try:
+            if not self.tree.members(include_root=False):
+                return False
+        except _tree.TreeUnreadable:
+            pass  # unknown is not "none": terminate_tree signals blind and scans again
         _tree.terminate_tree(self.tree, stop_signal, grace, include_root=False)
         return True
 

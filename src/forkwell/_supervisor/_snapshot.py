@@ -94,8 +94,15 @@ class Usage(NamedTuple):
 
 
 def tree_usage(trees: Mapping[str, Tree]) -> dict[str, Usage]:
-    """:class:`Usage` of each named tree, from one walk of the supervisor's subtree."""
-    found = _tree.trees_below({tree.token: tree.root for tree in trees.values()})
+    """:class:`Usage` of each named tree, from one walk of the supervisor's subtree.
+
+    None of them when /proc cannot be read (EMFILE): ``ps`` then shows their
+    CPU and memory as unknown ("-") rather than failing.
+    """
+    try:
+        found = _tree.trees_below({tree.token: tree.root for tree in trees.values()})
+    except OSError:
+        return {}
     out: dict[str, Usage] = {}
     for name, tree in trees.items():
         members = found.get(tree.token, {})

@@ -15,10 +15,12 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .._core import _proc, _tree
 from .._exceptions import StateError
+
+_T = TypeVar("_T")
 
 
 def take_over(path: Path, config_path: Path, note: Callable[[str], None]) -> list[int]:
@@ -32,7 +34,7 @@ def take_over(path: Path, config_path: Path, note: Callable[[str], None]) -> lis
     pid = old.get("pid")
     if isinstance(pid, int):
         # Our own pid too: another Supervisor of this process runs (a test).
-        info = _proc.read_stat(pid)
+        info = _readable(lambda: _proc.read_stat(pid), f"whether pid {pid} still runs")
         if info is not None and info.alive and info.starttime == old.get("starttime"):
             raise StateError(
                 f"another forkwell up is running for {config_path} (pid {pid}); "
@@ -42,7 +44,8 @@ def take_over(path: Path, config_path: Path, note: Callable[[str], None]) -> lis
     if not isinstance(token, str) or not token:
         return []
     survivors = _tree.Tree(token, -1)
-    members = sorted(survivors.members(include_root=False))
+    what = "for processes a killed supervisor left"
+    members = sorted(_readable(lambda: survivors.members(include_root=False), what))
     if members:
         note(
             f"ending {len(members)} process(es) left by a killed supervisor "
@@ -52,6 +55,14 @@ def take_over(path: Path, config_path: Path, note: Callable[[str], None]) -> lis
         _tree.terminate_tree(survivors, signal.SIGTERM, 5.0, include_root=False)
     survivors.close()
     return members
+
+
+def _readable(read: Callable[[], _T], what: str) -> _T:
+    """``read()``; a /proc that cannot be read (EMFILE) is a one-line StateError."""
+    try:
+        return read()
+    except OSError as exc:
+        raise StateError(f"cannot check {what}: {exc.strerror}") from exc
 
 
 def write(path: Path, *, token: str, config_path: Path, watchdog: int | None) -> None:

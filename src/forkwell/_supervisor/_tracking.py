@@ -120,10 +120,10 @@ class TreeEnder:
         deadline = loop.time() + max(grace, 0.0)
         while True:
             members = await self._members(tree, include_root)
-            if not members:
+            if members == {}:
                 tree.reap_adopted()
                 return
-            tree.signal(sig, members, only_new=True)
+            self._signal(tree, sig, members, only_new=True)
             gone = await self._wait_members(tree, members, deadline)
             tree.reap_adopted()
             if not gone:
@@ -137,28 +137,48 @@ class TreeEnder:
         kill_deadline = loop.time() + KILL_GRACE
         while True:
             members = await self._members(tree, include_root)
-            if not members:
+            if members == {}:
                 return
-            tree.signal(signal.SIGKILL, members)
+            self._signal(tree, signal.SIGKILL, members, only_new=False)
             await self._wait_members(tree, members, kill_deadline)
             tree.reap_adopted()
             if loop.time() >= kill_deadline:
-                self._note(f"could not kill pids {sorted(members)} (uninterruptible?)")
+                what = "its members" if members is None else f"pids {sorted(members)}"
+                why = "/proc unreadable" if members is None else "uninterruptible?"
+                self._note(f"could not kill {what} ({why})")
                 return
 
-    async def _members(self, tree: _tree.Tree, include_root: bool) -> dict[int, _proc.ProcStat]:
+    @staticmethod
+    def _signal(
+        tree: _tree.Tree, sig: int, members: dict[int, _proc.ProcStat] | None, *, only_new: bool
+    ) -> None:
+        if members is None:
+            tree.signal_blind(sig, only_new=only_new)
+        else:
+            tree.signal(sig, members, only_new=only_new)
+
+    async def _members(
+        self, tree: _tree.Tree, include_root: bool
+    ) -> dict[int, _proc.ProcStat] | None:
+        """The live members; None when /proc could not be read (EMFILE): unknown, not gone."""
         if not tree.may_have_descendants():
             # The kernel allocated no pid after the root: it has no descendants.
             if not include_root:
                 return {}
-            info = _proc.read_stat(tree.root)
+            try:
+                info = _proc.read_stat(tree.root)
+            except OSError:
+                return None
             return {tree.root: info} if info is not None and info.alive else {}
         loop = self._loops.aio
         fut: asyncio.Future[dict[int, _proc.ProcStat]] = loop.create_future()
         if not self._queue:
             loop.call_soon(self._run_scans)
         self._queue.append((tree.token, (tree.root,) if include_root else (), fut))
-        members = await fut
+        try:
+            members = await fut
+        except OSError:
+            return None
         if not include_root:
             members.pop(tree.root, None)
         return members
@@ -179,16 +199,20 @@ class TreeEnder:
                 fut.set_result(dict(found.get(token, {})))
 
     async def _wait_members(
-        self, tree: _tree.Tree, members: dict[int, _proc.ProcStat], deadline: float
+        self, tree: _tree.Tree, members: dict[int, _proc.ProcStat] | None, deadline: float
     ) -> bool:
         """Wait for the signalled ``members`` to exit; False once ``deadline`` passed.
 
         A member without a pidfd (none on this kernel, FORKWELL_NO_PIDFD=1,
-        or no fd free) wakes nobody: then wait a poll interval and let the
-        caller scan again, rather than return at once and spin.
+        or no fd free) wakes nobody, nor do the members of a scan that could
+        not read /proc (``members`` None): then wait a poll interval and let
+        the caller scan again, rather than return at once and spin.
         """
-        fds = [fd for pid, (fd, _) in tree.pinned().items() if pid in members]
-        if len(fds) == len(members):
+        if members is None:
+            tree.release_exited()  # the exited members' fds may be what the scan lacked
+        pinned = tree.pinned()
+        fds = [fd for pid, (fd, _) in pinned.items() if members is None or pid in members]
+        if members is not None and len(fds) == len(members):
             return await self._wait_fds(fds, deadline)
         loop = self._loops.aio
         until = min(deadline, loop.time() + POLL_UNPINNED)

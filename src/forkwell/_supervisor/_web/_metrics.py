@@ -112,16 +112,24 @@ def instance_families(
             continue
         if info.started_at is not None:
             started.samples.append((who, info.started_at))
-        stat = _proc.read_stat(info.pid)
+        stat = _stat_or_none(info.pid)
         if stat is not None:
             cpu.samples.append((who, stat.cpu_ticks / _proc.CLK_TCK))
             memory.samples.append((who, stat.rss_bytes))
     return [up, state, restarts, failed, started, last, cpu, memory]
 
 
+def _stat_or_none(pid: int) -> _proc.ProcStat | None:
+    """None when gone, or unreadable (EMFILE): the sample is left out, not made up."""
+    try:
+        return _proc.read_stat(pid)
+    except OSError:
+        return None
+
+
 def supervisor_families(stats: SupervisorStats, instances: int) -> list[Family]:
     """The supervisor's own metrics, and its web endpoint's."""
-    me = _proc.read_stat(os.getpid())
+    me = _stat_or_none(os.getpid())
     times = os.times()
     try:
         fds = len(os.listdir("/proc/self/fd"))
