@@ -186,6 +186,49 @@ else:
 """
 
 
+READERS_UNDER_NOFILE = """
+import errno, os, resource, signal
+from forkwell._core import _proc, _tree
+me, parent = os.getpid(), os.getppid()
+tree = _tree.Tree("no-such-token", parent)
+used = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (used + 8, used + 8))
+taken = []
+try:
+    while True:  # take every fd left: none free, whatever the numbering
+        taken.append(os.open("/dev/null", os.O_RDONLY))
+except OSError as e:
+    assert e.errno == errno.EMFILE, e
+def outcome(read):
+    try:
+        return repr(read())
+    except OSError as e:
+        return type(e).__name__ + ":" + errno.errorcode[e.errno]
+print("stat", outcome(lambda: _proc.read_stat(me) is None))
+print("name", outcome(lambda: _proc.name(me)))
+print("members", outcome(lambda: tree.members()))
+print("running", _proc.running(parent))
+print("wait_gone", _proc.wait_gone(parent, 0.0))
+os.close(taken.pop())  # one fd back: a missing process is gone again
+print("gone", _proc.read_small("/proc/999999999/stat"))
+"""
+
+
+def test_proc_readers_without_a_free_fd_raise_rather_than_say_gone() -> None:
+    # The core of the EMFILE bugs: each reader, with no fd left, must not answer
+    # "that process is gone" about a process that runs (its own parent).
+    out = subprocess.run([PY, "-c", READERS_UNDER_NOFILE], capture_output=True, text=True,
+                         timeout=30, check=True)  # fmt: skip
+    assert out.stdout.splitlines() == [
+        "stat OSError:EMFILE",
+        "name OSError:EMFILE",
+        "members TreeUnreadable:EMFILE",
+        "running True",  # kill(0) answers without an fd
+        "wait_gone False",
+        "gone None",  # and ENOENT means gone
+    ], out
+
+
 @pytest.mark.parametrize("spare", [0, 1, 2, 3, 4, 5, 6, 7, 8, 10])
 def test_emfile_in_run_is_a_clear_error_and_leaves_nothing(spare: int) -> None:
     out = subprocess.run([PY, "-c", RUN_UNDER_NOFILE, str(spare)], capture_output=True,
