@@ -903,7 +903,7 @@ def test_cli_reload_prints_errors_and_exit_2(served: Served) -> None:
 
 
 def test_cli_down_waits_for_the_answer(served: Served) -> None:
-    r = ctl(served, "down", "--timeout", "0.2")
+    r = ctl(served, "down", "--wait", "0.2")
     # The double does not exit (it is this test process), so down must say so.
     assert served.sup.shut_down.is_set()
     assert r.returncode == 1
@@ -1102,9 +1102,9 @@ def _argparse_of(command: Any) -> Any:
     p = Parser(prog="x", add_help=False, allow_abbrev=True)
     for opt in command.options:
         if opt.metavar is None:
-            p.add_argument(*opt.names, dest=opt.key, action="store_true")
+            p.add_argument(*opt.spellings, dest=opt.key, action="store_true")
         else:
-            p.add_argument(*opt.names, dest=opt.key, type=typed(opt.kind, opt.long),
+            p.add_argument(*opt.spellings, dest=opt.key, type=typed(opt.kind, opt.long),
                            action="append" if opt.repeat else "store",
                            default=opt.initial())  # fmt: skip
     for operand in command.operands:
@@ -1119,7 +1119,7 @@ def _where_argparse_differs(command: Any, argv: list[str]) -> str:
         return "argparse takes -9 for a negative number, GNU for an option"
     if "--" in argv:
         return "argparse before 3.12 keeps a '--' with nothing after it as an operand"
-    valued = {name for opt in command.options if opt.metavar for name in opt.names}
+    valued = {name for opt in command.options if opt.metavar for name in opt.spellings}
     for before, after in itertools.pairwise(argv):
         takes = before in valued or any(n.startswith(before) for n in valued if before[:2] == "--")
         if takes and after.startswith("-"):

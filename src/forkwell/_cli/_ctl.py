@@ -24,7 +24,7 @@ from .._supervisor._control._client import ControlClient
 from .._supervisor._control._discovery import find_socket
 from ._options import (
     CONFIG,
-    FLOAT,
+    DURATION,
     SIGNAL,
     SOCKET,
     Command,
@@ -148,10 +148,10 @@ DECLARED = {
     "down": _control(
         "down",
         "Stop everything in reverse dependency order; return once the supervisor exited.",
-        Option(("--timeout",), "SECONDS", "how long to wait for the supervisor process to exit "
-               "after stopping (default {default})", FLOAT, 60.0),
+        Option(("--wait",), "DUR", "how long to wait for the supervisor process to exit "
+               "after stopping (default {default})", DURATION, 60.0, aliases=("--timeout",)),
         exits=(_EXITS[0], ("1", "the supervisor cannot be reached, failed to answer, or did "
-                                "not exit within --timeout"), *_EXITS[2:]),
+                                "not exit within --wait"), *_EXITS[2:]),
         examples=("forkwell down && forkwell up --detach",),
     ),
     "check": Command(
@@ -396,8 +396,8 @@ def _down(prog: str, ns: SimpleNamespace) -> int:
         pid = result.get("pid")
         # The supervisor closes the socket as it exits; then make sure the
         # process itself is gone, so `forkwell down && forkwell up` is safe.
-        client.wait_closed(ns.timeout)
-    if isinstance(pid, int) and not wait_gone(pid, ns.timeout):
+        client.wait_closed(ns.wait)
+    if isinstance(pid, int) and not wait_gone(pid, ns.wait):
         _err(prog, f"all stopped, but the supervisor (pid {pid}) has not exited")
         return EXIT_UNREACHABLE
     stopped = result.get("stopped") or []
