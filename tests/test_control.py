@@ -776,15 +776,62 @@ def test_a_broken_config_still_finds_the_socket(tmp_path: Path) -> None:
 # -- the CLI against the served socket --------------------------------------------------
 
 
+def fw(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "FORKWELL_SOCKET"}
+    return subprocess.run([PY, "-m", "forkwell", *args], capture_output=True, text=True,
+                          timeout=30, cwd=cwd, env={**environ, **env})  # fmt: skip
+
+
 def test_cli_unreachable_is_one_line_naming_the_socket_and_exit_1(tmp_path: Path) -> None:
     path = tmp_path / "none.sock"
-    for cmd in (["ps"], ["stop", "all"], ["down"], ["logs", "web"], ["reload"]):
-        r = subprocess.run([PY, "-m", "forkwell", *cmd, "--socket", str(path)],
-                           capture_output=True, text=True, timeout=20)  # fmt: skip
+    for cmd in (["ps"], ["start", "all"], ["logs", "web"], ["reload"], ["scale", "web=2"]):
+        r = fw(*cmd, "--socket", str(path))
         assert r.returncode == 1, (cmd, r)
-        assert r.stderr.count("\n") == 1, r.stderr
-        assert str(path) in r.stderr and "forkwell up" in r.stderr
-        assert r.stderr.startswith(f"forkwell {cmd[0]}: ")
+        assert r.stderr == (f"forkwell {cmd[0]}: cannot reach the supervisor at {path}: no "
+                            "supervisor is running there (start it with 'forkwell up')\n")
+
+
+def test_stopping_what_is_not_running_succeeds_as_daemon_stop_does(tmp_path: Path) -> None:
+    """One rule for "already stopped": `down`, `stop` and `daemon stop` exit 0 and say so."""
+    path = tmp_path / "none.sock"
+    for cmd in (["down"], ["stop", "all"], ["stop", "web:1"]):
+        r = fw(*cmd, "--socket", str(path))
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"not running (no supervisor at {path})\n",
+                                                      ""), cmd  # fmt: skip
+    pidfile = tmp_path / "d.pid"
+    r = fw("daemon", "stop", "--pidfile", str(pidfile))
+    assert (r.returncode, r.stdout) == (0, "not running\n")
+    # A stale socket (nobody listens: a supervisor killed with -9) is "not running" too.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    assert fw("down", "--socket", str(path)).returncode == 0
+    assert fw("ps", "--socket", str(path)).returncode == 1
+
+
+def test_a_config_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "does" / "not" / "exist.toml"
+    for cmd in (["ps"], ["down"], ["stop", "web"]):
+        r = fw(*cmd, "-c", str(missing))
+        assert (r.returncode, r.stdout) == (2, ""), (cmd, r)
+        assert r.stderr == f"forkwell {cmd[0]}: config file {missing} does not exist\n"
+    # `forkwell ps` where there is no forkwell.toml says so, rather than "start one".
+    r = fw("ps", cwd=tmp_path)
+    sock = tmp_path / ".forkwell" / "forkwell.sock"
+    assert r.returncode == 1
+    assert r.stderr == (f"forkwell ps: cannot reach the supervisor at {sock}: no supervisor is "
+                        f"running there (and there is no ./forkwell.toml in {tmp_path}: give -c "
+                        "FILE, or --socket PATH)\n")  # fmt: skip
+    with pytest.raises(forkwell.ConfigError, match="does not exist"):
+        forkwell.socket_path(missing)
+
+
+def test_socket_path_is_where_up_listens(tmp_path: Path) -> None:
+    cfg = tmp_path / "forkwell.toml"
+    cfg.write_text('[supervisor]\nsocket = "run/ctl.sock"\n[programs.a]\ncommand = "true"\n')
+    expected = str(forkwell.load_config(cfg).supervisor.socket)
+    assert forkwell.socket_path(cfg, env={}) == expected == str(tmp_path / "run" / "ctl.sock")
+    assert forkwell.socket_path(str(cfg), env={"FORKWELL_SOCKET": "/x/y.sock"}) == "/x/y.sock"
 
 
 def test_cli_uses_forkwell_socket_from_the_environment(served: Served, tmp_path: Path) -> None:

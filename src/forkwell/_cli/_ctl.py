@@ -19,9 +19,9 @@ from typing import Any
 
 from .._core._proc import wait_gone
 from .._core._status import exit_label
-from .._exceptions import ControlRequestError, SupervisorUnreachableError
-from .._supervisor._control._client import ControlClient
-from .._supervisor._control._discovery import find_socket
+from .._exceptions import ConfigError, ControlRequestError, SupervisorUnreachableError
+from .._supervisor._control._client import ControlClient, connect, not_running
+from .._supervisor._control._discovery import Target, find_target
 from ._options import (
     CONFIG,
     DURATION,
@@ -44,6 +44,8 @@ EXIT_INTERRUPTED = 130
 
 # Error codes from the supervisor that mean "the user asked for something wrong".
 _USAGE_CODES = frozenset({"unknown_name", "bad_request", "config"})
+# Their request holds when no supervisor runs: nothing of the fleet runs then.
+_STOPPING = frozenset({"stop", "down"})
 
 
 def _target(text: str) -> tuple[str, int]:
@@ -169,11 +171,18 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
     ns = _parse_or_report(DECLARED[command], argv, prog)
     if isinstance(ns, int):
         return ns
+    return _run(prog, command, ns)
+
+
+def _run(prog: str, command: str, ns: SimpleNamespace) -> int:
+    """Run the command; an error is one line on stderr (and the errors of a config, each)."""
     try:
         return _COMMANDS[command](prog, ns)
     except SupervisorUnreachableError as exc:
-        _err(prog, str(exc))
-        return EXIT_UNREACHABLE
+        return _unreachable(prog, command, ns, exc)
+    except ConfigError as exc:
+        _err(prog, "; ".join(exc.errors))
+        return EXIT_USAGE
     except ControlRequestError as exc:
         _err(prog, exc.message)
         for line in exc.errors:
@@ -187,6 +196,17 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
         return EXIT_OK
 
 
+def _unreachable(
+    prog: str, command: str, ns: SimpleNamespace, exc: SupervisorUnreachableError
+) -> int:
+    if not_running(exc) and command in _STOPPING:
+        # Stopping what is not running succeeds, as LSB has `daemon stop` do.
+        print(f"not running (no supervisor at {exc.filename})")
+        return EXIT_OK
+    _err(prog, _with_hint(str(exc), ns))
+    return EXIT_UNREACHABLE
+
+
 def _err(prog: str, message: str) -> None:
     print(f"{prog}: {message}", file=sys.stderr)
 
@@ -197,8 +217,23 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def _where(ns: SimpleNamespace) -> Target:
+    return find_target(ns.socket, ns.config)
+
+
 def _connect(ns: SimpleNamespace) -> ControlClient:
-    return ControlClient(find_socket(ns.socket, ns.config))
+    target = _where(ns)
+    return connect(target.socket, state_file=target.state_file)
+
+
+def _with_hint(message: str, ns: SimpleNamespace) -> str:
+    """No config was named and there is none here: that is likely why nothing answers."""
+    if ns.config or ns.socket or os.environ.get("FORKWELL_SOCKET") or _where(ns).config_exists:
+        return message
+    return message.replace(
+        "(start it with 'forkwell up')",
+        f"(and there is no ./forkwell.toml in {os.getcwd()}: give -c FILE, or --socket PATH)",
+    )
 
 
 # -- ps -------------------------------------------------------------------
