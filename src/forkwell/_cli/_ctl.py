@@ -160,6 +160,8 @@ DECLARED = {
         "check",
         "Validate a config file without a running supervisor; list every error.",
         options=(CONFIG,),
+        notes="Also warns (on stderr, still exiting 0) about a command that is not on PATH "
+              "or not executable, and about a file without programs.",
         exits=(("0", "the config is valid (prints its programs and socket)"),
                ("2", "bad usage, or an invalid config (every error is listed)")),
         examples=("forkwell check -c deploy/forkwell.toml",),
@@ -468,6 +470,10 @@ def _check(prog: str, ns: SimpleNamespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
+    from .._supervisor._preflight import warnings
+
+    for line in warnings(config, path):
+        _err(prog, f"warning: {line}")
     programs = config.programs
     instances = sum(p.numprocs for p in programs.values())
     print(

@@ -153,12 +153,10 @@ class Fleet:
         program, colon, _ = name.partition(":")
         if colon and program in self.programs:
             count = len(self.programs[program])
-            return UnknownProgramError(
-                f"unknown instance {name!r}: {program} has instances "
-                f"{program}:0..{program}:{count - 1}"
-                if count
-                else f"unknown instance {name!r}: {program} has no instances (numprocs 0)"
+            has = {0: "no instances (numprocs 0)", 1: f"one instance, {program}:0"}.get(
+                count, f"instances {program}:0..{program}:{count - 1}"
             )
+            return UnknownProgramError(f"unknown instance {name!r}: {program} has {has}")
         return self.unknown_program(name)
 
     def unknown_program(self, name: str) -> UnknownProgramError:

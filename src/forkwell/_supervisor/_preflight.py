@@ -1,0 +1,54 @@
+"""What ``forkwell check`` and ``forkwell up`` warn about before anything starts.
+
+A valid config can still be one that cannot work: a command that is not on
+PATH (or not executable) would be started ``start_retries`` times with
+backoff and end FATAL; a file without programs runs nothing.  Warnings, not
+errors: the PATH of a later ``forkwell up`` may differ, and a program may be
+installed meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from .._core._process import find_executable
+from ._config import Config, ProgramConfig
+
+
+def warnings(
+    config: Config, label: str | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per problem, each naming the file (``label``) and the key, as errors do."""
+    label = os.fspath(config.path) if label is None else label
+    if not config.programs:
+        return [f"{label}: no programs: nothing would run (add a [programs.NAME] table)"]
+    env = os.environ if environ is None else environ
+    found = (command_problem(p, env) for p in config.programs.values())
+    return [f"{label}: programs.{name}.command: {problem}"
+            for name, problem in zip(config.programs, found, strict=True) if problem]  # fmt: skip
+
+
+def command_problem(program: ProgramConfig, environ: Mapping[str, str]) -> str:
+    """Why ``program``'s command cannot be executed as things are now ("" if it can)."""
+    command = program.command[0]
+    where = program.directory
+    if "/" in command:
+        path = os.path.normpath(os.path.join(where, command))
+        if not os.path.exists(path):
+            return f"{path} does not exist"
+        return "" if _runnable(path) else f"{path} is not an executable file"
+    search = program.environment.get("PATH", environ.get("PATH", os.defpath))
+    # The child's cwd is the program's directory: relative entries are relative to it.
+    absolute = os.pathsep.join(os.path.join(where, entry) for entry in search.split(os.pathsep))
+    if find_executable(command, absolute):
+        return ""
+    there = [os.path.join(d, command) for d in absolute.split(os.pathsep)]
+    unrunnable = next((p for p in there if os.path.exists(p)), None)
+    if unrunnable is not None:
+        return f"{command!r} is found on PATH as {unrunnable}, which is not an executable file"
+    return f"{command!r} is not found on PATH ({search})"
+
+
+def _runnable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
