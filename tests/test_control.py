@@ -75,6 +75,7 @@ class Report:
     changed: list[str]
     unchanged: list[str]
     scaled: list[str]
+    kept: list[str] = field(default_factory=list)
 
 
 async def pause(seconds: float) -> None:

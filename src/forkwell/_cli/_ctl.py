@@ -65,6 +65,9 @@ _EXITS = (
     ("3", "an instance failed (FATAL, did not stop, could not be signalled)"),
     ("130", "interrupted (Ctrl-C)"),
 )
+# Stopping what is not running succeeds (LSB's rule, which `daemon stop` follows too).
+_STOP_EXITS = (("0", "done, or no supervisor is running (nothing of the fleet runs)"),
+               *_EXITS[1:])  # fmt: skip
 # argparse's words, which these commands have always used and scripts may grep.
 _WORDS = {
     "unknown": "unrecognized arguments: {option}",
@@ -110,7 +113,8 @@ DECLARED = {
     ),
     **{
         name: _control(name, f"{text}\n\n{_PROGRESS}", _NAMES, _NO_WAIT,
-                       examples=(f"forkwell {name} web:1", f"forkwell {name} all --no-wait"))
+                       examples=(f"forkwell {name} web:1", f"forkwell {name} all --no-wait"),
+                       exits=_STOP_EXITS if name == "stop" else _EXITS)
         for name, text in _OP_WORDS.items()
     },
     "signal": _control(
@@ -135,7 +139,9 @@ DECLARED = {
     "reload": _control(
         "reload",
         "Re-read the config: start added programs, stop removed ones, restart changed\n"
-        "ones; unchanged ones keep running (same pid).  An invalid config changes nothing.",
+        "ones; unchanged ones keep running (same pid).  An invalid config changes nothing.\n\n"
+        "A program's count set by 'forkwell scale' is kept until the file's numprocs\n"
+        "changes (as 'kubectl apply' keeps a scaled count); reload names those it kept.",
         exits=(*_EXITS[:2], ("2", "bad usage, or an invalid config (every error is listed; "
                                   "nothing was changed)"), *_EXITS[3:]),
         examples=("forkwell reload",),
@@ -152,8 +158,8 @@ DECLARED = {
         "Stop everything in reverse dependency order; return once the supervisor exited.",
         Option(("--wait",), "DUR", "how long to wait for the supervisor process to exit "
                "after stopping (default {default})", DURATION, 60.0, aliases=("--timeout",)),
-        exits=(_EXITS[0], ("1", "the supervisor cannot be reached, failed to answer, or did "
-                                "not exit within --wait"), *_EXITS[2:]),
+        exits=(_STOP_EXITS[0], ("1", "the supervisor cannot be reached, failed to answer, or "
+                                     "did not exit within --wait"), *_EXITS[2:]),
         examples=("forkwell down && forkwell up --detach",),
     ),
     "check": Command(
@@ -420,6 +426,10 @@ def _reload(prog: str, ns: SimpleNamespace) -> int:
         if names:
             changes += len(names)
             print(f"{word}: {', '.join(names)}")
+    kept = result.get("kept") or []
+    if kept:
+        print(f"kept their 'forkwell scale' count (the file's numprocs did not change): "
+              f"{', '.join(kept)}")  # fmt: skip
     unchanged = result.get("unchanged") or []
     print(f"unchanged: {len(unchanged)} program{'s' if len(unchanged) != 1 else ''}")
     if not changes:

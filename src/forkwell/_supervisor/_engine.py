@@ -46,7 +46,7 @@ from .._exceptions import ForkwellError, UnknownProgramError
 from ._childenv import ChildEnv
 from ._config import Config, load_config
 from ._events import EventLog
-from ._fleet import Fleet, ReloadReport, compare, dep_ok, settle, settled
+from ._fleet import Fleet, ReloadReport, dep_ok, settle, settled
 from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
@@ -298,12 +298,11 @@ class Supervisor:
         only change is ``numprocs`` is scaled in place; changed programs are
         restarted with the new settings; removed ones are stopped.
         """
-        new = load_config(self.config_path)
-        report = compare(self.config, new)
-        added, removed, changed, _, scaled = report
+        new, report = self._fleet.plan(load_config(self.config_path))
+        added, removed, changed, _, scaled, kept = report
         self._note(
             f"reload {self.config_path}: added {added or '-'}, removed {removed or '-'}, "
-            f"changed {changed or '-'}, scaled {scaled or '-'}"
+            f"changed {changed or '-'}, scaled {scaled or '-'}, kept scale {kept or '-'}"
         )
         to_start = await self._fleet.reload(new, report)
         self.config_path = new.path
