@@ -201,6 +201,10 @@ class Supervisor:
     def _note(self, text: str) -> None:
         self._log.note(text)
 
+    def note(self, text: str) -> None:
+        """A line in the event log (an instance's news that is not a transition)."""
+        self._log.note(text)
+
     # -- read side ------------------------------------------------------------
 
     def _all(self) -> list[Instance]:
@@ -451,6 +455,12 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         loop.add_signal_handler(signal.SIGCHLD, self._tracker.reap)
+        # A SIGCHLD storm (a hundred programs crash-looping at shutdown) fills
+        # asyncio's wake-up pipe; one byte already wakes the loop, so a full
+        # pipe loses nothing, and Python's warning per lost byte is noise.
+        wakeup = signal.set_wakeup_fd(-1)
+        if wakeup != -1:
+            signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
         self._tracker.reap()  # whatever exited before the handler existed
         for sig in self._early_signals:  # what arrived during prestart()
             if sig == signal.SIGHUP:

@@ -11,6 +11,12 @@ A log file deleted by hand (``rm`` to free space) is noticed at the next
 write and re-created, instead of writing into an unlinked inode forever
 (supervisord issue 240).
 
+A write that fails (the disk full, a quota, ``RLIMIT_FSIZE``) never stops the
+program or the supervisor: up to :data:`HOLD_BYTES` wait in memory and are
+written first when writing works again, later output beyond that is
+dropped and counted, and the log says how many bytes are missing where they
+are missing.  ``report`` hears of the failure once and of the recovery once.
+
 :class:`Output` is one instance's side: a pipe per stream for the
 instance's whole life, copied to its log files as data arrives.
 
@@ -32,17 +38,24 @@ if TYPE_CHECKING:
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _READ_SIZE = 262144
+HOLD_BYTES = 1 << 20  # per log file, while it cannot be written
 
 
 class LogFile:
-    """An append-only log file rotated by size."""
+    """An append-only log file rotated by size, that outlives a full disk."""
 
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int, backups: int, report: Callable[[str], None] | None = None
+    ) -> None:
         self.path = path
         self.max_bytes = max(1, max_bytes)
         self.backups = max(0, backups)
         self._fd = -1
         self.size = 0
+        self._report = report
+        self._held = bytearray()  # not written yet: the file could not take it
+        self.dropped = 0  # bytes lost since writing last failed
+        self.failing: str | None = None  # why the last write failed
         self._open()
 
     def _open(self) -> None:
@@ -55,24 +68,68 @@ class LogFile:
 
     def write(self, data: bytes) -> None:
         """Append ``data``, rotating whenever the file reaches ``max_bytes``."""
-        if self._fd < 0:
-            self._open()
-        elif os.fstat(self._fd).st_nlink == 0:
-            # Deleted behind our back: start a new file rather than write to nothing.
-            os.close(self._fd)
-            self._open()
-        view = memoryview(data)
-        while view:
-            room = self.max_bytes - self.size
-            if room <= 0:
-                self.rotate()
-                room = self.max_bytes
-            chunk = view[:room]
-            while chunk:
-                written = os.write(self._fd, chunk)
-                chunk = chunk[written:]
+        if self.failing is None:
+            try:
+                self._append(memoryview(data))
+                return
+            except _WriteFailed as failed:
+                self._fail(failed)
+                data = data[failed.written :]
+        room = HOLD_BYTES - len(self._held)
+        self._held += data[:room]
+        self.dropped += max(0, len(data) - room)
+        self.flush()
+
+    def flush(self) -> None:
+        """Try again to write what a failed write left in memory."""
+        if self.failing is None:
+            return
+        dropped = self.dropped
+        try:
+            # A copy: a live view would pin the bytearray's size.
+            self._append(memoryview(bytes(self._held)))
+            self._held.clear()
+            if dropped:
+                note = f"[forkwell: {dropped} bytes of output lost here: {self.failing}]\n"
+                self._append(memoryview(note.encode()))
+        except _WriteFailed as failed:
+            del self._held[: failed.written]
+            self.failing = failed.why
+            return
+        self.dropped, self.failing = 0, None
+        if self._report is not None:
+            lost = f"; {dropped} bytes were lost" if dropped else ""
+            self._report(f"log {self.path}: writing again{lost}")
+
+    def _fail(self, failed: _WriteFailed) -> None:
+        self.failing = failed.why
+        if self._report is not None:
+            self._report(
+                f"log {self.path}: cannot write ({failed.why}); the program keeps running, "
+                f"up to {HOLD_BYTES >> 10} KiB of its output wait in memory"
+            )
+
+    def _append(self, view: memoryview) -> None:
+        """Write all of ``view``; _WriteFailed says how much was written before a failure."""
+        done = 0
+        try:
+            if self._fd < 0:
+                self._open()
+            elif os.fstat(self._fd).st_nlink == 0:
+                # Deleted behind our back: start a new file rather than write to nothing.
+                os.close(self._fd)
+                self._fd = -1
+                self._open()
+            while done < len(view):
+                room = self.max_bytes - self.size
+                if room <= 0:
+                    self.rotate()
+                    room = self.max_bytes
+                written = os.write(self._fd, view[done : done + room])
+                done += written
                 self.size += written
-            view = view[room:]
+        except OSError as exc:
+            raise _WriteFailed(done, exc.strerror or str(exc)) from None
 
     def rotate(self) -> None:
         """Close the current file, shift the backups, and start an empty file."""
@@ -98,9 +155,16 @@ class LogFile:
         self._open()
 
     def close(self) -> None:
+        self.flush()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class _WriteFailed(Exception):
+    def __init__(self, written: int, why: str) -> None:
+        self.written = written
+        self.why = why
 
 
 class Output:
@@ -113,8 +177,11 @@ class Output:
     console).
     """
 
-    def __init__(self, echo: Callable[[str, bytes], None]) -> None:
+    def __init__(
+        self, echo: Callable[[str, bytes], None], report: Callable[[str], None] | None = None
+    ) -> None:
         self._echo = echo
+        self._report = report
         self._pipes: dict[str, tuple[int, int]] = {}  # stream -> (read fd, write fd)
         self.logs: dict[str, LogFile] = {}
 
@@ -127,7 +194,7 @@ class Output:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 os.set_blocking(r, False)
                 self._pipes[stream] = (r, w)
-                self.logs[stream] = LogFile(path, max_bytes, backups)
+                self.logs[stream] = LogFile(path, max_bytes, backups, self._report)
                 loop.add_reader(r, self._readable, stream, r)
         except BaseException:
             self.close(loop)

@@ -112,6 +112,7 @@ class _Host(Protocol):
         self, inst: Instance, old: ProgramState, new: ProgramState, why: str
     ) -> None: ...
     def output(self, inst: Instance, stream: str, data: bytes) -> None: ...
+    def note(self, text: str) -> None: ...
     def track(self, proc: Process, on_exit: Callable[[], None]) -> None: ...
     def untrack(self, proc: Process) -> None: ...
     async def end_tree(
@@ -147,7 +148,7 @@ class Instance:
         self._dep_task: asyncio.Task[None] | None = None
         self._exit_waiters: list[asyncio.Future[None]] = []
         self.no_restart = False  # set by shutdown: an exit now is final
-        self.output = Output(self._echo)
+        self.output = Output(self._echo, host.note)
 
     def __repr__(self) -> str:
         return f"<Instance {self.name} {self.state.name} pid={self.pid}>"
