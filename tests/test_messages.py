@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import IS_ROOT, PY, public_sources, running, wait_until
@@ -212,7 +213,9 @@ def test_one_instance_is_said_as_one(tmp_path: Path) -> None:
     cfg = tmp_path / "f.toml"
     cfg.write_text('[programs.web]\ncommand = "true"\n[programs.w]\ncommand = "true"\n'
                    'numprocs = 3\n[programs.z]\ncommand = "true"\nnumprocs = 0\n')  # fmt: skip
-    fleet = Fleet(None, forkwell.load_config(cfg), lambda: None)  # type: ignore[arg-type]
+    # Naming instances needs no supervisor: a host that only takes notes.
+    host = SimpleNamespace(note=lambda line: None)
+    fleet = Fleet(host, forkwell.load_config(cfg), lambda: None)  # type: ignore[arg-type]
     said = []
     for name in ("web:1", "w:5", "z:0"):
         with pytest.raises(forkwell.UnknownProgramError) as info:
@@ -230,6 +233,6 @@ def test_a_stopped_detached_supervisor_leaves_no_pid(tmp_path: Path) -> None:
     cfg = config(tmp_path, '[programs.svc]\ncommand = "sleep 1000"\n')
     r = fw("up", "-c", str(cfg), "--detach")
     daemon = json.loads((tmp_path / ".forkwell" / "state.json").read_text())["pid"]
-    assert r.stdout == f"forkwell up: supervisor running (pid {daemon}), 1 instances up\n"
+    assert r.stdout == f"forkwell up: supervisor running (pid {daemon}), 1 instance up\n"
     os.kill(daemon, signal.SIGTERM)
     wait_until(lambda: not running(daemon), 20, "the daemon to stop")

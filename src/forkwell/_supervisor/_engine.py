@@ -508,7 +508,8 @@ def _notify_ready(failed: list[OpResult], instances: int, note: Callable[[str], 
     status = (
         f"{len(failed)} instance(s) failed to start: {failed[0].message}"
         if failed
-        else f"forkwell up: supervisor running (pid {os.getpid()}), {instances} instances up"
+        else f"forkwell up: supervisor running (pid {os.getpid()}), {instances} "
+        f"instance{'' if instances == 1 else 's'} up"
     )
     try:
         notify(READY=1, STATUS=status, MAINPID=os.getpid())
