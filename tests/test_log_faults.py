@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import IS_ROOT, PY, read_pids, running, wait_until
+from helpers import IS_ROOT, PY, proc_state, read_pids, running, wait_until
 from test_supervisor_cli import asleep_in_epoll, ctx_switches
 from test_supervisor_harness import cmd
 
@@ -146,11 +146,25 @@ def run_out_of_room(
     return log.read_bytes(), sup
 
 
+def sigchld_pending(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) >> 16 & 1:
+            return True
+    return False
+
+
 def quiet_while_stopped(supervisor: int, program: int) -> None:
     """With the program stopped, the supervisor of a failing log sleeps: no retry loop."""
     os.kill(program, signal.SIGSTOP)
     try:
-        wait_until(lambda: asleep_in_epoll(supervisor), 10, "the supervisor to sleep")
+        # The stop's SIGCHLD (CLD_STOPPED) wakes the supervisor once: count
+        # from when it has been taken and the supervisor sleeps again.
+        wait_until(lambda: proc_state(program) == "T", 10, "the program to stop")
+        wait_until(
+            lambda: not sigchld_pending(supervisor) and asleep_in_epoll(supervisor),
+            10,
+            "the supervisor to sleep",
+        )
         before = ctx_switches(supervisor)
         select.select([], [], [], 0.5)  # the window being measured
         assert ctx_switches(supervisor) - before == 0

@@ -212,13 +212,17 @@ class Served:
             env=full_env,
             start_new_session=True,  # so cleanup can kill the whole group
         )
+        self._follow()
+        self.address = ""
+
+    def _follow(self) -> None:
+        """Collect the started server's stderr lines in a thread."""
         self.pid = self.proc.pid
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._done = False
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
-        self.address = ""
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

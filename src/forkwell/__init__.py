@@ -61,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "run": "._run",
     "run_async": "._run",
     "ForkingServer": "._servers._forking",
+    "serve_wsgi": "._servers._wsgiserver",
     "InstanceInfo": "._supervisor._engine",
     "OpResult": "._supervisor._engine",
     "ReloadReport": "._supervisor._fleet",
@@ -109,6 +110,7 @@ if TYPE_CHECKING:
     from ._run import run_async as run_async
     from ._servers._forking import ForkingServer as ForkingServer
     from ._servers._prefork import PreforkServer as PreforkServer
+    from ._servers._wsgiserver import serve_wsgi as serve_wsgi
     from ._supervisor._config import Config as Config
     from ._supervisor._config import ProgramConfig as ProgramConfig
     from ._supervisor._config import load_config as load_config

@@ -15,16 +15,18 @@ import errno
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import socketserver
 import stat
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from .._core._state import check
 from .._exceptions import BindError, HandlerImportError
@@ -226,11 +228,8 @@ class Listeners:
 # ---------------------------------------------------------------- handlers
 
 
-def load_handler(spec: str) -> Handler:
-    """Import ``"package.module:name"`` and check it is a usable handler."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise HandlerImportError(f"bad handler {spec!r} (expected MODULE:HANDLER)")
+def import_object(module_name: str, attr: str) -> Any:
+    """``attr`` (``"name"``, ``"a.b"``) of the module, imported; HandlerImportError says why not."""
     from importlib import import_module
 
     try:
@@ -247,6 +246,30 @@ def load_handler(spec: str) -> Handler:
             raise HandlerImportError(
                 f"module {module_name!r} has no attribute {attr!r}", name=module_name
             ) from None
+    return obj
+
+
+def reimport(module_name: str) -> None:
+    """On reload, in the master: the module's new code, if it was imported at all."""
+    import importlib
+
+    module = sys.modules.get(module_name)
+    if module is None:
+        return
+    try:
+        importlib.reload(module)
+    except Exception as exc:  # the new code may raise anything
+        raise HandlerImportError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", name=module_name
+        ) from exc
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``"package.module:name"`` and check it is a usable handler."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise HandlerImportError(f"bad handler {spec!r} (expected MODULE:HANDLER)")
+    obj = import_object(module_name, attr)
     try:
         check_handler(obj)
     except TypeError as exc:
@@ -265,10 +288,113 @@ def check_handler(handler: object) -> None:
         raise TypeError(f"handler {handler!r} is neither a request-handler class nor callable")
 
 
-def call_handler(handler: Handler, conn: socket.socket, address: Any, server: object) -> None:
+class Lifeline(Protocol):
+    """What a pre-fork worker offers the service that serves one of its connections.
+
+    A connection may carry many requests (HTTP keep-alive) and last long: the
+    service reports progress (``beat``, the heartbeat the master watches),
+    asks whether the worker was told to stop (then it ends the connection at
+    the next request boundary), and counts requests (``max_requests``).
+    """
+
+    def beat(self) -> None: ...
+
+    def stopping(self) -> bool: ...
+
+    def request_done(self) -> bool:
+        """Count one request; True once the worker should leave after it."""
+        ...
+
+
+class _Unattended:
+    """The lifeline of a connection outside a pre-fork worker: nobody watches, nothing stops."""
+
+    def beat(self) -> None:
+        pass
+
+    def stopping(self) -> bool:
+        return False
+
+    def request_done(self) -> bool:
+        return False
+
+
+UNATTENDED = _Unattended()
+
+
+# What Session.resume() says about its connection.
+PARK = 0  # waiting for the client: poll the connection, resume when it is readable
+AGAIN = 1  # a complete request is buffered: resume it without waiting
+DONE = 2  # closed
+
+
+class Session(Protocol):
+    """One connection a service serves a request at a time, parked in between."""
+
+    deadline: float  # time.monotonic() by which it must be readable, else expire()
+
+    def fileno(self) -> int: ...
+
+    def resume(self) -> int:
+        """Serve what has arrived, without waiting for more: PARK, AGAIN or DONE."""
+        ...
+
+    def expire(self) -> None:
+        """The client was silent past ``deadline``: close (answering 408 if mid-request)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ConnectionService:
+    """A handler that serves whole connections and takes part in the worker's life.
+
+    Plain handlers see a socket and are done; a service (the WSGI server) also
+    loads its application in each new worker (``boot``), re-imports it in the
+    master on reload (``reload``), and turns a connection into a
+    :class:`Session` (``open``) that a pre-fork worker parks between requests
+    beside its listeners, so an idle keep-alive connection never holds a
+    worker.  It stays a ``handler(sock, address)`` too (served blocking).
+    """
+
+    # At most this many connections per worker (0: no limit): at the cap the
+    # worker stops accepting until one ends (gunicorn's worker_connections).
+    max_sessions = 0
+
+    def boot(self) -> None:
+        """In a new pre-fork worker, before it accepts: an exception is a boot failure."""
+
+    def reload(self) -> None:
+        """In the master on HUP, before the new workers fork: raise to keep the old ones."""
+
+    def open(self, conn: socket.socket, address: Any, life: Lifeline) -> Session:
+        raise NotImplementedError
+
+    def serve(self, conn: socket.socket, address: Any, life: Lifeline = UNATTENDED) -> None:
+        """The whole connection, blocking: for a server that gives each connection a process."""
+        session = self.open(conn, address, life)
+        poller = select.poll()
+        poller.register(session.fileno(), select.POLLIN)
+        while (state := session.resume()) != DONE:
+            if state == AGAIN:
+                continue
+            left = session.deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                session.expire()
+                return
+
+    def __call__(self, conn: socket.socket, address: Any) -> None:
+        self.serve(conn, address)
+
+
+def call_handler(
+    handler: Handler, conn: socket.socket, address: Any, server: object, life: Lifeline = UNATTENDED
+) -> None:
     """Run ``handler`` on one connection, then close it the way socketserver does."""
     try:
-        if isinstance(handler, type):
+        if isinstance(handler, ConnectionService):
+            handler.serve(conn, address, life)
+        elif isinstance(handler, type):
             # http.server's handlers log address[0]; AF_UNIX peers have no
             # address (''), so give them a readable stand-in.
             if not isinstance(address, tuple):

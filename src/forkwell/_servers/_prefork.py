@@ -53,12 +53,14 @@ from ._common import (
     STOP_FAST,
     STOP_GRACEFUL,
     Binds,
+    ConnectionService,
     Handler,
     ServerBase,
     ServerState,
     block_signals,
     check_handler,
     load_handler,
+    reimport,
     unblock_signals,
     warm_up,
 )
@@ -301,28 +303,26 @@ class PreforkServer(ServerBase):
         return False
 
     def _reload(self) -> None:
-        if self._handler_spec is not None:
-            import importlib
-            import sys
-
-            module_name = self._handler_spec.partition(":")[0]
-            try:
-                if module_name in sys.modules:
-                    importlib.reload(sys.modules[module_name])
-                self.handler = load_handler(self._handler_spec)
-            except HandlerImportError as exc:
-                log.error("reload failed, keeping the running workers: %s", exc)  # noqa: TRY400
-                return
-            except Exception as exc:  # the new code may raise anything at import
-                log.error(  # noqa: TRY400 (the user's error, reported in one line)
-                    "reload failed, keeping the running workers: cannot import %r: %s: %s",
-                    module_name,
-                    type(exc).__name__,
-                    exc,
-                )
-                return
+        try:
+            self._reimport()
+        except HandlerImportError as exc:
+            log.error("reload failed, keeping the running workers: %s", exc)  # noqa: TRY400
+            return
+        except Exception as exc:  # the new code may raise anything at import
+            log.error(  # noqa: TRY400 (the user's error, reported in one line)
+                "reload failed, keeping the running workers: %s: %s", type(exc).__name__, exc
+            )
+            return
         self._generation += 1
         log.info("reloading: starting %d new workers", self.target)
+
+    def _reimport(self) -> None:
+        """The new code, in the master, before new workers fork from it."""
+        if isinstance(self.handler, ConnectionService):
+            self.handler.reload()
+        elif self._handler_spec is not None:
+            reimport(self._handler_spec.partition(":")[0])
+            self.handler = load_handler(self._handler_spec)
 
     def _watch_workers(self, now: float) -> None:
         for w in list(self._workers.values()):

@@ -26,8 +26,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._common import (
+    AGAIN,
+    DONE,
+    ConnectionService,
     Handler,
     Listeners,
+    Session,
     SignalQueue,
     call_handler,
     child_exit,
@@ -148,25 +152,94 @@ class Master(Protocol):
     def _drop_master_state(self) -> None: ...
 
 
+class _Parked:
+    """A worker's connections between requests, in its epoll set beside the listeners."""
+
+    def __init__(self, poller: select.epoll) -> None:
+        self.poller = poller
+        self.sessions: dict[int, Session] = {}
+        self.ready: set[int] = set()  # a complete request is buffered: no need to wait
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def run(self, session: Session) -> None:
+        """Resume ``session``; keep it parked or let it go, as it says."""
+        fd = session.fileno()
+        self.ready.discard(fd)
+        try:
+            state = session.resume()
+        except Exception:
+            traceback.print_exc()
+            state = DONE
+        if state == DONE:
+            if self.sessions.pop(fd, None) is not None:
+                self.poller.unregister(fd)
+            session.close()
+            return
+        if fd not in self.sessions:
+            self.sessions[fd] = session
+            self.poller.register(fd, select.EPOLLIN)
+        if state == AGAIN:
+            self.ready.add(fd)
+
+    def wait(self, longest: float) -> float:
+        """How long the worker may sleep: not past a parked deadline; 0 with work ready."""
+        if self.ready:
+            return 0.0
+        if not self.sessions:
+            return longest
+        soonest = min(s.deadline for s in self.sessions.values())
+        return max(0.0, min(longest, soonest - time.monotonic()))
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for fd, session in list(self.sessions.items()):
+            if session.deadline <= now and fd not in self.ready:
+                del self.sessions[fd]
+                self.poller.unregister(fd)
+                session.expire()
+                session.close()
+
+    def close_all(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+        self.sessions.clear()
+        self.ready.clear()
+
+
 class Worker:
-    """The child side of one worker: boot, then accept and serve until told to stop."""
+    """The child side of one worker: boot, then accept and serve until told to stop.
+
+    It is also the :class:`~forkwell._servers._common.Lifeline` of the
+    connection it serves: a service beats, asks whether to stop and counts
+    requests through it.
+    """
 
     def __init__(self, server: Master, slot: int) -> None:
         self.server = server
         self.slot = slot
         self.slots = server._slots
+        self.served = 0  # requests (connections, for a plain handler)
+        self.limit = 0  # max_requests with this worker's jitter; 0: none
+        self._queue: SignalQueue | None = None
+        self._parked: _Parked | None = None
+        self._stopping = False  # SIGTERM: finish, drain the backlog, leave
+        self._quit = False  # SIGQUIT: leave after the current connection
 
     def main(self, old_mask: set[int]) -> None:
         code = WORKER_BOOT_ERROR
         booted = False
         try:
-            listeners, poller, signals = self._boot(old_mask)
+            listeners, poller = self._boot(old_mask)
             if self.server.worker_init is not None:
                 self.server.worker_init()
+            if isinstance(self.server.handler, ConnectionService):
+                self.server.handler.boot()
             self.slots.beat(self.slot)
             self.slots.set_state(self.slot, _SLOT_RUNNING)
             booted = True
-            code = self._loop(listeners, poller, signals)
+            code = self._loop(listeners, poller)
         except SystemExit as exc:
             if not booted:
                 self.slots.set_reason(self.slot, f"SystemExit({exc.code!r}) during boot")
@@ -182,27 +255,27 @@ class Worker:
         finally:
             child_exit(code)
 
-    def _boot(
-        self, old_mask: set[int]
-    ) -> tuple[list[socket.socket], select.epoll, SignalQueue]:
+    def _boot(self, old_mask: set[int]) -> tuple[list[socket.socket], select.epoll]:
         """A new worker drops what is the master's and sets up its own listeners and signals."""
         reset_child_signals()
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)
         self.server._drop_master_state()
-        signals = SignalQueue()
+        signals = self._queue = SignalQueue()
         signals.install((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1))
         unblock_signals(old_mask)
         # Die with the master even if it is SIGKILLed (graceful: TERM).
         if self.server._pdeathsig is not None:
             self.server._pdeathsig()
         reseed_after_fork()
+        if self.server.max_requests:
+            jitter = random.randint(0, self.server.max_requests_jitter)
+            self.limit = self.server.max_requests + jitter
         listeners = self._listeners()
         poller = select.epoll()
-        for sock in listeners:
-            poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self._listen(poller, listeners, True)
         poller.register(signals.wake_r, select.EPOLLIN)
-        return listeners, poller, signals
+        return listeners, poller
 
     def _listeners(self) -> list[socket.socket]:
         if not self.server.reuse_port:
@@ -217,60 +290,117 @@ class Worker:
                 shared.close()  # the master's port reservation: not ours to keep
         return own
 
-    def _loop(
-        self,
-        listeners: list[socket.socket],
-        poller: select.epoll,
-        signals: SignalQueue,
-    ) -> int:
-        limit = 0
-        if self.server.max_requests:
-            limit = self.server.max_requests + random.randint(0, self.server.max_requests_jitter)
+    def _loop(self, listeners: list[socket.socket], poller: select.epoll) -> int:
+        parked = self._parked = _Parked(poller)
+        handler = self.server.handler
+        cap = handler.max_sessions if isinstance(handler, ConnectionService) else 0
+        listening = True  # the listeners are in the epoll set
+        left = False  # stopped accepting for good (stopping, recycled, orphaned)
         idle_wait = 1.0 if self.server.timeout is None else min(self.server.timeout / 4, 1.0)
-        served = 0
-        stopping = False
         while True:
-            action = self._signals(signals)
-            if action == signal.SIGQUIT:
+            self._take_signals()
+            if self._quit:
+                parked.close_all()
                 return 0
-            stopping = stopping or action == signal.SIGTERM
-            accepted = next(filter(None, map(try_accept, listeners)), None)
+            recycled = bool(self.limit) and self.served >= self.limit
+            room = not cap or len(parked) < cap  # worker_connections
+            if room and not listening and not left:
+                listening = self._listen(poller, listeners, True)
+            accepted = None
+            if listening and room and not recycled:
+                accepted = next(filter(None, map(try_accept, listeners)), None)
             if accepted is not None:
-                served += 1
-                self._serve_one(served, *accepted)
-                if limit and served >= limit:
-                    self.slots.set_state(self.slot, _SLOT_RETIRED)
-                    return 0
+                self._serve_one(*accepted)
+                if parked:
+                    # Between accepts, the parked connections that are ready get
+                    # their turn: under load the backlog never empties, and they
+                    # would wait for it (the p99 of short connections).
+                    self._wait(poller, parked, 0.0)
                 continue
-            # Nothing queued.  Only now may a stopping worker leave: it was
-            # perhaps the one woken for the last connection.
-            if stopping or os.getppid() != self.server._master_pid:
+            # Nothing queued.  Only now may a leaving worker stop accepting: it
+            # was perhaps the one woken for the last connection.  Its parked
+            # connections end at their next response or idle deadline.
+            left = left or recycled or self._stopping or os.getppid() != self.server._master_pid
+            if listening and (left or not room):
+                listening = self._listen(poller, listeners, False)
+            if left and not parked:
+                if recycled:
+                    self.slots.set_state(self.slot, _SLOT_RETIRED)
                 return 0
             self.slots.beat(self.slot)
-            for fd, _ in poller.poll(idle_wait):
-                if fd == signals.wake_r:
-                    signals.drain()
+            self._wait(poller, parked, idle_wait)
 
-    def _signals(self, signals: SignalQueue) -> int | None:
-        """Take the worker's queued signals: SIGQUIT (leave now) or SIGTERM (finish), if any."""
-        action: int | None = None
-        while signals.pending:
-            sig = signals.pending.popleft()
+    @staticmethod
+    def _listen(poller: select.epoll, listeners: list[socket.socket], on: bool) -> bool:
+        """Put the listeners in the epoll set or take them out; returns ``on``."""
+        for sock in listeners:
+            if on:
+                poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            else:
+                poller.unregister(sock.fileno())
+        return on
+
+    def _wait(self, poller: select.epoll, parked: _Parked, idle_wait: float) -> None:
+        """Sleep until a connection, a signal or a parked client; serve the parked ones ready."""
+        assert self._queue is not None
+        for fd, _ in poller.poll(parked.wait(idle_wait)):
+            if fd == self._queue.wake_r:
+                self._queue.drain()
+            elif fd in parked.sessions:
+                parked.ready.add(fd)
+        for fd in list(parked.ready):
+            session = parked.sessions.get(fd)
+            if session is not None:
+                parked.run(session)
+        parked.expire()
+
+    def _take_signals(self) -> None:
+        """Act on the worker's queued signals: SIGQUIT, SIGTERM (noted), SIGUSR1 (logs reopened)."""
+        queue = self._queue
+        while queue is not None and queue.pending:
+            sig = queue.pending.popleft()
             if sig == signal.SIGQUIT:
-                return sig
-            if sig == signal.SIGTERM:
-                action = sig
+                self._quit = True
+            elif sig == signal.SIGTERM:
+                self._stopping = True
             elif sig == signal.SIGUSR1:
                 reopen_logs(self.server.log_file)
-        return action
 
-    def _serve_one(self, served: int, conn: socket.socket, address: Any) -> None:
+    def _serve_one(self, conn: socket.socket, address: Any) -> None:
         """One connection, heartbeats around it; a failing handler costs only it."""
         self.slots.beat(self.slot)
+        handler = self.server.handler
+        if isinstance(handler, ConnectionService):
+            # Served a request at a time, parked in between (it counts its requests).
+            assert self._parked is not None
+            try:
+                session = handler.open(conn, address, self)
+            except Exception:
+                traceback.print_exc()
+                conn.close()
+                return
+            self._parked.run(session)
+            return
         conn.setblocking(True)
         try:
-            call_handler(self.server.handler, conn, address, self.server)
+            call_handler(handler, conn, address, self.server, self)
         except Exception:
             traceback.print_exc()
-        self.slots.set_requests(self.slot, served)
+        self.served += 1
+        self.slots.set_requests(self.slot, self.served)
         self.slots.beat(self.slot)
+
+    # -- the Lifeline of the connection being served
+
+    def beat(self) -> None:
+        self.slots.beat(self.slot)
+
+    def stopping(self) -> bool:
+        self._take_signals()
+        recycled = bool(self.limit) and self.served >= self.limit
+        return self._stopping or self._quit or recycled
+
+    def request_done(self) -> bool:
+        self.served += 1
+        self.slots.set_requests(self.slot, self.served)
+        return bool(self.limit) and self.served >= self.limit

@@ -455,12 +455,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         loop.add_signal_handler(signal.SIGCHLD, self._tracker.reap)
-        # A SIGCHLD storm (a hundred programs crash-looping at shutdown) fills
-        # asyncio's wake-up pipe; one byte already wakes the loop, so a full
-        # pipe loses nothing, and Python's warning per lost byte is noise.
-        wakeup = signal.set_wakeup_fd(-1)
-        if wakeup != -1:
-            signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
+        _quiet_wakeup()
         self._tracker.reap()  # whatever exited before the handler existed
         for sig in self._early_signals:  # what arrived during prestart()
             if sig == signal.SIGHUP:
@@ -547,3 +542,15 @@ def _result(inst: Instance, ok: bool, message: str = "") -> OpResult:
         last_exit=inst.last_exit,
         log_tail=log_tail,
     )
+
+
+def _quiet_wakeup() -> None:
+    """No warning when asyncio's wake-up pipe is full.
+
+    A SIGCHLD storm (a hundred programs crash-looping at shutdown) fills it;
+    the bytes already in it wake the loop, and Python's warning per lost
+    byte is noise on the operator's terminal.
+    """
+    wakeup = signal.set_wakeup_fd(-1)
+    if wakeup != -1:
+        signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
