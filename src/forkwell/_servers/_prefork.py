@@ -314,7 +314,8 @@ class PreforkServer(ServerBase):
             )
             return
         self._generation += 1
-        log.info("reloading: starting %d new workers", self.target)
+        n = self.target
+        log.info("reloading: starting %d new worker%s", n, "" if n == 1 else "s")
 
     def _reimport(self) -> None:
         """The new code, in the master, before new workers fork from it."""
