@@ -69,3 +69,28 @@ def test_tcp_accepts_listening_port_and_not_closed_one() -> None:
 
 def test_tcp_accepts_unresolvable_host_is_false() -> None:
     assert tcp_accepts("no-such-host.invalid", 80, 0.5) is False
+
+
+def test_a_probe_cancelled_in_its_first_iteration_leaves_no_coroutine_unawaited() -> None:
+    # The process exits in the very loop iteration it was spawned in (seen
+    # under load): the probe is cancelled before its task took one step.
+    import asyncio
+    import gc
+    import types
+    from pathlib import Path
+
+    from forkwell._supervisor._config import parse_config
+    from forkwell._supervisor._probes import Readiness
+
+    data = {"programs": {"p": {"command": "true", "ready": "delay:5"}}}
+    cfg = parse_config(data, Path("forkwell.toml")).programs["p"]
+    loop = asyncio.new_event_loop()
+    try:
+        host = types.SimpleNamespace(loop=loop, aio_loop=loop)
+        readiness = Readiness(host, lambda how: None, lambda: None, lambda why: None)  # type: ignore[arg-type]
+        readiness.start(cfg, dict)
+        readiness.cancel()
+        loop.run_until_complete(asyncio.sleep(0))  # one turn: the cancelled task ends
+        gc.collect()  # an unawaited coroutine warns here, and the warning fails the test
+    finally:
+        loop.close()

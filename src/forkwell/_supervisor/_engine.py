@@ -51,6 +51,7 @@ from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
 from ._session import Session
+from ._signals import SignalRelay
 from ._tracking import Tracker, TreeEnder
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class Supervisor:
         self._watchdog = self._session.watchdog
         self._tracker = Tracker(self._loops, self._watchdog)
         self._early = EarlySignals()
+        self._relay: SignalRelay | None = None
         self._done: asyncio.Future[int] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self.startup_failures: list[OpResult] = []
@@ -451,11 +453,14 @@ class Supervisor:
         return code
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
-        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        loop.add_signal_handler(signal.SIGCHLD, self._tracker.reap)
-        _quiet_wakeup()
+        # SIGCHLD first in each dispatch: exits are known before a stop acts.
+        self._relay = SignalRelay(loop, {
+            signal.SIGCHLD: self._tracker.reap,
+            signal.SIGTERM: self._request_shutdown,
+            signal.SIGINT: self._request_shutdown,
+            signal.SIGHUP: self._request_reload,
+        })  # fmt: skip
+        self._relay.install()
         self._tracker.reap()  # whatever exited before the handler existed
         for sig in self._early_signals:  # what arrived during prestart()
             if sig == signal.SIGHUP:
@@ -483,8 +488,8 @@ class Supervisor:
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         """After the last program stopped: give back everything run() took."""
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            loop.remove_signal_handler(sig)
+        if self._relay is not None:
+            self._relay.uninstall()
         self._tracker.reap()
         self._session.close()
         self._env.close()
@@ -542,15 +547,3 @@ def _result(inst: Instance, ok: bool, message: str = "") -> OpResult:
         last_exit=inst.last_exit,
         log_tail=log_tail,
     )
-
-
-def _quiet_wakeup() -> None:
-    """No warning when asyncio's wake-up pipe is full.
-
-    A SIGCHLD storm (a hundred programs crash-looping at shutdown) fills it;
-    the bytes already in it wake the loop, and Python's warning per lost
-    byte is noise on the operator's terminal.
-    """
-    wakeup = signal.set_wakeup_fd(-1)
-    if wakeup != -1:
-        signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)

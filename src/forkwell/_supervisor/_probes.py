@@ -69,7 +69,7 @@ class Readiness:
         self._timeout = timeout
         self._failed = failed
         self._deadline: Handle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[str] | None = None
         self._notify: NotifyListener | None = None
 
     def listen(self, user: str | None, env: dict[str, str]) -> None:
@@ -96,12 +96,18 @@ class Readiness:
             self._probe(cmd(self._host, spec.command, cfg.directory, env, self._failed))
 
     def _probe(self, probe: Coroutine[Any, Any, str]) -> None:
-        async def run() -> None:
-            how = await probe
-            self._task = None  # done: cancel() must not cancel the task calling it
-            self._ready(how)
+        # The probe is the task itself: a wrapper cancelled before its first
+        # step (the process exited in the same loop iteration) would leave the
+        # probe's coroutine never awaited.
+        self._task = self._host.aio_loop.create_task(probe)
+        self._task.add_done_callback(self._probe_done)
 
-        self._task = self._host.aio_loop.create_task(run())
+    def _probe_done(self, task: asyncio.Task[str]) -> None:
+        if task.cancelled():
+            return
+        if self._task is task:
+            self._task = None
+        self._ready(task.result())  # a probe's own error is raised here, to the loop
 
     def _deadline_passed(self) -> None:
         self._deadline = None

@@ -68,15 +68,19 @@ class Tracker:
 
         ``WNOWAIT`` peeks first, so a child we track is reaped here only to
         give its status to its :class:`Process`; nothing else reaps it behind
-        its back.
+        its back.  The exits found are handed on only after the loop: handing
+        one on spawns its replacement, and a program that exits at once would
+        otherwise keep this loop, and the whole event loop, busy for ever (no
+        control socket, no SIGTERM).
         """
+        exited: list[int] = []
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
-                return
+                break
             if info is None or info.si_pid == 0:
-                return
+                break
             pid = info.si_pid
             try:
                 done = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
@@ -87,9 +91,11 @@ class Tracker:
             entry = self._tracked.get(pid)
             if entry is not None:
                 entry[0]._set_reaped(waitid_returncode(done))
-                self._pidfd_readable(pid)
+                exited.append(pid)
             elif pid == self._watchdog.pid:
                 self._watchdog.returncode = waitid_returncode(done)
+        for pid in exited:
+            self._pidfd_readable(pid)
 
 
 class TreeEnder:
