@@ -139,7 +139,11 @@ def test_the_cli_defaults_are_the_librarys() -> None:
     assert known["bind"] == default(ForkingServer, "bind") == default(PreforkServer, "bind")
     # -c's default is the supervisor's, written in the help (reading it would cost tomllib).
     assert DEFAULT_FILE == DEFAULT_CONFIG
-    assert f"(default ./{DEFAULT_FILE})" in _options.CONFIG.help
+    from forkwell._supervisor._formats._detect import SEARCH_ORDER
+
+    assert SEARCH_ORDER[0] == DEFAULT_FILE
+    assert "(default: the first of " + ", ".join(f"./{n}" for n in SEARCH_ORDER) + ")" \
+        in _options.CONFIG.help
 
 
 def _every_help() -> list[tuple[str, str]]:

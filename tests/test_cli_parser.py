@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from forkwell._cli._options import DURATION, INT, Command, Operand, Option, UsageError
@@ -230,7 +230,7 @@ _WORDS = st.sampled_from(["-", "--", "-x", "-pv", "--p", "--pid=", "=", "-n", "5
                           "TERM", "web=2", "--env", "A=1", "--ready", "tcp:1", "exec", "nan"])  # fmt: skip
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.timeout(300)  # the profile's examples, on a loaded single core too
 @given(argv=st.lists(_WORDS | st.text(max_size=8), max_size=6))
 def test_no_command_line_gets_a_traceback(argv: list[str]) -> None:
     """Whatever is typed, every command's parse ends in a result or a one-line UsageError."""

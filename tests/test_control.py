@@ -816,12 +816,13 @@ def test_a_config_that_does_not_exist_is_named(tmp_path: Path) -> None:
         r = fw(*cmd, "-c", str(missing))
         assert (r.returncode, r.stdout) == (2, ""), (cmd, r)
         assert r.stderr == f"forkwell {cmd[0]}: config file {missing} does not exist\n"
-    # `forkwell ps` where there is no forkwell.toml says so, rather than "start one".
+    # `forkwell ps` where there is no config of any format says so, rather than "start one".
     r = fw("ps", cwd=tmp_path)
     sock = tmp_path / ".forkwell" / "forkwell.sock"
     assert r.returncode == 1
     assert r.stderr == (f"forkwell ps: cannot reach the supervisor at {sock}: no supervisor is "
-                        f"running there (and there is no ./forkwell.toml in {tmp_path}: give -c "
+                        "running there (and there is no forkwell.toml, Procfile, "
+                        f"process-compose.yaml or supervisord.conf in {tmp_path}: give -c "
                         "FILE, or --socket PATH)\n")  # fmt: skip
     with pytest.raises(forkwell.ConfigError, match="does not exist"):
         forkwell.socket_path(missing)
@@ -1216,6 +1217,6 @@ def test_the_parser_agrees_with_argparse_on_generated_command_lines() -> None:
             diverged += 1
     assert agreed > 3000 and accepted > 300 and diverged < 600, (agreed, accepted, diverged)
     assert vars(parse(DECLARED["logs"], ["web", "-n", "3", "-f"])) == {
-        "config": None, "socket": None, "names": ["web"], "lines": 3, "follow": True,
+        "config": None, "format": None, "socket": None, "names": ["web"], "lines": 3, "follow": True,
         "stderr": False,
     }  # fmt: skip

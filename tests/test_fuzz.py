@@ -31,6 +31,9 @@ from forkwell._core._notify import NotifyListener
 from forkwell._core._readiness import parse_ready
 from forkwell._daemon import _handshake
 
+# Each target runs its profile's examples; on a loaded single core that takes minutes.
+pytestmark = pytest.mark.timeout(300)
+
 
 def one_line(message: str) -> None:
     assert message and "\n" not in message and "Traceback" not in message, message

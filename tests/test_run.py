@@ -370,7 +370,9 @@ def test_terminate_tree_escalates_to_kill(tmp_path: Path) -> None:
         (escapee,) = read_pids(pids, 1)
         start = time.monotonic()
         rc = proc.terminate_tree(grace=0.3)
-        assert rc == -signal.SIGKILL
+        # Killed, or (on a loaded machine) the shell saw its child killed
+        # and exited 137 a moment before its own SIGKILL landed.
+        assert rc in (-signal.SIGKILL, 128 + signal.SIGKILL)
         assert 0.25 < time.monotonic() - start < 3
         wait_until(lambda: not running(escapee), 2, "escapee gone")
     finally:

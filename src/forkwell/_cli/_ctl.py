@@ -25,6 +25,8 @@ from .._supervisor._control._discovery import Target, find_target
 from ._options import (
     CONFIG,
     DURATION,
+    FORMAT,
+    PROCFILE_OPTIONS,
     SIGNAL,
     SOCKET,
     Command,
@@ -55,7 +57,8 @@ def _target(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
-_NAMES_HELP = "program (all its instances), program:N (one instance) or 'all'"
+_NAMES_HELP = ("program (all its instances), program:N (one instance), a group (GROUP or "
+               "GROUP:*) or 'all'")
 _NAMES = Operand("NAME", _NAMES_HELP, nargs="+", dest="names")
 _NO_WAIT = Option(("--no-wait",), None, "return once the request is taken")
 _EXITS = (
@@ -83,8 +86,8 @@ def _control(name: str, description: str, *pieces: Option | Operand, **more: Any
     operands = tuple(p for p in pieces if isinstance(p, Operand))
     more.setdefault("exits", _EXITS)
     more.setdefault("notes", "See docs/control.md.")
-    return Command(name, description, options=(CONFIG, SOCKET, *options), operands=operands,
-                   words=_WORDS, **more)  # fmt: skip
+    return Command(name, description, options=(CONFIG, FORMAT, SOCKET, *options),
+                   operands=operands, words=_WORDS, **more)  # fmt: skip
 
 
 _OP_WORDS = {"start": ("Start instances and wait until each is RUNNING (ready) or has failed; "
@@ -164,13 +167,14 @@ DECLARED = {
     ),
     "check": Command(
         "check",
-        "Validate a config file without a running supervisor; list every error.",
-        options=(CONFIG,),
+        "Validate a config file without a running supervisor; list every error.\n"
+        "A Procfile is read with the options 'forkwell up' would be given.",
+        options=(CONFIG, FORMAT, *PROCFILE_OPTIONS),
         notes="Also warns (on stderr, still exiting 0) about a command that is not on PATH "
               "or not executable, and about a file without programs.",
         exits=(("0", "the config is valid (prints its programs and socket)"),
                ("2", "bad usage, or an invalid config (every error is listed)")),
-        examples=("forkwell check -c deploy/forkwell.toml",),
+        examples=("forkwell check -c deploy/forkwell.toml", "forkwell check -c supervisord.conf"),
     ),
 }  # fmt: skip
 
@@ -226,7 +230,7 @@ def _silence_stdout() -> None:
 
 
 def _where(ns: SimpleNamespace) -> Target:
-    return find_target(ns.socket, ns.config)
+    return find_target(ns.socket, ns.config, fmt=ns.format)
 
 
 def _connect(ns: SimpleNamespace) -> ControlClient:
@@ -238,9 +242,13 @@ def _with_hint(message: str, ns: SimpleNamespace) -> str:
     """No config was named and there is none here: that is likely why nothing answers."""
     if ns.config or ns.socket or os.environ.get("FORKWELL_SOCKET") or _where(ns).config_exists:
         return message
+    from .._supervisor._formats._detect import SEARCH_ORDER
+
+    # Every file `forkwell up` would look for without -c.
+    names = ", ".join(SEARCH_ORDER[:-1]) + " or " + SEARCH_ORDER[-1]
     return message.replace(
         "(start it with 'forkwell up')",
-        f"(and there is no ./forkwell.toml in {os.getcwd()}: give -c FILE, or --socket PATH)",
+        f"(and there is no {names} in {os.getcwd()}: give -c FILE, or --socket PATH)",
     )
 
 
@@ -469,25 +477,24 @@ def _logs(prog: str, ns: SimpleNamespace) -> int:
 
 def _check(prog: str, ns: SimpleNamespace) -> int:
     from .._exceptions import ConfigError
-    from .._supervisor._config import DEFAULT_FILE, load_config
+    from . import _fleetfile
 
-    path = ns.config or DEFAULT_FILE
+    path = _fleetfile.choose(prog, ns.config)
     try:
-        config = load_config(path)
+        loaded = _fleetfile.load(prog, ns, path)
     except ConfigError as exc:
         n = len(exc.errors)
         _err(prog, f"{path}: {n} error{'s' if n != 1 else ''}")
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
-    from .._supervisor._preflight import warnings
-
-    for line in warnings(config, path):
-        _err(prog, f"warning: {line}")
+    config = loaded.config
+    _fleetfile.warn(prog, loaded, path)
     programs = config.programs
     instances = sum(p.numprocs for p in programs.values())
     print(
-        f"{path}: ok ({len(programs)} program{'s' if len(programs) != 1 else ''},"
+        f"{path}: ok ({'' if loaded.format == 'toml' else loaded.format + '; '}"
+        f"{len(programs)} program{'s' if len(programs) != 1 else ''},"
         f" {instances} instance{'s' if instances != 1 else ''}; socket {config.supervisor.socket})"
     )
     return EXIT_OK

@@ -198,13 +198,21 @@ VERSION = Option(("--version",), None, "show forkwell's version and exit")
 # on and the library applies it; reading it here would cost `forkwell up
 # --help` tomllib.  tests/test_cli.py holds the two together.
 CONFIG = Option(("-c", "--config"), "FILE",
-                "the supervisor's config file (default ./forkwell.toml)")  # fmt: skip
+                "the supervisor's config file: forkwell.toml, a Procfile, a supervisord.conf or "
+                "a process-compose.yaml (default: the first of ./forkwell.toml, ./Procfile, "
+                "./process-compose.yaml, ./supervisord.conf)")  # fmt: skip
 SOCKET = Option(("--socket",), "PATH",
                 "the control socket (default: $FORKWELL_SOCKET, else the config's [supervisor] "
                 "socket)")  # fmt: skip
 
 
 # -- kinds ------------------------------------------------------------------
+
+
+def _format(text: str) -> str:
+    from .._supervisor._formats._detect import parse_format
+
+    return parse_format(text)
 
 
 def _int(text: str) -> int:
@@ -273,6 +281,7 @@ def at_least(minimum: int) -> Kind:
 
 
 INT = Kind("int", _int)
+FORMAT_KIND = Kind("format", _format)
 FLOAT = Kind("float", _float, "{:g}".format)
 DURATION = Kind("duration", _duration, show_seconds)
 SIGNAL = Kind("signal", _signal, _show_signal)
@@ -291,3 +300,29 @@ def keyword_default(func: Callable[..., Any], name: str) -> Any:
     names = code.__code__.co_varnames[: code.__code__.co_argcount]
     defaults = code.__defaults__ or ()
     return defaults[names.index(name) - len(names) + len(defaults)]
+
+
+# The config file's format, for `up`, `check`, `convert` and every control command.
+FORMAT = Option(("--format",), "FORMAT",
+                "read -c FILE as procfile, supervisord, process-compose or toml (default: "
+                "from its name: Procfile, Procfile.*, *.procfile; supervisord.conf, *.conf, "
+                "*.ini; *.yaml, *.yml; anything else is TOML)", FORMAT_KIND)  # fmt: skip
+
+# A Procfile's options, as foreman and honcho spell them (-c stays forkwell's config).
+PROCFILE_OPTIONS = (
+    Option(("-m", "--formation"), "NAME=N,...",
+           "a Procfile's instances per entry: 'web=2,worker=3', 'all=2' (foreman's); entries "
+           "not named run one, NAME=0 none", repeat=True),
+    Option(("--concurrency",), "NAME=N,...", "the same, in honcho's words", repeat=True,
+           dest="formation"),
+    Option(("-p", "--port"), "PORT",
+           "a Procfile's base PORT (default: PORT from .env, else from the environment, "
+           "else 5000); entry I, instance N gets PORT+100*I+N", at_least(1)),
+    Option(("-e", "--env"), "FILE[,FILE]",
+           "a Procfile's environment files (default: .env beside it)", repeat=True),
+    Option(("-t", "--timeout"), "SECONDS",
+           "a Procfile's grace before SIGKILL when stopping (default 5s, as foreman)", DURATION),
+    Option(("--restart",), None,
+           "a Procfile's processes are restarted when they fail (forkwell's supervision) "
+           "instead of the first exit stopping all, as foreman and honcho do"),
+)  # fmt: skip

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ._options import CONFIG, DURATION, SOCKET, Command, Option
+from ._options import CONFIG, DURATION, FORMAT, PROCFILE_OPTIONS, SOCKET, Command, Option
 from ._parser import parse_or_report as _parse_or_report
 from ._parser import report_usage
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
     from types import SimpleNamespace
 
     from .._supervisor._config import Config
@@ -27,6 +29,7 @@ output in rotated log files, and serve the control socket for 'forkwell ps',
 also printed as 'HH:MM:SS web:0 | line'.""",
     options=(
         CONFIG,
+        FORMAT,
         Option(("-q", "--quiet"), None,
                "do not echo program output and events (log files are still written)"),
         Option(("-d", "--detach"), None,
@@ -37,6 +40,7 @@ also printed as 'HH:MM:SS web:0 | line'.""",
         Option(("--exit-after",), "SECONDS",
                "stop everything and exit after this long (demos, CI): 0, or 3 if an autostart "
                "instance is FATAL then; e.g. 10, 1.5m", DURATION),
+        *PROCFILE_OPTIONS,
     ),
     notes="""\
 Ctrl-C or SIGTERM stops every program (dependents first, whole process
@@ -55,6 +59,8 @@ not on PATH (or not executable) is warned about, as 'forkwell check' does.""",
     ),
     examples=(
         "forkwell up -c examples/demo.toml",
+        "forkwell up -c Procfile -m web=2         # as 'foreman start -m web=2'",
+        "forkwell up -c supervisord.conf --detach && forkwell ps -c supervisord.conf",
         "forkwell up -c examples/demo.toml --exit-after 10     # a demo that ends itself",
         "forkwell up --detach && forkwell ps",
     ),
@@ -78,14 +84,10 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
         return args
     if args.pidfile and not args.detach:
         return report_usage(UP, prog, "--pidfile needs --detach")
-    config = _load(prog, args.config)
-    if isinstance(config, int):
-        return config
-    from .._supervisor._config import DEFAULT_FILE
-    from .._supervisor._preflight import warnings
-
-    for line in warnings(config, args.config or DEFAULT_FILE):
-        print(f"{prog}: warning: {line}", file=sys.stderr)
+    loaded = _load(prog, args)
+    if isinstance(loaded, int):
+        return loaded
+    config, reader = loaded
     if args.detach:
         from .._supervisor._statefile import already_running, running_pid
 
@@ -95,24 +97,31 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
             print(f"{prog}: {already_running(config.path, pid)}", file=sys.stderr)
             return EXIT_CANNOT_RUN
         _detach(prog, args.pidfile)
-    return _serve(config, args, prog)
+    return _serve(config, reader, args, prog)
 
 
-def _load(prog: str, path: str | None) -> Config | int:
-    """The config, or the exit status once every problem in it is printed."""
+def _load(prog: str, args: SimpleNamespace) -> tuple[Config, Callable[[Path], Config]] | int:
+    """The config and how to read it again (reload), or the exit status once its problems
+    are printed."""
     from .._exceptions import ConfigError
-    from .._supervisor._config import DEFAULT_FILE, load_config
+    from . import _fleetfile
 
+    path = _fleetfile.choose(prog, args.config)
     try:
-        return load_config(path or DEFAULT_FILE)
+        loaded = _fleetfile.load(prog, args, path)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{prog}: {line}", file=sys.stderr)
-        if len(exc.errors) > 1:
-            print(f"{prog}: {len(exc.errors)} problems; nothing was started", file=sys.stderr)
-        return EXIT_USAGE
+        return _fleetfile.report(prog, exc.errors)
     except KeyboardInterrupt:
         return 130
+    _fleetfile.warn(prog, loaded, path)
+    options = _fleetfile.procfile_options(args)
+
+    def reader(path: Path) -> Config:
+        from .._supervisor._formats._load import load
+
+        return load(path, loaded.format, options).config
+
+    return loaded.config, reader
 
 
 def _detach(prog: str, pidfile: str | None) -> None:
@@ -145,13 +154,16 @@ def _leave(code: int, lines: list[str], stream: Any = None) -> NoReturn:
     os._exit(code)
 
 
-def _serve(config: Config, args: SimpleNamespace, prog: str) -> int:
+def _serve(
+    config: Config, reader: Callable[[Path], Config], args: SimpleNamespace, prog: str
+) -> int:
     from pathlib import Path
 
     from .._exceptions import ForkwellError
     from .._supervisor._engine import Supervisor
 
     supervisor = Supervisor(config, quiet=args.quiet or args.detach)
+    supervisor.reader = reader
     # The same precedence as the control commands: --socket, $FORKWELL_SOCKET, the config.
     socket_path = args.socket or os.environ.get("FORKWELL_SOCKET")
     if socket_path:

@@ -35,7 +35,12 @@ class ChildEnv:
 
     def for_instance(self, inst: Instance) -> dict[str, str]:
         env = (self.snapshot() if self._base is None else self._base).copy()
-        env.update(inst.config.environment)
+        cfg = inst.config
+        env.update(cfg.environment)
+        if cfg.port is not None:  # foreman's and honcho's PORT: base + instance
+            env["PORT"] = str(cfg.port + inst.index)
+        for name in cfg.name_variables:
+            env[name] = inst.name
         env[_tree.COOKIE_VAR] = self._cookie
         env["FORKWELL_INSTANCE"] = inst.name
         env["FORKWELL_INDEX"] = str(inst.index)

@@ -42,6 +42,8 @@ _RESERVED = frozenset({"all"})
 _PLAIN = re.compile(r"[\t\n\r !#-&(-\[\]-~]*")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DEFAULT_INSTANCE_NAME = "{program}:{index}"
+_INSTANCE_FIELDS = ("program", "index", "number", "process_group")
 _READY_FORMS = "'exec', 'notify', 'tcp:HOST:PORT', 'delay:SECONDS' or 'cmd:COMMAND'"
 
 
@@ -79,13 +81,27 @@ class ProgramConfig(NamedTuple):
     redirect_stderr: bool
     log_max_bytes: int
     log_backups: int
+    priority: int
+    process_group: str | None
+    instance_name: str
+    port: int | None
+    name_variables: tuple[str, ...]
 
     def same_except_numprocs(self, other: ProgramConfig) -> bool:
         """True when only ``numprocs`` differs: a reload then scales in place."""
         return self._replace(numprocs=other.numprocs) == other
 
+    def name_of(self, index: int) -> str:
+        """Instance ``index``'s name: ``web:0``, or what ``instance_name`` makes of it."""
+        if self.instance_name == DEFAULT_INSTANCE_NAME:
+            return f"{self.name}:{index}"
+        return self.instance_name.format(
+            program=self.name, index=index, number=index + 1,
+            process_group=self.process_group or self.name,
+        )
+
     def instance_names(self) -> list[str]:
-        return [f"{self.name}:{i}" for i in range(self.numprocs)]
+        return [self.name_of(i) for i in range(self.numprocs)]
 
 
 class Config(NamedTuple):
@@ -96,7 +112,10 @@ class Config(NamedTuple):
     programs: dict[str, ProgramConfig]
 
     def start_order(self) -> list[str]:
-        """Program names with every dependency before its dependents (file order otherwise)."""
+        """Program names with every dependency before its dependents.
+
+        Otherwise by ``priority`` (lower first), then in file order.
+        """
         done: list[str] = []
         seen: set[str] = set()
 
@@ -108,7 +127,8 @@ class Config(NamedTuple):
                 visit(dep)
             done.append(name)
 
-        for name in self.programs:
+        by_priority = sorted(self.programs, key=lambda n: self.programs[n].priority)
+        for name in by_priority:
             visit(name)
         return done
 
@@ -353,6 +373,48 @@ def _names(value: Any, ctx: _Context) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_strings(value, expected)))
 
 
+def _int(value: Any, ctx: _Context) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"expected an integer, got {_got(value)}")
+    return value
+
+
+def _port(value: Any, ctx: _Context) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _Bad(f"expected a port number 1-65535, got {_got(value)}")
+    return value
+
+
+def _group_name(value: Any, ctx: _Context) -> str:
+    name = _str(value, ctx)
+    if not name or not name.isprintable() or any(c in name for c in " :*"):
+        raise _Bad(f"expected a group name without spaces, ':' or '*', got {name!r}")
+    return name
+
+
+def _instance_name(value: Any, ctx: _Context) -> str:
+    text = _str(value, ctx)
+    fields = {"program": "p", "index": 0, "number": 1, "process_group": "g"}
+    expected = "expected a name like '{program}.{number}' (fields: " + ", ".join(
+        "{" + f + "}" for f in _INSTANCE_FIELDS) + ")"
+    try:
+        made = text.format(**fields)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise _Bad(f"{expected}, got {text!r} ({type(exc).__name__}: {exc})") from None
+    if not made or not made.isprintable() or " " in made or made == "all":
+        raise _Bad(f"{expected}, got {text!r} (makes {made!r})")
+    return text
+
+
+def _variable_names(value: Any, ctx: _Context) -> tuple[str, ...]:
+    expected = "expected an array of environment variable names like [\"PS\"]"
+    if not isinstance(value, list) or not all(
+        isinstance(n, str) and n and "=" not in n and "\0" not in n for n in value
+    ):
+        raise _Bad(f"{expected}, got {_got(value)}")
+    return tuple(dict.fromkeys(value))
+
+
 SUPERVISOR_KEYS: tuple[Key, ...] = (
     Key("socket", "path", _path, ".forkwell/forkwell.sock",
         "the control socket (`forkwell ps`, `stop`...); created 0600 in an owner-only dir"),
@@ -399,6 +461,17 @@ PROGRAM_KEYS: tuple[Key, ...] = (
     Key("log_max_bytes", "size", _size, "50MB", "rotate a log file when it reaches this size"),
     Key("log_backups", "integer", _int_at_least(0), 5,
         "rotated files kept (NAME.0.stdout.log.1 is the newest)"),
+    Key("priority", "integer", _int, 999,
+        "lower starts first and stops last (supervisord's); dependencies still come first"),
+    Key("process_group", "string", _group_name, None,
+        "supervisord's group: the control commands take GROUP and GROUP:* for all its programs"),
+    Key("instance_name", "string", _instance_name, DEFAULT_INSTANCE_NAME,
+        "how instances are named: '{program}', '{index}' (from 0), '{number}' (from 1), "
+        "'{process_group}'; e.g. '{program}.{number}' for honcho's web.1"),
+    Key("port", "integer", _port, None,
+        "instance I gets PORT=port+I in its environment (foreman's and honcho's PORT)"),
+    Key("name_variables", "array", _variable_names, [],
+        "environment variables set to the instance's name, e.g. [\"PS\"] (foreman)"),
 )  # fmt: skip
 
 _SUPERVISOR = {k.name: k for k in SUPERVISOR_KEYS}
@@ -461,6 +534,7 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
     # Dependencies are checked on every program, also those with other errors,
     # so one run of `forkwell check` shows everything.
     errors.extend(_dependency_errors(programs_table))
+    errors.extend(_naming_errors(programs))
     if errors:
         raise ConfigError([f"{label}: {e}" for e in errors])
     return Config(path=path, supervisor=SupervisorConfig(**sup), programs=programs)
@@ -495,6 +569,31 @@ def _programs(
         if len(errors) == before:
             programs[name] = ProgramConfig(name=name, **values)
     return programs
+
+
+def _naming_errors(programs: Mapping[str, ProgramConfig]) -> list[str]:
+    """Instance names that repeat, or that a program's or group's name would shadow."""
+    errors: list[str] = []
+    groups = {p.process_group: p.name for p in programs.values() if p.process_group is not None}
+    for name, member in groups.items():
+        if name in programs and programs[name].process_group != name:
+            errors.append(f"programs.{member}.process_group: {name!r} is also a program's name")
+    owners: dict[str, str] = {}
+    for prog in programs.values():
+        key = f"programs.{prog.name}.instance_name"
+        if prog.numprocs > 1 and not re.search(r"\{(index|number)[}:!]", prog.instance_name):
+            errors.append(f"{key}: {prog.instance_name!r} names every instance alike; "
+                          "with numprocs > 1 it needs {index} or {number}")
+            continue
+        for inst in prog.instance_names():
+            other = owners.setdefault(inst, prog.name)
+            shadowed = inst in programs and inst != prog.name
+            shadowed |= inst in groups and inst != prog.process_group
+            if other != prog.name or shadowed:
+                owner = f"program {other}" if other != prog.name else "a program or group"
+                errors.append(f"{key}: instance name {inst!r} is also the name of {owner}")
+                break
+    return errors
 
 
 def _dependency_errors(tables: Mapping[str, Any]) -> list[str]:

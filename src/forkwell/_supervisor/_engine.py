@@ -103,6 +103,8 @@ class Supervisor:
 
     def __init__(self, config: Config, *, quiet: bool = False) -> None:
         self.config_path: Path = config.path
+        # How reload reads the config again: forkwell.toml, or the format it came in.
+        self.reader: Callable[[Path], Config] = load_config
         self.socket_path: Path = config.supervisor.socket
         self.quiet = quiet
         self._loops = Loops()
@@ -304,7 +306,7 @@ class Supervisor:
         only change is ``numprocs`` is scaled in place; changed programs are
         restarted with the new settings; removed ones are stopped.
         """
-        new, report = self._fleet.plan(load_config(self.config_path))
+        new, report = self._fleet.plan(self.reader(self.config_path))
         added, removed, changed, _, scaled, kept = report
         self._note(
             f"reload {self.config_path}: added {added or '-'}, removed {removed or '-'}, "
@@ -327,6 +329,11 @@ class Supervisor:
         if n < 0:
             raise ValueError(f"cannot scale {program} to {n} instances (must be >= 0)")
         prog = self.config.programs[program]._replace(numprocs=n)
+        if n > 1 and len(set(prog.instance_names())) < n:
+            raise ValueError(
+                f"cannot scale {program} to {n} instances: its instance_name "
+                f"{prog.instance_name!r} has no {{index}} or {{number}}"
+            )
         self.config = self.config._replace(programs={**self.config.programs, program: prog})
         before = len(programs[program])
         self._note(f"scale {program} from {before} to {n}")
@@ -471,7 +478,10 @@ class Supervisor:
 
     async def _autostart(self) -> None:
         """Start every autostart instance; report, and tell a waiting caller we are up."""
-        auto = [i.name for i in self._all() if i.config.autostart]
+        # One that prestart() spawned may have exited already: its exit was
+        # handled by its restart policy; starting it here would run a
+        # restart = "never" program (a Procfile's) twice.
+        auto = [i.name for i in self._all() if i.config.autostart and i.state is not S.EXITED]
         results = await self.start(auto) if auto else []
         failed = [r for r in results if not r.ok]
         for r in failed:

@@ -129,6 +129,11 @@ def dependents_closure(config: Config, program: str) -> set[str]:
     return out
 
 
+def _ranked(config: Config) -> list[str]:
+    """Program names by ``priority`` (lower first), then file order: the order they start in."""
+    return sorted(config.programs, key=lambda name: config.programs[name].priority)
+
+
 class Fleet:
     """The instances of a config's programs, started and stopped in dependency order.
 
@@ -141,7 +146,7 @@ class Fleet:
         self.loaded = config  # as the file said when last read
         self._on_change = on_change
         self.programs: dict[str, list[Instance]] = {
-            prog.name: self.new_instances(prog, 0) for prog in config.programs.values()
+            name: self.new_instances(config.programs[name], 0) for name in _ranked(config)
         }
         self.closed = False  # shutting down: from now on nothing starts
         self._graceful: asyncio.Task[None] | None = None
@@ -159,7 +164,10 @@ class Fleet:
         return {inst.name: inst for inst in self.all()}
 
     def resolve(self, names: Sequence[str]) -> list[str]:
-        """Instance names for ``"web"`` (all its instances), ``"web:1"`` or ``"all"``."""
+        """Instance names for ``"web"`` (all its instances), ``"web:1"`` or ``"all"``.
+
+        A group (``group = "g"``) is named ``g`` or ``g:*``, as supervisorctl names it.
+        """
         by_name = self.by_name()
         out: dict[str, None] = {}
         for name in names:
@@ -170,22 +178,35 @@ class Fleet:
             elif name in by_name:
                 out[name] = None
             else:
-                raise self._unknown(name)
+                members = self.group(name.removesuffix(":*"))
+                if not members:
+                    raise self._unknown(name)
+                out.update(dict.fromkeys(i.name for i in members))
         return list(out)
+
+    def group(self, name: str) -> list[Instance]:
+        """Every instance of the programs whose ``group`` is ``name``."""
+        return [i for i in self.all() if i.config.process_group == name]
 
     def _unknown(self, name: str) -> UnknownProgramError:
         program, colon, _ = name.partition(":")
         if colon and program in self.programs:
-            count = len(self.programs[program])
-            has = {0: "no instances (numprocs 0)", 1: f"one instance, {program}:0"}.get(
-                count, f"instances {program}:0..{program}:{count - 1}"
-            )
+            # Instance names are the format's (supervisord's process_name): said as they are.
+            insts = self.programs[program]
+            if not insts:
+                has = "no instances (numprocs 0)"
+            elif len(insts) == 1:
+                has = f"one instance, {insts[0].name}"
+            else:
+                has = f"instances {insts[0].name}..{insts[-1].name}"
             return UnknownProgramError(f"unknown instance {name!r}: {program} has {has}")
         return self.unknown_program(name)
 
     def unknown_program(self, name: str) -> UnknownProgramError:
         known = ", ".join(self.programs) or "(none)"
-        return UnknownProgramError(f"unknown program {name!r} (programs: {known})")
+        groups = sorted({i.config.process_group for i in self.all() if i.config.process_group})
+        also = f"; groups: {', '.join(groups)}" if groups else ""
+        return UnknownProgramError(f"unknown program {name!r} (programs: {known}{also})")
 
     def lookup(self, names: Iterable[str]) -> list[Instance]:
         by_name = self.by_name()
@@ -246,13 +267,23 @@ class Fleet:
         order += [p for p in by_program if p not in order]  # removed by a reload
         loop = self.host.aio_loop
         for program in reversed(order):
-            first = [tasks[q] for q in dependents_closure(self.config, program) if q in tasks]
+            # Only tasks made already are awaited (the reverse start order): no cycle.
+            after = dependents_closure(self.config, program) | self._stops_before(program)
+            first = [tasks[q] for q in after if q in tasks]
             tasks[program] = loop.create_task(stop_program(by_program[program], first))
         try:
             await asyncio.gather(*tasks.values())
         finally:
             for task in tasks.values():
                 task.cancel()
+
+    def _stops_before(self, program: str) -> set[str]:
+        """Programs with a higher ``priority``: supervisord stops them first."""
+        programs = self.config.programs
+        mine = programs[program].priority if program in programs else None
+        if mine is None:
+            return set()
+        return {name for name, p in programs.items() if p.priority > mine}
 
     async def remove(self, insts: list[Instance]) -> None:
         """Stop ``insts`` for good: their pipes and log files are closed too."""
@@ -332,6 +363,7 @@ class Fleet:
                         inst.config = prog
             else:
                 programs[name] = self.new_instances(prog, 0)
+        programs = {name: programs[name] for name in _ranked(config)}
         self.config = config
         self.programs = programs
         self._on_change()

@@ -17,12 +17,21 @@ from ._config import Config, ProgramConfig
 
 
 def warnings(
-    config: Config, label: str | None = None, environ: Mapping[str, str] | None = None
+    config: Config,
+    label: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    hint: str | None = None,
 ) -> list[str]:
-    """One line per problem, each naming the file (``label``) and the key, as errors do."""
+    """One line per problem, each naming the file (``label``) and the key, as errors do.
+
+    ``hint`` says how the file's format declares a program (for a file without
+    any); None: forkwell.toml's way.
+    """
     label = os.fspath(config.path) if label is None else label
     if not config.programs:
-        return [f"{label}: no programs: nothing would run (add a [programs.NAME] table)"]
+        how = "add a [programs.NAME] table" if hint is None else hint
+        return [f"{label}: no programs: nothing would run ({how})"]
     env = os.environ if environ is None else environ
     found = (command_problem(p, env) for p in config.programs.values())
     return [f"{label}: programs.{name}.command: {problem}"

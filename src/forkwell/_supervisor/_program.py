@@ -129,7 +129,7 @@ class Instance:
         self.config = config
         self.index = index
         self.program = config.name
-        self.name = f"{config.name}:{index}"
+        self.name = config.name_of(index)
         self.state = ProgramState.STOPPED
         self.proc: Process | None = None
         self.started_at: float | None = None

@@ -45,48 +45,75 @@ def socket_path(
 
 
 def find_socket(
-    socket_opt: str | None, config_opt: str | None, env: dict[str, str] | None = None
+    socket_opt: str | None,
+    config_opt: str | None,
+    env: dict[str, str] | None = None,
+    fmt: str | None = None,
 ) -> str:
     """The control socket's path: ``--socket``, then ``$FORKWELL_SOCKET``, then the config."""
-    return find_target(socket_opt, config_opt, env).socket
+    return find_target(socket_opt, config_opt, env, fmt).socket
 
 
 def find_target(
-    socket_opt: str | None, config_opt: str | None, env: dict[str, str] | None = None
+    socket_opt: str | None,
+    config_opt: str | None,
+    env: dict[str, str] | None = None,
+    fmt: str | None = None,
 ) -> Target:
     """The control socket (``--socket``, then ``$FORKWELL_SOCKET``, then the config) and more.
 
-    The config's ``[supervisor]`` settings are read with a small scanner so the
-    CLI does not pay for tomllib and the engine; anything the scanner is not
-    sure about falls back to a real TOML parse.  A config named with ``-c``
-    must exist (:class:`forkwell.ConfigError`); the default one may be missing.
+    The config is ``config_opt``, else the first of ``forkwell.toml``,
+    ``Procfile``, ``process-compose.yaml``, ``supervisord.conf`` here, in the
+    format ``fmt`` or its name says.  A TOML file's ``[supervisor]`` settings
+    are read with a small scanner so the CLI does not pay for tomllib and the
+    engine; anything the scanner is not sure about falls back to a real TOML
+    parse.  The other formats are read by their own readers.  A config named
+    with ``-c`` must exist (:class:`forkwell.ConfigError`); the default one may
+    be missing.
     """
+    from .._formats._detect import find_default
+
     environ = os.environ if env is None else env
-    config = os.path.abspath(config_opt or DEFAULT_CONFIG)
+    config = os.path.abspath(config_opt or find_default() or DEFAULT_CONFIG)
     named = socket_opt or environ.get(SOCKET_ENV)
+    try:
+        settings = _settings_of(config, fmt)
+    except FileNotFoundError:
+        if config_opt and not named:
+            raise ConfigError([f"config file {config_opt} does not exist"]) from None
+        settings = None
+    exists = settings is not None
+    found = settings or {}
+    state = resolve_setting(found.get("state_file"), config, DEFAULT_STATE_SETTING)
+    if named:
+        return Target(os.path.abspath(named), state if exists else None, None, exists)
+    return Target(resolve_socket_setting(found.get("socket"), config), state, config, exists)
+
+
+def _settings_of(config: str, fmt: str | None) -> dict[str, str]:
+    """The config's ``[supervisor]`` settings the control commands need (those set).
+
+    Raises FileNotFoundError if there is no such file; an unreadable one has
+    none (the default places are still the best guess, and the "cannot
+    reach" message names them).
+    """
+    from .._formats._detect import TOML, detect
+
+    if detect(config, fmt) != TOML:
+        if not os.path.exists(config):
+            raise FileNotFoundError(config)
+        return _settings_of_format(config, fmt)
     try:
         with open(config, "rb") as f:
             text = f.read().decode()
     except FileNotFoundError:
-        if config_opt and not named:
-            raise ConfigError([f"config file {config_opt} does not exist"]) from None
-        text = None
+        raise
     except (OSError, UnicodeDecodeError):
-        # Unreadable: the default places are still the best guess, and the
-        # "cannot reach" message names them.
-        text = ""
-    settings: dict[str, str] = {}
-    if text:
-        try:
-            settings = scan_settings(text)
-        except _Unsure:
-            settings = _settings_from_toml(text)
-    state = resolve_setting(settings.get("state_file"), config, DEFAULT_STATE_SETTING)
-    if named:
-        return Target(os.path.abspath(named), state if text is not None else None, None,
-                      text is not None)  # fmt: skip
-    return Target(resolve_socket_setting(settings.get("socket"), config), state, config,
-                  text is not None)  # fmt: skip
+        return {}
+    try:
+        return scan_settings(text)
+    except _Unsure:
+        return _settings_from_toml(text)
 
 
 class _Unsure(Exception):
@@ -176,6 +203,24 @@ def resolve_setting(value: str | None, config_path: str, default: str) -> str:
     base = os.path.realpath(os.path.dirname(config_path) or ".")
     setting = default if value is None else value
     return os.path.realpath(os.path.join(base, os.path.expanduser(setting)))
+
+
+def _settings_of_format(config: str, fmt: str | None) -> dict[str, str]:
+    """``[supervisor]`` settings as a Procfile, supervisord.conf or process-compose.yaml says.
+
+    The file is read by its format's reader, without validating the rest:
+    a file broken after ``forkwell up`` still finds the running supervisor.
+    """
+    from .._formats._load import read
+
+    try:
+        _, imported = read(config, fmt)
+    except ConfigError:
+        return {}
+    table = imported.data.get("supervisor") if imported is not None else None
+    if not isinstance(table, dict):
+        return {}
+    return {k: v for k in _WANTED if isinstance(v := table.get(k), str) and v}
 
 
 def _settings_from_toml(text: str) -> dict[str, str]:
