@@ -11,8 +11,8 @@ the end; then ``forkwell down``, and a scan for anything left: processes
 still carrying the fleet's cookie, and zombies.  pm2's daemon is known to grow
 to gigabytes over weeks (pm2 issues 6113, 5145); this states forkwell's slope.
 
-Exit status: 0 when nothing was left behind and the fd count did not grow;
-1 otherwise (the RSS slope is reported, not judged: it is noisy on a short run).
+Exit status: 0 when nothing was left behind, the pipes, files and sockets did
+not grow and the pidfds stayed bounded (at most 3 per program); 1 otherwise (the RSS slope is reported, not judged: it is noisy on a short run).
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def sample(pid: int) -> dict[str, float]:
         readings.append(_read(pid))
         pause(0.1)
     return {"rss_kib": min(r["rss_kib"] for r in readings),
-            "fds": min(r["fds"] for r in readings), "cpu_s": readings[-1]["cpu_s"]}
+            "fds": min(r["fds"] for r in readings),
+            "other_fds": min(r["other_fds"] for r in readings),
+            "pidfds": max(r["pidfds"] for r in readings), "cpu_s": readings[-1]["cpu_s"]}
 
 
 def _read(pid: int) -> dict[str, float]:
@@ -61,7 +63,15 @@ def _read(pid: int) -> dict[str, float]:
     rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return {"rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd")), "cpu_s": cpu}
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed while we looked
+            pass
+    pidfds = sum(link == "anon_inode:[pidfd]" for link in links)
+    return {"rss_kib": rss, "fds": len(links), "pidfds": pidfds,
+            "other_fds": len(links) - pidfds, "cpu_s": cpu}
 
 
 def restarts(config: Path) -> int:
@@ -144,6 +154,10 @@ def main() -> int:
         "rss_kib_start": first["rss_kib"], "rss_kib_end": last["rss_kib"],
         "rss_kib_per_hour": round((last["rss_kib"] - first["rss_kib"]) / took * 3600),
         "fds_start": first["fds"], "fds_end": last["fds"],
+        # Pipes, files, sockets: fixed per instance, so any growth is a leak.
+        "other_fds_start": first["other_fds"], "other_fds_end": last["other_fds"],
+        # pidfds come and go with processes (and trees being ended): bounded.
+        "pidfds_max_end": last["pidfds"],
         "cpu_ms_per_restart": round((last["cpu_s"] - first["cpu_s"]) * 1000 / max(done, 1), 3),
         "left_running": carriers, "new_zombies": zombies,
     }
@@ -151,7 +165,11 @@ def main() -> int:
         print(f"{key:20} {value}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    good = not carriers and not zombies and last["fds"] <= first["fds"]
+    # A crash-looping fleet's pidfds: each running instance's own, plus the
+    # members pinned while a tree is ended; a leak of one per restart would
+    # pass thousands within the first minute.
+    bounded = last["pidfds"] <= 3 * args.programs
+    good = not carriers and not zombies and last["other_fds"] <= first["other_fds"] and bounded
     return 0 if good else 1
 
 

@@ -138,8 +138,8 @@ def test_bad_signal(tmp_path: Path) -> None:
 def test_bad_readiness(tmp_path: Path) -> None:
     err = one_error(tmp_path, '[programs.web]\ncommand = "x"\nready = "tcp:x"\n')
     assert (
-        "programs.web.ready: expected 'exec', 'notify', 'tcp:HOST:PORT', 'delay:SECONDS' "
-        "or 'cmd:COMMAND', got 'tcp:x'"
+        "programs.web.ready: expected 'exec', 'notify', 'tcp:HOST:PORT', 'delay:SECONDS', "
+        "'cmd:COMMAND', an http:// or https:// URL, or 'log:REGEX', got 'tcp:x'"
     ) in err
 
 

@@ -35,9 +35,11 @@ from helpers import IS_ROOT, PY
 import forkwell
 from forkwell._cli._ctl import format_bytes, format_uptime
 from forkwell._core._files import tail_bytes as tail_lines
+from forkwell._core._proc import read_stat
 from forkwell._core._status import exit_label
 from forkwell._exceptions import UnknownProgramError
 from forkwell._supervisor._control import _discovery, _server
+from forkwell._supervisor._snapshot import SCHEMA_VERSION, Usage
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -56,6 +58,16 @@ class Info:
     restarts: int
     last_exit: int | None
     autostart: bool
+    last_exit_at: float | None = None
+    essential: bool = False
+    readiness: str | None = None
+    ready_probe: str = "exec"
+    liveness: str | None = None
+    liveness_probe: str | None = None
+    liveness_failures: int = 0
+    last_probe_failure: str | None = None
+    last_probe_failure_at: float | None = None
+    failed_starts: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,15 @@ class FakeSupervisor:
                 Info(name, prog, int(idx), state, pid, time.time() - 5 if pid else None,
                      None, 0, self.exits.get(name), self.autostart.get(prog, True))
             )  # fmt: skip
+        return out
+
+    def usage(self, names: list[str]) -> dict[str, Usage]:
+        """A one-process tree per running instance: its pid's own figures, from /proc."""
+        out = {}
+        for name in names:
+            info = read_stat(self.pids[name]) if name in self.pids else None
+            if info is not None:
+                out[name] = Usage(info.cpu_ticks, info.rss_bytes, 1)
         return out
 
     def resolve(self, names: list[str]) -> list[str]:
@@ -855,13 +876,16 @@ def test_cli_ps_table_json_and_exit_codes(served: Served) -> None:
     r = ctl(served, "ps", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["version"] == 1 and doc["healthy"] is True
+    assert doc["version"] == SCHEMA_VERSION == 2 and doc["healthy"] is True
     assert {i["name"]: i["state"] for i in doc["instances"]} == dict.fromkeys(
         ["web:0", "web:1", "worker:0"], "RUNNING"
     )
     assert set(doc["instances"][0]) == {
         "name", "program", "index", "state", "pid", "started_at", "ready_at", "uptime",
-        "restarts", "last_exit", "autostart", "cpu_percent", "rss_bytes",
+        "restarts", "last_exit", "autostart", "cpu_percent", "rss_bytes", "last_exit_at",
+        "essential", "readiness", "ready_probe", "liveness", "liveness_probe",
+        "liveness_failures", "last_probe_failure", "last_probe_failure_at", "processes",
+        "failed_starts",
     }  # fmt: skip
 
 

@@ -143,7 +143,7 @@ def test_ps_exit_codes_follow_autostart_instances(make_fleet: Any) -> None:
     assert fleet.ctl("start", "web:1", "manual").returncode == 0
     assert fleet.ctl("ps").returncode == 0
     doc = json.loads(fleet.ctl("ps", "--json").stdout)
-    assert doc["version"] == 1 and doc["healthy"] is True
+    assert doc["version"] == 2 and doc["healthy"] is True
     assert len(doc["instances"]) == 4
 
 

@@ -145,14 +145,34 @@ def test_config_of_mutated_valid_files(tmp_path: Path, data: bytes) -> None:
 
 
 TOML_VALUE = st.recursive(
-    st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True),
-              st.text(max_size=12)),
+    st.one_of(
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=True),
+        st.text(max_size=12),
+    ),
     lambda inner: st.lists(inner, max_size=4),
     max_leaves=8,
 )
-KEYS = st.sampled_from(["command", "numprocs", "ready", "depends_on", "stop_signal", "umask",
-                        "environment", "directory", "restart", "success_exit_codes",
-                        "log_max_bytes", "min_uptime", "start_retries", "user", "nope"])
+KEYS = st.sampled_from(
+    [
+        "command",
+        "numprocs",
+        "ready",
+        "depends_on",
+        "stop_signal",
+        "umask",
+        "environment",
+        "directory",
+        "restart",
+        "success_exit_codes",
+        "log_max_bytes",
+        "min_uptime",
+        "start_retries",
+        "user",
+        "nope",
+    ]
+)
 
 
 def toml_literal(value: object) -> str:
@@ -162,8 +182,13 @@ def toml_literal(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") \
-            if math.isinf(value) else repr(value)
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
     if isinstance(value, list):
         return "[" + ", ".join(toml_literal(v) for v in value) + "]"
     return json.dumps(value)
@@ -179,8 +204,11 @@ def test_config_with_wrong_types_everywhere(tmp_path: Path, table: dict[str, obj
 
 LINES = st.one_of(
     st.binary(max_size=300),
-    st.builds(lambda k, a: f"{k} {a}".encode(),
-              st.sampled_from([k.value for k in _handshake.Kind]), st.text(max_size=40)),
+    st.builds(
+        lambda k, a: f"{k} {a}".encode(),
+        st.sampled_from([k.value for k in _handshake.Kind]),
+        st.text(max_size=40),
+    ),
 )
 
 
@@ -205,10 +233,15 @@ def listener() -> Iterator[NotifyListener]:
     lst.close()
 
 
-@given(st.lists(st.one_of(st.binary(max_size=600),
-                          st.builds(lambda k, v: f"{k}={v}".encode(), st.text(max_size=20),
-                                    st.text(max_size=40))),
-                max_size=10))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=600),
+            st.builds(lambda k, v: f"{k}={v}".encode(), st.text(max_size=20), st.text(max_size=40)),
+        ),
+        max_size=10,
+    )
+)
 @example([b"READY=1\nSTATUS=x" * 1000])  # larger than a notification may be
 def test_notify_listener_takes_any_datagram(listener: NotifyListener, grams: list[bytes]) -> None:
     address = listener.path if not listener.path.startswith("@") else "\0" + listener.path[1:]
@@ -224,6 +257,7 @@ def test_notify_listener_takes_any_datagram(listener: NotifyListener, grams: lis
 
 
 # -- the control socket -------------------------------------------------------------
+
 
 @pytest.fixture
 def control(tmp_path: Path) -> Iterator[Served]:
@@ -266,3 +300,72 @@ def test_control_socket_huge_and_interleaved_frames(control: Served) -> None:
     finally:
         big.close()
         half.close()
+
+
+# The importers (docs/formats.md): each format's own reader and then forkwell's
+# validation, fed random and mutated files.  The real examples are the seeds.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+FORMATS = {
+    "Procfile": (EXAMPLES / "Procfile").read_bytes(),
+    "supervisord.conf": (EXAMPLES / "supervisord.conf").read_bytes(),
+    "process-compose.yaml": (EXAMPLES / "process-compose.yaml").read_bytes(),
+}
+
+
+def check_imported(tmp_path: Path, name: str, data: bytes) -> None:
+    from forkwell._supervisor._formats._load import load
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    try:
+        loaded = load(path)
+    except ConfigError as exc:
+        assert exc.errors
+        for line in exc.errors:
+            one_line(line)
+    else:
+        for pname, program in loaded.config.programs.items():
+            assert program.name == pname and program.command
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+@given(data=st.data())
+def test_every_importer_takes_mutated_files(tmp_path: Path, name: str, data: st.DataObject) -> None:
+    pytest.importorskip("yaml") if name.endswith(".yaml") else None
+    check_imported(tmp_path, name, data.draw(mutated(FORMATS[name])))
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+@given(text=st.text(max_size=300))
+def test_every_importer_takes_random_text(tmp_path: Path, name: str, text: str) -> None:
+    pytest.importorskip("yaml") if name.endswith(".yaml") else None
+    check_imported(tmp_path, name, text.encode("utf-8", "surrogatepass"))
+
+
+@given(text=st.text(max_size=300))
+def test_dotenv_takes_anything(tmp_path: Path, text: str) -> None:
+    # Through the Procfile reader, as a user meets it: .env beside the Procfile.
+    (tmp_path / ".env").write_text(text, errors="surrogatepass")
+    check_imported(tmp_path, "Procfile", b"web: true\n")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Found by test_every_importer_takes_mutated_files: a NUL in a path
+        # raised ValueError from os.path.realpath (a traceback, exit 1).
+        '[supervisor]\nlog_dir = "a\\u0000b"\n[programs.a]\ncommand = "true"\n',
+        '[programs.a]\ncommand = ["true", "a\\u0000"]\n',
+        '[programs.a]\ncommand = "true"\nenvironment = { A = "x\\u0000" }\n',
+    ],
+)
+def test_a_nul_byte_is_a_config_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_config_strict(tmp_path, text.encode())
+    assert any("NUL byte" in e for e in info.value.errors)
+
+
+def check_config_strict(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "forkwell.toml"
+    path.write_bytes(data)
+    load_config(path)

@@ -200,6 +200,7 @@ def test_sigkill_while_logs_rotate_loses_no_byte_it_read(tmp_path: Path, rotatio
         command = {cmd(PY, "-c", FULL_SPEED)}
         log_max_bytes = "4KB"
         log_backups = 100
+        log_markers = false     # the program's bytes alone (markers: test_health_logs.py)
         """)
     )
     logs = tmp_path / ".forkwell" / "logs"

@@ -123,6 +123,7 @@ def run_out_of_room(
         log_dir = "{log_dir}"
         [programs.writer]
         command = {cmd("sh", "-c", f"echo $$ > {pidfile}; exec {PY} {script}")}
+        log_markers = false     # the program's bytes alone (markers: test_health_logs.py)
         """)
     )
     log = log_dir / "writer.0.stdout.log"

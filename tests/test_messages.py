@@ -200,8 +200,8 @@ def test_an_array_names_the_element_that_is_wrong(tmp_path: Path) -> None:
         """) == [
         'programs.web.command: expected a command string or a non-empty array of strings; '
         'element 1 is an integer: quote it, "100"',
-        'programs.web.depends_on: expected an array of program names like ["db"]; element 1 '
-        "is a table",
+        'programs.web.depends_on: expected an array of program names like ["db"] or '
+        '{ name = "db", restart = true }; element 1 is a table without name = "PROGRAM"',
         "programs.db.command: expected a command string or a non-empty array of strings; "
         "element 1 is a boolean",
     ]

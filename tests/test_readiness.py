@@ -87,7 +87,8 @@ def test_a_probe_cancelled_in_its_first_iteration_leaves_no_coroutine_unawaited(
     loop = asyncio.new_event_loop()
     try:
         host = types.SimpleNamespace(loop=loop, aio_loop=loop)
-        readiness = Readiness(host, lambda how: None, lambda: None, lambda why: None)  # type: ignore[arg-type]
+        output = types.SimpleNamespace(watch=None)  # what a log:REGEX probe would watch
+        readiness = Readiness(host, lambda how: None, lambda: None, lambda why: None, output)  # type: ignore[arg-type]
         readiness.start(cfg, dict)
         readiness.cancel()
         loop.run_until_complete(asyncio.sleep(0))  # one turn: the cancelled task ends

@@ -349,7 +349,7 @@ def test_unusable_log_file_is_a_failed_start_not_a_crash(tmp_path: Path) -> None
     async def body(sup: Supervisor) -> None:
         [result] = await sup.start(["app"])
         assert result.state == "FATAL"
-        assert "cannot open its log files: Is a directory" in result.message
+        assert "cannot open its pipes and log files: Is a directory" in result.message
 
     drive(cfg, body)
 

@@ -328,6 +328,7 @@ out.flush()
         restart = "never"
         log_max_bytes = "1MB"
         log_backups = 30
+        log_markers = false     # the program's bytes alone (markers: test_health_logs.py)
         """,
     )
     proc = up(cfg, "--quiet")

@@ -134,10 +134,16 @@ def when(sup: Supervisor, name: str, new: str, nth: int = 0) -> float:
 
 
 def log_text(sup: Supervisor, name: str, stream: str = "stdout") -> str:
+    """What the program wrote to its log (the supervisor's ``--- forkwell:`` markers left out)."""
     try:
-        return sup.log_path(name, stream).read_text()  # type: ignore[arg-type]
+        text = sup.log_path(name, stream).read_text()  # type: ignore[arg-type]
     except FileNotFoundError:
         return ""
+    return "".join(line for line in text.splitlines(True) if not line.startswith(MARKER))
+
+
+#: How the supervisor's own lines in a program's log begin (forkwell._supervisor._loglines).
+MARKER = "--- forkwell: "
 
 
 def all_gone(pids: Sequence[int]) -> bool:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .._core._proc import wait_gone
-from .._core._status import exit_label
+from .._core._status import exit_label, format_bytes, format_uptime
 from .._exceptions import ConfigError, ControlRequestError, SupervisorUnreachableError
 from .._supervisor._control._client import ControlClient, connect, not_running
 from .._supervisor._control._discovery import Target, find_target
@@ -263,17 +263,30 @@ def _ps(prog: str, ns: SimpleNamespace) -> int:
     if ns.json:
         import json
 
-        doc = {"version": 1, **result}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        # The supervisor's document as is, its "version" the schema's (docs/control.md);
+        # a supervisor older than the field sent version 1.
+        sys.stdout.write(json.dumps({"version": 1, **result}, indent=2) + "\n")
     else:
-        _print_table(rows)
+        _print_table(rows, result.get("time") or 0.0)
     return EXIT_OK if healthy else EXIT_FAILED
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST-EXIT", "CPU%", "RSS")
-    table = [header]
+_BASE = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST-EXIT", "CPU%", "RSS")
+
+
+def _print_table(rows: list[dict[str, Any]], now: float) -> None:
+    """The columns every fleet has, then READY / LIVENESS / PROBE-FAILURE where some row has one."""
+    extra = [
+        ("READY", any(r.get("ready_probe", "exec") != "exec" for r in rows), _ready_cell),
+        ("LIVENESS", any(r.get("liveness_probe") for r in rows), _liveness_cell),
+        ("PROBE-FAILURE", any(r.get("last_probe_failure") for r in rows), _failure_cell),
+    ]
+    shown = [(title, cell) for title, wanted, cell in extra if wanted]
+    table = [(*_BASE, *(title for title, _ in shown))]
     for r in rows:
+        last = exit_label(r["last_exit"])
+        if r["last_exit"] is not None and r.get("last_exit_at"):
+            last += f" ({format_uptime(max(0.0, now - r['last_exit_at']))} ago)"
         table.append(
             (
                 r["name"],
@@ -281,36 +294,35 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
                 "-" if r["pid"] is None else str(r["pid"]),
                 "-" if r["uptime"] is None else format_uptime(r["uptime"]),
                 str(r["restarts"]),
-                exit_label(r["last_exit"]),
+                last,
                 "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}",
                 "-" if r["rss_bytes"] is None else format_bytes(r["rss_bytes"]),
+                *(cell(r, now) for _, cell in shown),
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    out = []
-    for row in table:
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    widths[-1] = 0  # the last column is not padded (a probe failure can be long)
+    out = ["  ".join(map(str.ljust, row, widths)).rstrip() for row in table]
     sys.stdout.write("\n".join(out) + "\n")
 
 
-def format_uptime(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+def _ready_cell(r: dict[str, Any], now: float) -> str:
+    return str(r.get("readiness") or "-")
 
 
-def format_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{value:.1f}G"  # pragma: no cover
+def _liveness_cell(r: dict[str, Any], now: float) -> str:
+    state = r.get("liveness")
+    if state is None:
+        return "-"
+    return f"failing x{r.get('liveness_failures', 0)}" if state == "failing" else str(state)
+
+
+def _failure_cell(r: dict[str, Any], now: float) -> str:
+    text = r.get("last_probe_failure")
+    if not text:
+        return "-"
+    at = r.get("last_probe_failure_at")
+    return f"{format_uptime(max(0.0, now - at))} ago: {text}" if at else str(text)
 
 
 # -- start / stop / restart / signal / scale --------------------------------

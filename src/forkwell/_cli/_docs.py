@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from . import COMMANDS, _convert, _ctl, _daemon, _init, _serve, _timeout, _up
+from . import COMMANDS, _convert, _ctl, _daemon, _export, _init, _probe, _serve, _timeout, _up
 from ._help import facts, fill, operand_rows, option_rows, usage
 from ._options import Command
 
@@ -61,7 +61,7 @@ kept, and an older spelling is still taken (each `--help` says "also ..."):
 def declared() -> dict[str, Command]:
     """Every command's declaration, in the order of ``forkwell --help``."""
     found: dict[str, Command] = {}
-    for module in (_timeout, _daemon, _init, _serve, _up, _ctl, _convert):
+    for module in (_timeout, _daemon, _init, _serve, _up, _ctl, _convert, _probe, _export):
         found.update(module.DECLARED)
     return {name: found[name] for name in COMMANDS}
 

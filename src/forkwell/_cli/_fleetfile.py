@@ -44,11 +44,17 @@ def procfile_options(ns: SimpleNamespace) -> ProcfileOptions:
     )
 
 
+def overrides(ns: SimpleNamespace) -> dict[str, str] | None:
+    """The ``[supervisor]`` keys the command line sets over the file's (``forkwell up --http``)."""
+    http = getattr(ns, "http", None)
+    return None if http is None else {"http": http}
+
+
 def load(prog: str, ns: SimpleNamespace, path: str) -> Loaded:
     """Read ``path`` as the command line says; raises ConfigError; reports what is ignored."""
     from .._supervisor._formats._load import load
 
-    loaded = load(path, ns.format, procfile_options(ns))
+    loaded = load(path, ns.format, procfile_options(ns), overrides(ns))
     for what in loaded.ignored:
         print(f"{prog}: {path}: {what}", file=sys.stderr)
     return loaded

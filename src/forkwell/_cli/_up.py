@@ -37,6 +37,9 @@ also printed as 'HH:MM:SS web:0 | line'.""",
                "with the reason if one failed)"),
         Option(("--pidfile",), "PATH", "with --detach: write and lock this pidfile"),
         SOCKET,
+        Option(("--http",), "ADDR",
+               "serve the status page, JSON API, /metrics and /healthz on ADDR ('127.0.0.1:9100' "
+               "or 'unix:PATH'; overrides [supervisor] http; needs pip install 'forkwell[web]')"),
         Option(("--exit-after",), "SECONDS",
                "stop everything and exit after this long (demos, CI): 0, or 3 if an autostart "
                "instance is FATAL then; e.g. 10, 1.5m", DURATION),
@@ -56,6 +59,8 @@ not on PATH (or not executable) is warned about, as 'forkwell check' does.""",
               "started)"),
         ("3", "--exit-after: an autostart instance was FATAL when the time was up (each is "
               "named)"),
+        ("N", "an essential program (or exit_when) ended the run: that program's exit "
+              "status, 128+N for signal N"),
     ),
     examples=(
         "forkwell up -c examples/demo.toml",
@@ -63,6 +68,7 @@ not on PATH (or not executable) is warned about, as 'forkwell check' does.""",
         "forkwell up -c supervisord.conf --detach && forkwell ps -c supervisord.conf",
         "forkwell up -c examples/demo.toml --exit-after 10     # a demo that ends itself",
         "forkwell up --detach && forkwell ps",
+        "forkwell up --http 127.0.0.1:9100     # then open http://127.0.0.1:9100/",
     ),
     words={"extra": "unexpected argument {operand!r} (programs come from the config file)"},
 )  # fmt: skip
@@ -115,11 +121,12 @@ def _load(prog: str, args: SimpleNamespace) -> tuple[Config, Callable[[Path], Co
         return 130
     _fleetfile.warn(prog, loaded, path)
     options = _fleetfile.procfile_options(args)
+    overrides = _fleetfile.overrides(args)  # --http holds across reloads too
 
     def reader(path: Path) -> Config:
         from .._supervisor._formats._load import load
 
-        return load(path, loaded.format, options).config
+        return load(path, loaded.format, options, overrides).config
 
     return loaded.config, reader
 
@@ -202,7 +209,9 @@ def _run(supervisor: Supervisor, exit_after: float | None, prog: str) -> int:
             loop.call_later(exit_after, lambda: supervisor.background(time_up()))
         return await supervisor.run()
 
-    code = asyncio.run(serve())
+    loop = _new_loop(asyncio)
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        code = runner.run(serve())
     if fatal and code == 0:
         print(f"{prog}: --exit-after: {_count(len(fatal))} FATAL when the time was up: "
               f"{', '.join(fatal)}", file=sys.stderr)  # fmt: skip
@@ -244,6 +253,27 @@ def _os_error(exc: OSError, config: Config) -> str:
     them = ", ".join(keys[:-1]) + (" and " if len(keys) > 1 else "") + keys[-1]
     return (f"cannot create {place}, the supervisor's state directory: {why} (it holds "
             f"its {them}; choose another place with [supervisor] {them} in {config.path})")
+
+
+def _new_loop(asyncio: Any) -> Any:
+    """The event loop; an OSError (EMFILE: no fd for its self-pipe) is the one-line error.
+
+    A loop that failed half-built prints a traceback from ``__del__`` at exit
+    (it closes a self-pipe it never made): collect it here, quietly.
+    """
+    import gc
+
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _unraisable: None
+    try:
+        try:
+            return asyncio.new_event_loop()
+        except OSError as exc:
+            # A fresh error: the original's traceback would keep the loop alive.
+            error = OSError(exc.errno, f"cannot create its event loop: {exc.strerror}")
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    raise error
 
 
 def _failed(prog: str, detached: bool, lines: list[str]) -> int:

@@ -156,6 +156,7 @@ class Driver:
         self._captures = dict(pumps.captures or {})
         self.sel = selectors.DefaultSelector()
         self._member_fds: set[int] = set()
+        self._exit_handled = False  # _child_exited ran (pidfd readable, or polled)
         self._register(hooks.wake_fd)
 
     def _register(self, wake_fd: int | None) -> None:
@@ -269,7 +270,11 @@ class Driver:
                 self.proc._set_reaped(os.waitstatus_to_exitcode(status))
 
     def _child_exited(self) -> None:
-        self.sel.unregister(self.proc.fileno())
+        if self._exit_handled:
+            return
+        self._exit_handled = True
+        if self.proc.fileno() >= 0:
+            self.sel.unregister(self.proc.fileno())
         self._reap_child(block=True)
         if self.phase is Phase.RUNNING:
             tree = self.proc.tree
@@ -317,15 +322,16 @@ class Driver:
 
     def _timeout(self) -> float | None:
         now = _clock.monotonic()
+        wait = None
         if self.phase is Phase.RUNNING and self.deadline is not None:
-            return max(0.0, self.deadline - now)
-        if self.phase is Phase.TERMINATING and self.kill_at is not None:
-            return max(0.0, self.kill_at - now)
-        if self.phase is Phase.TERMINATING and self.proc.fileno() < 0:
-            return 0.05  # no pidfd (non-Linux): poll for the child
-        if self.phase is Phase.RUNNING and self.proc.fileno() < 0:
-            return 0.05
-        return None
+            wait = max(0.0, self.deadline - now)
+        elif self.phase is Phase.TERMINATING and self.kill_at is not None:
+            wait = max(0.0, self.kill_at - now)
+        if self.phase in (Phase.RUNNING, Phase.TERMINATING) and self.proc.fileno() < 0:
+            # No pidfd (Linux < 5.3, FORKWELL_NO_PIDFD=1): poll for the child and
+            # its tree, also during a grace (else every stop waits it out).
+            wait = 0.05 if wait is None else min(wait, 0.05)
+        return wait
 
     def run(self) -> None:
         try:
@@ -344,8 +350,7 @@ class Driver:
             self._drain_and_close()
 
     def _on_child(self, fd: int) -> None:
-        if fd in self.sel.get_map():
-            self._child_exited()
+        self._child_exited()
 
     def _on_member(self, fd: int) -> None:
         self.sel.unregister(fd)
@@ -363,18 +368,14 @@ class Driver:
             data = b""
         if self.reap_all:
             self._reap_any()
-            if self.proc.returncode is not None and self.proc.fileno() in self.sel.get_map():
+            if self.proc.returncode is not None:
                 self._child_exited()
         if self.on_wake is not None and data:
             self.on_wake(data)
 
     def _on_clock(self) -> None:
         now = _clock.monotonic()
-        no_pidfd = self.proc.fileno() < 0
-        exited = no_pidfd and self.proc.returncode is None and self.proc.poll() is not None
-        if exited and self.phase is Phase.RUNNING:
-            # Without a pidfd the child's exit is only seen here (polling fallback).
-            self._goto(Phase.DRAINING)
+        if self.proc.fileno() < 0 and self._poll_exit():
             return
         if self.phase is Phase.RUNNING and self.deadline is not None and now >= self.deadline:
             self.timed_out = True
@@ -386,8 +387,23 @@ class Driver:
             if self.timed_out and self.on_timeout is not None:
                 self.on_timeout(signal.SIGKILL)  # the grace after the deadline is over too
             self.kill_everything()
-        elif self.phase is Phase.TERMINATING and no_pidfd and self.proc.poll() is not None:
-            self._goto(Phase.DRAINING)
+
+    def _poll_exit(self) -> bool:
+        """No pidfd: the child's exit, and its tree's, are seen only by polling here.
+
+        The same handling as a readable pidfd (leftovers get the stop signal
+        and the grace), not a shortcut to DRAINING that would leave them.
+        """
+        if self.phase not in (Phase.RUNNING, Phase.TERMINATING):
+            return False
+        if not self._exit_handled:
+            self._reap_child()
+            if self.proc.returncode is None:
+                return False
+            self._child_exited()
+        elif self.phase is Phase.TERMINATING:
+            self._check_tree_gone()  # members have no pidfd to wake us either
+        return self.phase not in (Phase.RUNNING, Phase.TERMINATING)
 
     def _drain_and_close(self) -> None:
         # Only what is already buffered: a writer that escaped the tree must

@@ -33,6 +33,7 @@ class ProcStat(NamedTuple):
     threads: int = 1
     cpu_ticks: int = 0  # utime + stime, in clock ticks
     rss_bytes: int = 0
+    child_ticks: int = 0  # cutime + cstime: the children it has waited for
 
     @property
     def alive(self) -> bool:
@@ -40,12 +41,36 @@ class ProcStat(NamedTuple):
         return self.state not in ("Z", "X")
 
 
+def read_small(path: str) -> bytes | None:
+    """A /proc file, read with few syscalls (open() takes twice as many); None if gone.
+
+    ``ps`` of 1,000 instances reads 2,000 of them: on a VM, where a syscall
+    costs microseconds, the saving is most of the time ``ps`` spends.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = chunk = os.read(fd, 65536)
+        # /proc hands a file out a page (4 KiB) of whole records per read: a children
+        # list of 1,000 pids takes two reads.  A read that returned under half a page
+        # was the last one when records are short (a pid, a line of maps; a stat file
+        # is one record and comes whole), so the usual small file costs one read.
+        while len(chunk) > 2048:
+            chunk = os.read(fd, 65536)
+            data += chunk
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_stat(pid: int) -> ProcStat | None:
     """Parse ``/proc/PID/stat``; None if the process is gone (or unreadable)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = read_small(f"/proc/{pid}/stat")
+    if data is None:
         return None
     rest = data[data.rfind(b")") + 2 :].split()
     try:
@@ -59,6 +84,7 @@ def read_stat(pid: int) -> ProcStat | None:
             threads=int(rest[17]),
             cpu_ticks=int(rest[11]) + int(rest[12]),
             rss_bytes=int(rest[21]) * PAGE_SIZE,
+            child_ticks=int(rest[13]) + int(rest[14]),
         )
     except (IndexError, ValueError):
         return None

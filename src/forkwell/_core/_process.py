@@ -81,7 +81,10 @@ class Process(metaclass=_FromFactory):
         # Open the pidfd at once: the child cannot be reaped (and its pid
         # recycled) before we wait for it, so this refers to our child.
         self._pidfd = _sys.pidfd_open(self.pid)
-        self.tree = _tree.Tree(token, self.pid, not_before) if token is not None else None
+        # Without /proc no cookie can be read: a Tree would find no member, not
+        # even the root, and signal nobody.  The process group is then the tree.
+        tracked = token is not None and _sys.HAVE_PROC
+        self.tree = _tree.Tree(token, self.pid, not_before) if token and tracked else None
         self.stdin = popen.stdin
         self.stdout = popen.stdout
         self.stderr = popen.stderr

@@ -14,17 +14,14 @@ into a :class:`ReadySpec`:
 ==================  ===========================================================
 
 Waiting is up to the caller (each starter has its own loop); this module
-only parses and offers :func:`tcp_accepts`, one probe of a TCP port.
+only parses and offers :func:`tcp_check`, one probe of a TCP port
+(:mod:`._probe` adds HTTP and commands, for ``forkwell probe``).
 """
 
 from __future__ import annotations
 
-import errno
 import time
-from typing import Literal, NamedTuple
-
-from . import _sys
-from ._duration import parse_duration
+from typing import Any, Literal, NamedTuple
 
 ReadyKind = Literal["exec", "notify", "tcp", "delay", "cmd"]
 
@@ -64,6 +61,8 @@ def parse_ready(spec: str) -> ReadySpec:
         host, port = _parse_host_port(spec, rest)
         return ReadySpec("tcp", host=host, port=port)
     if kind == "delay" and sep:
+        from ._duration import parse_duration  # here: `forkwell probe tcp:` needs none of it
+
         try:
             seconds = parse_duration(rest)
         except ValueError:
@@ -96,36 +95,57 @@ def _parse_host_port(spec: str, rest: str) -> tuple[str, int]:
 
 
 def tcp_accepts(host: str, port: int, timeout: float) -> bool:
-    """One non-blocking connect to ``host:port``: True if it is accepted within ``timeout``.
+    """One connect to ``host:port``: True if it is accepted within ``timeout``.
+
+    Never raises for a refused, unreachable or unresolvable port: that is
+    "not ready yet" (:func:`tcp_check` says which).
+    """
+    return tcp_check(host, port, timeout) is None
+
+
+def tcp_check(host: str, port: int, timeout: float) -> str | None:
+    """One connect to ``host:port``: None if accepted within ``timeout``, else why not.
 
     Each address ``host`` resolves to is tried (``localhost`` may be ``::1``
-    then ``127.0.0.1``) within the one ``timeout``.  Never raises for a
-    refused, unreachable or unresolvable port: that is "not ready yet".
+    then ``127.0.0.1``) within the one ``timeout``.
     """
-    import socket  # here: parsing a spec (forkwell up's start-up) needs none of it
+    sock, why = connect(host, port, time.monotonic() + max(timeout, 0.0))
+    if sock is None:
+        return why
+    sock.close()
+    return None
 
-    deadline = time.monotonic() + max(timeout, 0.0)
+
+def connect(host: str, port: int, deadline: float) -> tuple[Any, str]:
+    """A connected ``_socket.socket`` to ``host:port`` by ``deadline``, or (None, why not).
+
+    The C module, not ``socket.py``: its enums and selectors cost ~6 ms of the
+    start-up of ``forkwell probe``, which runs every few seconds in every pod.
+    """
+    import _socket
+
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return False
+        infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return None, f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}"
+    why = f"{host} has no address"
     for family, type_, proto, _name, address in infos:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
         try:
-            sock = socket.socket(family, type_ | socket.SOCK_CLOEXEC, proto)
-        except OSError:
+            sock = _socket.socket(family, type_ | _socket.SOCK_CLOEXEC, proto)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
             continue
-        with sock:
-            sock.setblocking(False)
-            err = sock.connect_ex(address)
-            if err in (errno.EINPROGRESS, errno.EAGAIN):
-                remaining = max(deadline - time.monotonic(), 0.0)
-                try:
-                    writable = _sys.wait_ready([sock.fileno()], remaining, write=True)
-                except InterruptedError:
-                    writable = []
-                if not writable:
-                    return False  # the whole timeout is spent
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err == 0:
-                return True
-    return False
+        try:
+            sock.settimeout(left)
+            sock.connect(address)
+        except TimeoutError:
+            why = "no answer in time"
+        except OSError as exc:
+            why = (exc.strerror or str(exc)).lower()
+        else:
+            return sock, ""
+        sock.close()
+    return None, why

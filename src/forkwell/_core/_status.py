@@ -4,7 +4,9 @@ forkwell speaks of an exit in one convention, ``subprocess``'s: a
 *returncode* is the exit status (0-255), or ``-N`` when signal N ended the
 process.  This module turns what the kernel reports into that convention and
 that convention into words and shell statuses; nothing else in forkwell
-decodes a wait status or names a signal by hand (no ``status >> 8``).
+decodes a wait status or names a signal by hand (no ``status >> 8``).  The
+other cells of a process table (``forkwell ps``, the status page) are
+written here too: uptime and memory, said the same way everywhere.
 
 It imports only ``os`` and ``signal``, so :mod:`forkwell._exceptions` and the
 leanest command may use it.
@@ -36,6 +38,28 @@ def exit_label(returncode: int | None) -> str:
     if returncode is None:
         return "-"
     return str(returncode) if returncode >= 0 else signal_name(-returncode)
+
+
+def format_uptime(seconds: float) -> str:
+    """``5s``, ``5m12s``, ``2h03m``, ``2d01h``: two units at most."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_bytes(n: int) -> str:
+    """``512B``, ``12.2M``: powers of 1024, as ``ps`` and ``top`` show memory."""
+    value = float(n)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}G"  # pragma: no cover
 
 
 def shell_status(returncode: int) -> int:

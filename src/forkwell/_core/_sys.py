@@ -15,6 +15,11 @@ feature                        Linux    fallback
 ``PR_SET_PDEATHSIG``           2.1      none: the child outlives a killed parent
 ``/proc/PID/environ``, ``stat``  any    the process group is the only tree we know
 =============================  =======  ==============================================
+
+``FORKWELL_NO_PIDFD=1`` in the environment forces the fallbacks of the first
+three rows on a kernel that has pidfds (read once, when this module is first
+imported): the tests run every command that way, and an operator can use it
+where a seccomp filter or a container runtime breaks pidfds.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from typing import Any
 from . import _clock
 
 IS_LINUX = sys.platform.startswith("linux")
-HAVE_PIDFD = IS_LINUX and hasattr(os, "pidfd_open") and hasattr(os, "P_PIDFD")
+#: The switch documented above; children inherit it like any variable.
+NO_PIDFD_VAR = "FORKWELL_NO_PIDFD"
+HAVE_PIDFD = (
+    IS_LINUX
+    and hasattr(os, "pidfd_open")
+    and hasattr(os, "P_PIDFD")
+    and os.environ.get(NO_PIDFD_VAR) != "1"
+)
 HAVE_PROC = IS_LINUX and os.path.isdir("/proc/self")
 
 PR_SET_PDEATHSIG = 1
@@ -172,6 +184,22 @@ def last_pid() -> int | None:
             return int(f.read().split()[-1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def free_fds() -> int | None:
+    """How many more fds this process may open (RLIMIT_NOFILE), or None if unknown."""
+    if not HAVE_PROC:
+        return None
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        used = len(os.listdir("/proc/self/fd")) - 1  # listdir's own fd
+    except OSError:
+        return 0
+    return max(0, soft - used)
 
 
 def close_fds_except(keep: set[int]) -> None:

@@ -25,6 +25,8 @@ delegated; process groups are the fallback where ``/proc`` is missing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import select
 import signal
@@ -32,7 +34,7 @@ import time
 from collections.abc import Iterable
 
 from . import _clock, _sys
-from ._proc import ProcStat, iter_pids, pin, read_stat
+from ._proc import ProcStat, iter_pids, pin, read_small, read_stat
 
 COOKIE_VAR = "FORKWELL_TREE"
 
@@ -140,14 +142,43 @@ HAVE_CHILDREN_FILE = _sys.HAVE_PROC and os.path.exists(f"/proc/self/task/{os.get
 
 def _children(pid: int, threads: int) -> list[int]:
     """Direct children of ``pid`` (from /proc/PID/task/TID/children)."""
-    tids = [str(pid)] if threads <= 1 else os.listdir(f"/proc/{pid}/task")
+    try:
+        tids = [str(pid)] if threads <= 1 else os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
     out: list[int] = []
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out.extend(int(x) for x in f.read().split())
-        except OSError:
+        data = read_small(f"/proc/{pid}/task/{tid}/children")
+        if data:
+            out.extend(map(int, data.split()))
+    return out
+
+
+def trees_below(roots: dict[str, int]) -> dict[str, dict[int, ProcStat]]:
+    """For a subreaper: each tree's live members (token -> root pid given), in one walk.
+
+    What ``ps`` needs, at the least cost: a root's descendants are members
+    through the children files alone (no environment is read), and the
+    cookie is read only for the processes found below us outside any root,
+    which are the orphans we adopted (and our own helpers).  A stop uses
+    :func:`walk_subtree`, which checks every process's cookie.
+    """
+    owner = {root: token for token, root in roots.items()}
+    needles = {token.encode(): token for token in roots}
+    out: dict[str, dict[int, ProcStat]] = {token: {} for token in roots}
+    me = os.getpid()
+    todo: list[tuple[int, str | None]] = [(kid, owner.get(kid)) for kid in _children(me, 2)]
+    while todo:
+        pid, token = todo.pop()
+        info = read_stat(pid)
+        if info is None:
             continue
+        if token is None and info.alive:
+            tokens = tokens_in_environ(read_environ(pid, info.ppid))
+            token = next((needles[t] for t in tokens if t in needles), None)
+        if token is not None and info.alive:
+            out[token][pid] = info
+        todo.extend((kid, token) for kid in _children(pid, info.threads))
     return out
 
 
@@ -234,6 +265,7 @@ class Tree:
         # must never make a later stop skip anyone.
         self._round_sig: int | None = None
         self._round: set[tuple[int, int]] = set()
+        self._blind = False  # the last scan failed for want of fds (EMFILE)
 
     # -- discovery -----------------------------------------------------------
 
@@ -244,10 +276,24 @@ class Tree:
 
     def members(self, include_root: bool = True) -> dict[int, ProcStat]:
         roots = (self.root,) if include_root else ()
-        if self.own_subtree:
-            found = walk_subtree({self.token: tuple(roots)}).get(self.token, {})
-        else:
-            found = find_tree(self.token, roots, self.not_before)
+        try:
+            if self.own_subtree:
+                found = walk_subtree({self.token: tuple(roots)}).get(self.token, {})
+            else:
+                found = find_tree(self.token, roots, self.not_before)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # No fd to read /proc with: the next signal goes to the root's
+            # process group, the one tree known without /proc.
+            self._blind = True
+            return {}
+        if include_root and self.root not in found and read_stat(self.root) is None:
+            # /proc says nothing of a root that kill(0) still reaches: the
+            # reads failed (EMFILE swallowed by read_stat), not the process.
+            with contextlib.suppress(OSError):
+                os.kill(self.root, 0)
+                self._blind = True
         if not include_root:
             found.pop(self.root, None)
         return found
@@ -280,6 +326,10 @@ class Tree:
         """
         if members is None:
             members = self.members()
+        if self._blind:
+            self._blind = False
+            with contextlib.suppress(OSError):
+                os.killpg(self.root, sig)
         if not only_new or sig != self._round_sig:
             self._round_sig = sig
             self._round = set()

@@ -5,7 +5,11 @@ raises :class:`~forkwell.ConfigError` listing *every* problem at once, each
 naming the file, the key path and what was expected::
 
     forkwell.toml: programs.web.ready: expected 'exec', 'notify', 'tcp:HOST:PORT',
-    'delay:SECONDS' or 'cmd:COMMAND', got 'tcp:x'
+    'delay:SECONDS', 'cmd:COMMAND', an http:// or https:// URL, or 'log:REGEX',
+    got 'tcp:x' (expected tcp:HOST:PORT with PORT 1-65535)
+
+Environment files (``env_file``) are read here too, so a missing or
+malformed one is a config error like any other, and a reload re-reads them.
 
 Each key is described once in :data:`SUPERVISOR_KEYS` / :data:`PROGRAM_KEYS`
 (type, default, meaning); validation and the reference table in
@@ -26,8 +30,16 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from .._core._duration import parse_duration, parse_signal
-from .._core._readiness import ReadySpec, parse_ready
 from .._exceptions import ConfigError
+from ._probespec import (
+    LIVENESS_FORMS,
+    LIVENESS_KINDS,
+    READY_FORMS,
+    READY_KINDS,
+    ProbeSpec,
+    parse_probe,
+)
+from ._web._address import HttpAddress
 
 DEFAULT_FILE = "forkwell.toml"
 
@@ -42,9 +54,9 @@ _RESERVED = frozenset({"all"})
 _PLAIN = re.compile(r"[\t\n\r !#-&(-\[\]-~]*")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+ExitWhen = Literal["never", "any-exit", "all-exited"]
 DEFAULT_INSTANCE_NAME = "{program}:{index}"
 _INSTANCE_FIELDS = ("program", "index", "number", "process_group")
-_READY_FORMS = "'exec', 'notify', 'tcp:HOST:PORT', 'delay:SECONDS' or 'cmd:COMMAND'"
 
 
 class SupervisorConfig(NamedTuple):
@@ -54,6 +66,13 @@ class SupervisorConfig(NamedTuple):
     log_dir: Path
     state_file: Path
     shutdown_timeout: float
+    http: HttpAddress | None
+    http_actions: bool
+    http_token_file: Path | None
+    env_file: tuple[Path, ...] = ()
+    env_file_optional: bool = False
+    exit_when: ExitWhen = "never"
+    log_timestamps: bool = False
 
 
 class ProgramConfig(NamedTuple):
@@ -62,7 +81,11 @@ class ProgramConfig(NamedTuple):
     name: str
     command: tuple[str, ...]
     directory: Path
+    # What the program gets on top of the supervisor's own environment: the
+    # variables of [supervisor] env_file, then of its own env_file, then `environment`.
     environment: Mapping[str, str]
+    env_file: tuple[Path, ...]
+    env_file_optional: bool
     user: str | None
     group: str | None
     umask: int | None
@@ -70,8 +93,15 @@ class ProgramConfig(NamedTuple):
     autostart: bool
     restart: RestartPolicy
     success_exit_codes: frozenset[int]
-    ready: ReadySpec
+    ready: ProbeSpec
     ready_timeout: float
+    liveness: ProbeSpec | None
+    liveness_period: float
+    liveness_timeout: float
+    liveness_failures: int
+    liveness_delay: float
+    watchdog_sec: float | None
+    essential: bool
     depends_on: tuple[str, ...]
     min_uptime: float
     start_retries: int
@@ -81,11 +111,16 @@ class ProgramConfig(NamedTuple):
     redirect_stderr: bool
     log_max_bytes: int
     log_backups: int
+    log_timestamps: bool
+    log_markers: bool
     priority: int
     process_group: str | None
     instance_name: str
     port: int | None
     name_variables: tuple[str, ...]
+    # The dependencies whose restarts restart this program too
+    # (depends_on = [{ name = "db", restart = true }]).
+    restart_with: tuple[str, ...] = ()
 
     def same_except_numprocs(self, other: ProgramConfig) -> bool:
         """True when only ``numprocs`` differs: a reload then scales in place."""
@@ -96,7 +131,9 @@ class ProgramConfig(NamedTuple):
         if self.instance_name == DEFAULT_INSTANCE_NAME:
             return f"{self.name}:{index}"
         return self.instance_name.format(
-            program=self.name, index=index, number=index + 1,
+            program=self.name,
+            index=index,
+            number=index + 1,
             process_group=self.process_group or self.name,
         )
 
@@ -156,6 +193,11 @@ class _Context:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.paths: dict[str, Path] = {}
+        # Environment files read so far (many programs share one): variables, or the error.
+        self.env_files: dict[Path, dict[str, str] | str] = {}
+        # What programs take from [supervisor]: its values, its env files' variables.
+        self.sup: Mapping[str, Any] = {}
+        self.shared_env: Mapping[str, str] = {}
 
 
 class _Bad(Exception):
@@ -181,9 +223,14 @@ def _got(value: Any) -> str:
     return repr(value)
 
 
+_NUL = "a NUL byte (\\0), which no path, argument or environment value can hold"
+
+
 def _str(value: Any, ctx: _Context) -> str:
     if not isinstance(value, str):
         raise _Bad(f"expected a string, got {_got(value)}")
+    if "\0" in value:
+        raise _Bad(f"got {_NUL}")
     return value
 
 
@@ -276,6 +323,8 @@ def _command(value: Any, ctx: _Context) -> tuple[str, ...]:
         raise _Bad(f"{expected}, got {_got(value)}")
     if not argv or not argv[0]:
         raise _Bad(f"{expected}, got an empty command")
+    if any("\0" in a for a in argv):
+        raise _Bad(f"{expected}, got {_NUL}")
     return tuple(argv)
 
 
@@ -291,14 +340,16 @@ def _strings(value: list[Any], expected: str) -> list[str]:
 
 def _environment(value: Any, ctx: _Context) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise _Bad(f"expected a table of strings like {{ PORT = \"8000\" }}, got {_got(value)}")
+        raise _Bad(f'expected a table of strings like {{ PORT = "8000" }}, got {_got(value)}')
     bad = [k for k, v in value.items() if not isinstance(v, str)]
     if bad:
         key = bad[0]
         raise _Bad(
-            f"expected a string value for {key!r} (quote it: {key} = \"{value[key]}\"), "
+            f'expected a string value for {key!r} (quote it: {key} = "{value[key]}"), '
             f"got {_got(value[key])}"
         )
+    if any("\0" in v for v in value.values()):
+        raise _Bad(f"expected environment values, got {_NUL}")
     names = [k for k in value if not k or "=" in k or "\0" in k]
     if names:
         raise _Bad(f"expected environment variable names, got {names[0]!r}")
@@ -356,21 +407,97 @@ def _exit_codes(value: Any, ctx: _Context) -> frozenset[int]:
     return frozenset(value)
 
 
-def _ready(value: Any, ctx: _Context) -> ReadySpec:
-    if not isinstance(value, str):
-        raise _Bad(f"expected {_READY_FORMS}, got {_got(value)}")
-    try:
-        return parse_ready(value)
-    except ValueError as exc:
-        detail = str(exc).partition(": ")[2]
-        raise _Bad(f"expected {_READY_FORMS}, got {value!r} ({detail})") from None
+def _probe(kinds: frozenset[str], forms: str) -> Callable[[Any, _Context], ProbeSpec]:
+    def convert(value: Any, ctx: _Context) -> ProbeSpec:
+        if not isinstance(value, str):
+            raise _Bad(f"expected {forms}, got {_got(value)}")
+        try:
+            return parse_probe(value, kinds)
+        except ValueError as exc:
+            raise _Bad(f"expected {forms}, got {value!r} ({exc})") from None
+
+    return convert
 
 
-def _names(value: Any, ctx: _Context) -> tuple[str, ...]:
-    expected = "expected an array of program names like [\"db\"]"
+def _positive_duration(value: Any, ctx: _Context) -> float:
+    seconds = _duration(value, ctx)
+    if seconds <= 0:
+        raise _Bad(f"expected seconds > 0 (a number, or a string like '10s'), got {value!r}")
+    return seconds
+
+
+def _paths(value: Any, ctx: _Context) -> tuple[Path, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f'expected a path or an array of paths like [".env"], got {_got(value)}')
+    return tuple(_path(v, ctx) for v in value)
+
+
+def _exit_when(value: Any, ctx: _Context) -> str:
+    if value not in ("never", "any-exit", "all-exited"):
+        raise _Bad(f"expected 'never', 'any-exit' or 'all-exited', got {_got(value)}")
+    return str(value)
+
+
+def _names(value: Any, ctx: _Context) -> tuple[tuple[str, bool], ...]:
+    """``depends_on``: names, or tables ``{ name = "db", restart = true }``; (name, restart)."""
+    expected = 'expected an array of program names like ["db"] or { name = "db", restart = true }'
     if not isinstance(value, list):
         raise _Bad(f"{expected}, got {_got(value)}")
-    return tuple(dict.fromkeys(_strings(value, expected)))
+    out: dict[str, bool] = {}
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            out.setdefault(item, False)
+            continue
+        if not isinstance(item, dict):
+            raise _Bad(f"{expected}; element {i} is {_kind(item)}")
+        if not isinstance(item.get("name"), str):
+            raise _Bad(f'{expected}; element {i} is a table without name = "PROGRAM"')
+        unknown = [k for k in item if k not in ("name", "restart")]
+        if unknown:
+            raise _Bad(f"unknown key {unknown[0]!r} in a depends_on table; expected name, restart")
+        restart = item.get("restart", False)
+        if not isinstance(restart, bool):
+            raise _Bad(f"expected restart = true or false, got {_got(restart)}")
+        out[item["name"]] = out.get(item["name"], False) or restart
+    return tuple(out.items())
+
+
+def dependency_names(raw: Any) -> tuple[str, ...] | None:
+    """The program names a raw ``depends_on`` value lists (None if it is malformed)."""
+    if not isinstance(raw, list):
+        return None
+    names = [n if isinstance(n, str) else n.get("name") if isinstance(n, dict) else None
+             for n in raw]  # fmt: skip
+    if not all(isinstance(n, str) for n in names):
+        return None
+    return tuple(dict.fromkeys(n for n in names if isinstance(n, str)))
+
+
+def _http(value: Any, ctx: _Context) -> HttpAddress:
+    from ._web._address import EXTRA, FORMS, have_h11, parse_http
+
+    if not isinstance(value, str):
+        raise _Bad(f"expected {FORMS}, got {_got(value)}")
+    try:
+        address = parse_http(value, ctx.base)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    if not have_h11():
+        raise _Bad(f"the web endpoint needs the web extra: {EXTRA} (h11 is not installed)")
+    return address
+
+
+def _token_file(value: Any, ctx: _Context) -> Path:
+    from ._web._auth import read_token
+
+    path = _path(value, ctx)
+    try:
+        read_token(path)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return path
 
 
 def _int(value: Any, ctx: _Context) -> int:
@@ -395,8 +522,11 @@ def _group_name(value: Any, ctx: _Context) -> str:
 def _instance_name(value: Any, ctx: _Context) -> str:
     text = _str(value, ctx)
     fields = {"program": "p", "index": 0, "number": 1, "process_group": "g"}
-    expected = "expected a name like '{program}.{number}' (fields: " + ", ".join(
-        "{" + f + "}" for f in _INSTANCE_FIELDS) + ")"
+    expected = (
+        "expected a name like '{program}.{number}' (fields: "
+        + ", ".join("{" + f + "}" for f in _INSTANCE_FIELDS)
+        + ")"
+    )
     try:
         made = text.format(**fields)
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
@@ -407,7 +537,7 @@ def _instance_name(value: Any, ctx: _Context) -> str:
 
 
 def _variable_names(value: Any, ctx: _Context) -> tuple[str, ...]:
-    expected = "expected an array of environment variable names like [\"PS\"]"
+    expected = 'expected an array of environment variable names like ["PS"]'
     if not isinstance(value, list) or not all(
         isinstance(n, str) and n and "=" not in n and "\0" not in n for n in value
     ):
@@ -424,6 +554,23 @@ SUPERVISOR_KEYS: tuple[Key, ...] = (
         "records what is running, so the next `forkwell up` ends survivors of a killed one"),
     Key("shutdown_timeout", "seconds", _duration, 30.0,
         "how long `forkwell down` / SIGTERM may take before everything left is SIGKILLed"),
+    Key("env_file", "path or array", _paths, [],
+        "environment files every program gets (before its own env_file and environment)"),
+    Key("env_file_optional", "boolean", _bool, False,
+        "a missing [supervisor] env_file is skipped instead of being an error"),
+    Key("exit_when", "string", _exit_when, "never",
+        "'any-exit': the first instance to exit stops all; 'all-exited': stop once all "
+        "exited; 'never'"),
+    Key("log_timestamps", "boolean", _bool, False,
+        "the default of every program's log_timestamps"),
+    Key("http", "address", _http, None,
+        "serve the status page, API, /metrics and health here: 'HOST:PORT' or 'unix:PATH' "
+        "(off by default; needs pip install 'forkwell[web]')"),
+    Key("http_actions", "boolean", _bool, False,
+        "let the web endpoint start, stop and restart programs (with the token only)"),
+    Key("http_token_file", "path", _token_file, None,
+        "a file only its owner may read, holding the bearer token that actions (and reading, "
+        "when http is not loopback) need"),
 )  # fmt: skip
 
 PROGRAM_KEYS: tuple[Key, ...] = (
@@ -431,7 +578,11 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         "required; a string is split like a shell does (no shell runs), or give an argv array"),
     Key("directory", "path", _path, ".", "working directory (relative to the config file)"),
     Key("environment", "table", _environment, {},
-        "extra environment variables (added to the supervisor's own)"),
+        "extra environment variables (added to the supervisor's own, after env_file's)"),
+    Key("env_file", "path or array", _paths, [],
+        "environment files (dotenv: KEY=value, quotes, export, comments); later ones win"),
+    Key("env_file_optional", "boolean", _bool, False,
+        "a missing env_file is skipped instead of being an error"),
     Key("user", "string", _user, None, "run as this user (needs root)"),
     Key("group", "string", _group, None, "run with this group (needs root)"),
     Key("umask", "octal string", _umask, None, "the umask, e.g. '022' (default: inherited)"),
@@ -441,13 +592,28 @@ PROGRAM_KEYS: tuple[Key, ...] = (
     Key("restart", "string", _restart, "on-failure",
         "'always', 'on-failure' (exit code not in success_exit_codes, or a signal) or 'never'"),
     Key("success_exit_codes", "array", _exit_codes, [0], "exit codes that are not failures"),
-    Key("ready", "string", _ready, "exec",
+    Key("ready", "string", _probe(READY_KINDS, READY_FORMS), "exec",
         "when it counts as RUNNING: 'exec', 'notify', 'tcp:HOST:PORT', 'delay:SECONDS', "
-        "'cmd:SHELL COMMAND'"),
+        "'cmd:SHELL COMMAND', an http(s):// URL answering 200-399, 'log:REGEX'"),
     Key("ready_timeout", "seconds", _duration, 30.0,
         "not ready within this long: a failed start (its tree is stopped)"),
+    Key("liveness", "string", _probe(LIVENESS_KINDS, LIVENESS_FORMS), None,
+        "probed while RUNNING; liveness_failures failures in a row restart it: an http(s):// "
+        "URL, 'tcp:HOST:PORT', 'cmd:SHELL COMMAND' or 'watchdog'"),
+    Key("liveness_period", "seconds", _positive_duration, 10.0, "how often to probe"),
+    Key("liveness_timeout", "seconds", _positive_duration, 1.0,
+        "a probe not answered within this long failed"),
+    Key("liveness_failures", "integer", _int_at_least(1), 3,
+        "failures in a row that restart the instance"),
+    Key("liveness_delay", "seconds", _duration, 0.0,
+        "after RUNNING, wait this long before the first probe"),
+    Key("watchdog_sec", "seconds", _positive_duration, None,
+        "with liveness = 'watchdog': restart when no WATCHDOG=1 came for this long"),
+    Key("essential", "boolean", _bool, False,
+        "when it is FATAL or exited for good, stop everything and exit with its status"),
     Key("depends_on", "array", _names, [],
-        "start only after these programs are RUNNING (ready); stop before them"),
+        "start only after these programs are RUNNING (ready); stop before them; "
+        "{ name = \"db\", restart = true } also restarts it when db restarts"),
     Key("min_uptime", "seconds", _duration, 1.0,
         "exiting sooner than this after the start (or before ready) is a failed start"),
     Key("start_retries", "integer", _int_at_least(1), 5,
@@ -461,6 +627,10 @@ PROGRAM_KEYS: tuple[Key, ...] = (
     Key("log_max_bytes", "size", _size, "50MB", "rotate a log file when it reaches this size"),
     Key("log_backups", "integer", _int_at_least(0), 5,
         "rotated files kept (NAME.0.stdout.log.1 is the newest)"),
+    Key("log_timestamps", "boolean", _bool, None,
+        "start each line of its log files with an RFC 3339 time (default: [supervisor]'s)"),
+    Key("log_markers", "boolean", _bool, True,
+        "write '--- forkwell: started pid N' / 'exited ...' lines into its log files"),
     Key("priority", "integer", _int, 999,
         "lower starts first and stops last (supervisord's); dependencies still come first"),
     Key("process_group", "string", _group_name, None,
@@ -516,8 +686,19 @@ def _apply(
     return out
 
 
-def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) -> Config:
-    """Validate an already-parsed TOML document (``path`` anchors relative paths)."""
+def parse_config(
+    data: Mapping[str, Any],
+    path: Path,
+    label: str | None = None,
+    *,
+    supervisor: Mapping[str, Any] | None = None,
+) -> Config:
+    """Validate an already-parsed TOML document (``path`` anchors relative paths).
+
+    ``supervisor``: ``[supervisor]`` keys given on the command line (``--http``),
+    which win over the file's; their relative paths are relative to the
+    working directory, and their errors name the option.
+    """
     label = os.fspath(path) if label is None else label
     ctx = _Context(path.parent.resolve() if str(path.parent) else Path.cwd())
     errors: list[str] = []
@@ -528,7 +709,13 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
                 "expected [supervisor] or [programs.NAME]"
             )
     sup_table = _table(data, "supervisor", "a table ([supervisor])", errors)
-    sup = _apply(sup_table, _SUPERVISOR, "supervisor.", ctx, errors)
+    sup = ctx.sup = _apply(sup_table, _SUPERVISOR, "supervisor.", ctx, errors)
+    if supervisor:
+        given = {k: _SUPERVISOR[k] for k in supervisor}
+        sup.update(_apply(supervisor, given, "--", _Context(Path.cwd()), errors))
+    given_as = "--http" if supervisor and "http" in supervisor else ""
+    errors.extend(_web_errors(sup, given_as))
+    ctx.shared_env = _env_files(sup, "supervisor.", ctx, errors)
     programs_table = _table(data, "programs", "tables [programs.NAME]", errors)
     programs = _programs(programs_table, ctx, errors)
     # Dependencies are checked on every program, also those with other errors,
@@ -538,6 +725,25 @@ def parse_config(data: Mapping[str, Any], path: Path, label: str | None = None) 
     if errors:
         raise ConfigError([f"{label}: {e}" for e in errors])
     return Config(path=path, supervisor=SupervisorConfig(**sup), programs=programs)
+
+
+def _web_errors(sup: Mapping[str, Any], given_as: str = "") -> list[str]:
+    """What the web endpoint's settings ask that cannot be safe (``given_as``: an option)."""
+    http, token_file = sup.get("http"), sup.get("http_token_file")
+    if http is None or token_file is not None:
+        return []
+    if sup.get("http_actions"):
+        return [
+            "supervisor.http_actions: needs http_token_file (actions are only taken with "
+            "its bearer token)"
+        ]
+    if not http.loopback:
+        return [
+            f"{given_as or 'supervisor.http'}: {http} is not a loopback address, so every "
+            "request must carry a token: set http_token_file, or listen on 127.0.0.1:PORT or "
+            "unix:PATH"
+        ]
+    return []
 
 
 def _table(data: Mapping[str, Any], name: str, expected: str, errors: list[str]) -> dict[str, Any]:
@@ -565,10 +771,66 @@ def _programs(
             errors.append(f"programs.{name}: expected a table [programs.{name}], got {_got(table)}")
             continue
         before = len(errors)
-        values = _apply(table, _PROGRAM, f"programs.{name}.", ctx, errors)
+        prefix = f"programs.{name}."
+        values = _apply(table, _PROGRAM, prefix, ctx, errors)
+        if len(errors) == before:
+            _finish(values, prefix, ctx, errors)
         if len(errors) == before:
             programs[name] = ProgramConfig(name=name, **values)
     return programs
+
+
+def _finish(values: dict[str, Any], prefix: str, ctx: _Context, errors: list[str]) -> None:
+    """What one program's keys mean together: defaults from [supervisor], env files, checks."""
+    deps = values.pop("depends_on")
+    values["depends_on"] = tuple(name for name, _ in deps)
+    values["restart_with"] = tuple(name for name, restart in deps if restart)
+    if values["log_timestamps"] is None:
+        values["log_timestamps"] = bool(ctx.sup.get("log_timestamps", False))
+    watchdog = values["liveness"] is not None and values["liveness"].kind == "watchdog"
+    if watchdog and values["watchdog_sec"] is None:
+        errors.append(f"{prefix}watchdog_sec: required with liveness = 'watchdog' (e.g. 30)")
+    elif values["watchdog_sec"] is not None and not watchdog:
+        errors.append(f"{prefix}watchdog_sec: only used with liveness = 'watchdog'")
+    from_files = _env_files(values, prefix, ctx, errors)
+    values["environment"] = {**ctx.shared_env, **from_files, **values["environment"]}
+
+
+def _env_files(
+    values: Mapping[str, Any], prefix: str, ctx: _Context, errors: list[str]
+) -> dict[str, str]:
+    """The variables of a table's ``env_file`` list, later files winning; errors named."""
+    from ._dotenv import parse_dotenv
+
+    out: dict[str, str] = {}
+    for path in values.get("env_file", ()):
+        got = ctx.env_files.get(path)
+        if got is None:
+            try:
+                got = parse_dotenv(path.read_text(encoding="utf-8"), os.fspath(path))
+            except FileNotFoundError:
+                got = _MISSING
+            except ConfigError as exc:
+                got = exc.errors[0]
+            except UnicodeDecodeError:
+                got = f"{path}: not UTF-8 text"
+            except OSError as exc:
+                got = f"{path}: cannot read: {exc.strerror or exc}"
+            ctx.env_files[path] = got
+        if got is _MISSING:
+            if not values.get("env_file_optional"):
+                errors.append(
+                    f"{prefix}env_file: {path}: no such file "
+                    "(set env_file_optional = true if it may be missing)"
+                )
+        elif isinstance(got, str):
+            errors.append(f"{prefix}env_file: {got}")
+        else:
+            out.update(got)
+    return out
+
+
+_MISSING = "\0 missing"  # ctx.env_files' mark of a file that does not exist
 
 
 def _naming_errors(programs: Mapping[str, ProgramConfig]) -> list[str]:
@@ -582,8 +844,10 @@ def _naming_errors(programs: Mapping[str, ProgramConfig]) -> list[str]:
     for prog in programs.values():
         key = f"programs.{prog.name}.instance_name"
         if prog.numprocs > 1 and not re.search(r"\{(index|number)[}:!]", prog.instance_name):
-            errors.append(f"{key}: {prog.instance_name!r} names every instance alike; "
-                          "with numprocs > 1 it needs {index} or {number}")
+            errors.append(
+                f"{key}: {prog.instance_name!r} names every instance alike; "
+                "with numprocs > 1 it needs {index} or {number}"
+            )
             continue
         for inst in prog.instance_names():
             other = owners.setdefault(inst, prog.name)
@@ -600,9 +864,9 @@ def _dependency_errors(tables: Mapping[str, Any]) -> list[str]:
     """Every ``depends_on`` naming itself, an unknown program, or closing a cycle."""
     deps: dict[str, tuple[str, ...]] = {}
     for name, table in tables.items():
-        raw = table.get("depends_on", []) if isinstance(table, dict) else []
-        if isinstance(raw, list) and all(isinstance(n, str) for n in raw):
-            deps[name] = tuple(dict.fromkeys(raw))
+        names = dependency_names(table.get("depends_on", []) if isinstance(table, dict) else [])
+        if names is not None:
+            deps[name] = names
     errors: list[str] = []
     for name, names in deps.items():
         for dep in names:
@@ -649,10 +913,14 @@ def _cycles(deps: Mapping[str, tuple[str, ...]]) -> list[str]:
     return errors
 
 
-def load_config(path: str | os.PathLike[str] = DEFAULT_FILE) -> Config:
+def load_config(
+    path: str | os.PathLike[str] = DEFAULT_FILE, *, supervisor: Mapping[str, Any] | None = None
+) -> Config:
     """Read and validate a config file.
 
-    Raises :class:`~forkwell.ConfigError` listing every problem found.
+    ``supervisor``: ``[supervisor]`` keys that override the file's, as
+    ``forkwell up --http`` gives them.  Raises :class:`~forkwell.ConfigError`
+    listing every problem found.
     """
     label = os.fspath(path)
     file = Path(path)
@@ -669,4 +937,4 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_FILE) -> Config:
         raise ConfigError([f"{label}: invalid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{label}: invalid TOML: not UTF-8 text"]) from None
-    return parse_config(data, file.absolute(), label)
+    return parse_config(data, file.absolute(), label, supervisor=supervisor)

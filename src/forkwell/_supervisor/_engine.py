@@ -47,11 +47,14 @@ from ._childenv import ChildEnv
 from ._config import Config, load_config
 from ._events import EventLog
 from ._fleet import Fleet, ReloadReport, dep_ok, settle, settled
+from ._health import Health
+from ._loglines import is_marker
 from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
 from ._session import Session
 from ._signals import SignalRelay
+from ._snapshot import Usage, tree_usage
 from ._tracking import Tracker, TreeEnder
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
     from ._control._server import ControlServer
     from ._events import Event
     from ._loop import Loop
+    from ._web._server import WebServer
 
 S = ProgramState
 
@@ -81,6 +85,16 @@ class InstanceInfo(NamedTuple):
     restarts: int
     last_exit: int | None  # subprocess-style returncode (-N = signal N)
     autostart: bool
+    last_exit_at: float | None = None  # time.time() of that exit
+    essential: bool = False
+    readiness: str | None = None  # "ready" (RUNNING), "waiting" (STARTING), else None
+    ready_probe: str = "exec"
+    liveness: str | None = None  # None without a probe; "off", "pending", "ok", "failing"
+    liveness_probe: str | None = None
+    liveness_failures: int = 0  # in a row, now
+    last_probe_failure: str | None = None  # what the last failed probe said (one line)
+    last_probe_failure_at: float | None = None
+    failed_starts: int = 0  # in a row, now (a crash loop: BACKOFF with this growing)
 
 
 class OpResult(NamedTuple):
@@ -120,6 +134,8 @@ class Supervisor:
         )
         self._watchdog = self._session.watchdog
         self._tracker = Tracker(self._loops, self._watchdog)
+        end = lambda: self.background(self.shutdown())  # noqa: E731 (a callback, named)
+        self._health = Health(self, self._fleet, self._note, end)
         self._early = EarlySignals()
         self._relay: SignalRelay | None = None
         self._done: asyncio.Future[int] | None = None
@@ -185,10 +201,10 @@ class Supervisor:
 
     def transition(self, inst: Instance, old: ProgramState, new: ProgramState, why: str) -> None:
         self._log.transition(inst.name, old.name, new.name, why)
+        self._health.transition(inst, old, new)
 
     def output(self, inst: Instance, stream: str, data: bytes) -> None:
-        if self._log.console is not None:
-            self._log.console.output(inst.name, stream, data, inst.colour)
+        self._log.output(inst.name, stream, data, inst.colour)
 
     def track(self, proc: Process, on_exit: Callable[[], None]) -> None:
         self._tracker.track(proc, on_exit)
@@ -220,6 +236,10 @@ class Supervisor:
     def instances(self) -> list[InstanceInfo]:
         """A snapshot of every instance, by program (config order) then index."""
         return [_info(i) for i in self._all()]
+
+    def usage(self, names: Sequence[str]) -> dict[str, Usage]:
+        """CPU time, RSS and processes of each named instance's whole process tree, now."""
+        return tree_usage(_trees(self._fleet.lookup(names)))
 
     def resolve(self, names: Sequence[str]) -> list[str]:
         """Instance names for ``"web"`` (all its instances), ``"web:1"`` or ``"all"``."""
@@ -264,9 +284,8 @@ class Supervisor:
         return [_result(i, i.state in DOWN) for i in insts]
 
     async def restart(self, instances: list[str], *, wait: bool = True) -> list[OpResult]:
-        """Stop then start each instance on its own: no other instance is touched."""
-        import asyncio
-
+        """Stop then start each instance on its own; of the others, only the dependents
+        with ``restart = true`` are touched (stopped first, started again after)."""
         insts = self._fleet.lookup(instances)
 
         async def one(inst: Instance) -> None:
@@ -275,11 +294,11 @@ class Supervisor:
             if wait:
                 await settle(inst)
 
+        work = self._health.with_dependents(insts, one)
         if not wait:
-            for inst in insts:
-                self.background(one(inst))
+            self.background(work)
             return [_result(i, True) for i in insts]
-        await asyncio.gather(*(one(i) for i in insts))
+        await work
         return [_result(i, dep_ok(i)) for i in insts]
 
     def send_signal(self, instances: list[str], sig: int, *, tree: bool = False) -> list[OpResult]:
@@ -359,12 +378,12 @@ class Supervisor:
             for inst in insts:
                 self._log.console.flush_partial(inst.name)
         if self._done is not None and not self._done.done():
-            self._done.set_result(0)
+            self._done.set_result(self._health.exit_code)  # 0, or an essential's status
 
-    def _request_shutdown(self) -> None:
+    def _request_shutdown(self, hurry: bool = True) -> None:
         if self._shutdown_task is None:
             self._shutdown_task = self.aio_loop.create_task(self._shutdown())
-        elif self._fleet.hurry():
+        elif hurry and self._fleet.hurry():
             # A second Ctrl-C: do not wait for graceful stops any more.
             self._note("second stop request: SIGKILL to every tree now")
 
@@ -445,9 +464,11 @@ class Supervisor:
         self.prepare()
         self._handle_signals(loop)
         control: ControlServer | None = None
+        web: WebServer | None = None
         try:
             control = self._control_server()
             await control.start()
+            web = await _start_web(self, self._log) if self.config.supervisor.http else None
             await self._autostart()
             code = await self._done
         finally:
@@ -456,14 +477,17 @@ class Supervisor:
             await asyncio.shield(self._shutdown_task)
             if control is not None:
                 await control.close()
+            if web is not None:
+                await web.close()
             self._release(loop)
         return code
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         # SIGCHLD first in each dispatch: exits are known before a stop acts.
+        # Only a second Ctrl-C hurries a stop; a repeated SIGTERM (an orchestrator's) does not.
         self._relay = SignalRelay(loop, {
             signal.SIGCHLD: self._tracker.reap,
-            signal.SIGTERM: self._request_shutdown,
+            signal.SIGTERM: lambda: self._request_shutdown(False),
             signal.SIGINT: self._request_shutdown,
             signal.SIGHUP: self._request_reload,
         })  # fmt: skip
@@ -478,23 +502,9 @@ class Supervisor:
 
     async def _autostart(self) -> None:
         """Start every autostart instance; report, and tell a waiting caller we are up."""
-        # One that prestart() spawned may have exited already: its exit was
-        # handled by its restart policy; starting it here would run a
-        # restart = "never" program (a Procfile's) twice.
-        auto = [i.name for i in self._all() if i.config.autostart and i.state is not S.EXITED]
-        results = await self.start(auto) if auto else []
-        failed = [r for r in results if not r.ok]
-        for r in failed:
-            self._note(r.message)
-            for line in r.log_tail[-5:]:
-                self._note(f"  {r.instance} | {line}")
-        self.startup_failures = failed
-        self._note(f"autostart done: {len(results) - len(failed)} up, {len(failed)} failed")
-        if failed and self.fail_fast:
-            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            raise ForkwellError(f"{failed[0].message}{more}")
-        _notify_ready(failed, len(self._all()), self._note)
-        self.up.set()
+        await _autostart(self)
+        if self.config.supervisor.exit_when == "all-exited":
+            self._health.check_all_exited()  # a fleet of jobs all done during autostart
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         """After the last program stopped: give back everything run() took."""
@@ -509,6 +519,36 @@ class Supervisor:
         from ._control._server import ControlServer
 
         return ControlServer(self, self.socket_path)
+
+
+async def _autostart(sup: Supervisor) -> None:
+    """:meth:`Supervisor._autostart`'s work, kept out of the class for its size."""
+    # One that prestart() spawned may have exited already: its exit was
+    # handled by its restart policy; starting it here would run a
+    # restart = "never" program (a Procfile's) twice.
+    auto = [i.name for i in sup._all() if i.config.autostart and i.state is not S.EXITED]
+    results = await sup.start(auto) if auto else []
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        sup._note(r.message)
+        for line in r.log_tail[-5:]:
+            sup._note(f"  {r.instance} | {line}")
+    sup.startup_failures = failed
+    sup._note(f"autostart done: {len(results) - len(failed)} up, {len(failed)} failed")
+    if failed and sup.fail_fast:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise ForkwellError(f"{failed[0].message}{more}")
+    _notify_ready(failed, len(sup._all()), sup._note)
+    sup.up.set()
+
+
+async def _start_web(sup: Supervisor, log: EventLog) -> WebServer:
+    """The web endpoint ``http`` asks for (h11 and the rest are imported only then)."""
+    from ._web._server import WebServer
+
+    web = WebServer(sup, log)
+    await web.start()
+    return web
 
 
 def _notify_ready(failed: list[OpResult], instances: int, note: Callable[[str], None]) -> None:
@@ -527,7 +567,19 @@ def _notify_ready(failed: list[OpResult], instances: int, note: Callable[[str], 
         note(f"cannot notify readiness: {exc}")
 
 
+def _trees(insts: list[Instance]) -> dict[str, _tree.Tree]:
+    out = {}
+    for inst in insts:
+        if inst.proc is not None and inst.proc.tree is not None:
+            out[inst.name] = inst.proc.tree
+    return out
+
+
 def _info(i: Instance) -> InstanceInfo:
+    live, ready = i.liveness, i.readiness
+    failure, failure_at = ("", None) if live is None else (live.last_failure, live.last_failure_at)
+    if i.state is S.STARTING and ready is not None and ready.last_failure:
+        failure, failure_at = ready.last_failure, None  # now: it is still being probed
     return InstanceInfo(
         name=i.name,
         program=i.program,
@@ -539,14 +591,28 @@ def _info(i: Instance) -> InstanceInfo:
         restarts=i.restarts,
         last_exit=i.last_exit,
         autostart=i.config.autostart,
+        last_exit_at=i.last_exit_at,
+        essential=i.config.essential,
+        readiness=_READINESS.get(i.state),
+        ready_probe=str(i.config.ready),
+        liveness=None if i.config.liveness is None else "off" if live is None else live.state,
+        liveness_probe=None if i.config.liveness is None else str(i.config.liveness),
+        liveness_failures=0 if live is None else live.failures,
+        last_probe_failure=failure or None,
+        last_probe_failure_at=failure_at,
+        failed_starts=i.failures,
     )
+
+
+_READINESS = {S.RUNNING: "ready", S.STARTING: "waiting"}
 
 
 def _result(inst: Instance, ok: bool, message: str = "") -> OpResult:
     log_tail: list[str] = []
     if not ok:
         for stream in ("stderr", "stdout"):
-            log_tail = tail(inst.log_path(stream), 10)
+            # The program's last words; the markers repeat what the message says.
+            log_tail = [x for x in tail(inst.log_path(stream), 20) if not is_marker(x)][-10:]
             if log_tail:
                 break
     return OpResult(

@@ -3,6 +3,11 @@
 A line goes to ``forkwell.log`` (with a timestamp), to the console when
 ``forkwell up`` runs in the foreground, and transitions also into
 :attr:`EventLog.events`, the last 1,000 kept for the Python API and tests.
+
+Listeners (the web endpoint's live views) are told of each transition and
+each chunk of program output as it happens: a push, so nothing polls.  A
+listener must be quick and must not raise: it runs inside the instance's
+state change.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,6 +40,8 @@ class EventLog:
         self.events: collections.deque[Event] = collections.deque(maxlen=1000)
         self._file: LogFile | None = None
         self._stamp = (0, "")
+        self.listeners: list[Callable[[Event], None]] = []
+        self.output_listeners: list[Callable[[str, str, bytes], None]] = []
 
     def open(self, path: Path) -> None:
         self._file = LogFile(path, 10 << 20, 3)
@@ -44,8 +52,18 @@ class EventLog:
             self._file = None
 
     def transition(self, instance: str, old: str, new: str, why: str) -> None:
-        self.events.append(Event(time.time(), instance, old, new, why))
+        event = Event(time.time(), instance, old, new, why)
+        self.events.append(event)
         self.note(f"{instance} {old} -> {new}" + (f" ({why})" if why else ""))
+        for listener in self.listeners:
+            listener(event)
+
+    def output(self, instance: str, stream: str, data: bytes, colour: int) -> None:
+        """A chunk of an instance's output: to the console, and to whoever follows it."""
+        if self.console is not None:
+            self.console.output(instance, stream, data, colour)
+        for listener in self.output_listeners:
+            listener(instance, stream, data)
 
     def note(self, text: str) -> None:
         if self._file is not None:

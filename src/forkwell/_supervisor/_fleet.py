@@ -291,6 +291,12 @@ class Fleet:
         for inst in insts:
             inst.close_io()
 
+    def close(self) -> None:
+        """From now on nothing starts, and no exit is followed by a restart."""
+        self.closed = True
+        for inst in self.all():
+            inst.no_restart = True
+
     async def shutdown(self, timeout: float, note: Callable[[str], None]) -> list[Instance]:
         """Stop everything, dependents first; after ``timeout``, SIGKILL what is left.
 
@@ -299,10 +305,9 @@ class Fleet:
         import asyncio
 
         insts = self.all()
-        self.closed = True
-        for inst in insts:
-            inst.no_restart = True
+        self.close()
         note("shutting down: stopping every program, dependents first")
+        tell_manager(STOPPING=1)
         graceful = self.host.aio_loop.create_task(self.stop_ordered(insts))
         self._graceful = graceful
         done, _ = await asyncio.wait({graceful}, timeout=timeout)
@@ -339,12 +344,14 @@ class Fleet:
     async def reload(self, new: Config, report: ReloadReport) -> list[Instance]:
         """Apply ``report`` (see :func:`compare`); return the instances to start now."""
         added, removed, changed, unchanged, scaled, _ = report
+        tell_manager(RELOADING=1)
         was_up = {name: any(i.state not in DOWN for i in self.programs[name]) for name in changed}
         # Stop what goes away under the old config (its dependency order).
         going = [i for name in (*removed, *changed) for i in self.programs[name]]
         if going:
             await self.remove(going)
         self._rebuild(new._replace(supervisor=self.config.supervisor), unchanged, scaled)
+        tell_manager(READY=1)  # the new config is in force; what it adds starts now
         return await self._grow(scaled, new) + [
             i
             for name in (*added, *changed)
@@ -399,3 +406,17 @@ class Fleet:
         insts.extend(fresh)
         self._on_change()
         return fresh
+
+
+def tell_manager(**fields: object) -> None:
+    """``STOPPING=1``, ``RELOADING=1``... to systemd, for ``Type=notify`` (no-op without one).
+
+    A broken ``$NOTIFY_SOCKET`` is the manager's problem, reported once at
+    READY=1: it must not stop a shutdown or a reload.
+    """
+    from .._core._notify import notify
+
+    try:
+        notify(**fields)
+    except (OSError, ValueError):
+        pass

@@ -33,7 +33,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from .._core._status import describe_exit
+from ._loglines import LineLog
+
 if TYPE_CHECKING:
+    from ._config import ProgramConfig
     from ._loop import Loop
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
@@ -184,9 +188,16 @@ class Output:
         self._report = report
         self._pipes: dict[str, tuple[int, int]] = {}  # stream -> (read fd, write fd)
         self.logs: dict[str, LogFile] = {}
+        self._lines: dict[str, LineLog] = {}
+        # Each chunk read, for a log:REGEX readiness probe while one waits.
+        self.watch: Callable[[bytes], None] | None = None
+        self._exit_marked = 0  # the pid whose exit marker was written last
 
-    def open(self, paths: Mapping[str, Path], max_bytes: int, backups: int, loop: Loop) -> None:
-        """A pipe and a log file for each stream of ``paths`` (once: they stay open)."""
+    def open(self, paths: Mapping[str, Path], cfg: ProgramConfig, loop: Loop) -> None:
+        """A pipe and a log file for each stream of ``paths`` (once: they stay open).
+
+        ``cfg``'s ``log_*`` settings say how the files are rotated and written.
+        """
         if self._pipes:
             return
         try:
@@ -194,14 +205,22 @@ class Output:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 os.set_blocking(r, False)
                 self._pipes[stream] = (r, w)
-                self.logs[stream] = LogFile(path, max_bytes, backups, self._report)
+                log = LogFile(path, cfg.log_max_bytes, cfg.log_backups, self._report)
+                self.logs[stream] = log
+                self._lines[stream] = LineLog(
+                    log, timestamps=cfg.log_timestamps, markers=cfg.log_markers
+                )
                 loop.add_reader(r, self._readable, stream, r)
         except BaseException:
             self.close(loop)
             raise
 
     def write_ends(self) -> tuple[int, int]:
-        """The fds a process gets as stdout and stderr (the same one, when merged)."""
+        """The fds a process gets as stdout and stderr (the same one, when merged).
+
+        What is still in the pipes is written first: it was written before this process.
+        """
+        self.drain()
         out = self._pipes["stdout"][1]
         return out, self._pipes["stderr"][1] if "stderr" in self._pipes else out
 
@@ -214,8 +233,30 @@ class Output:
             self._copy(stream, data)
 
     def _copy(self, stream: str, data: bytes) -> None:
-        self.logs[stream].write(data)
+        self._lines[stream].write(data)
         self._echo(stream, data)
+        if self.watch is not None:
+            self.watch(data)
+
+    def mark(self, text: str, *, drain: bool = False) -> None:
+        """Record a supervisor event in each log file (when markers are on).
+
+        ``drain``: first write what is in the pipes (an exit: the process's last
+        words come before the news of its end), and end the line it left
+        unfinished (with markers on only: else the bytes are the program's).  A
+        spawn does not drain: :meth:`write_ends` did, just before the process was
+        started.
+        """
+        if drain:
+            self.drain()
+        for lines in self._lines.values():
+            lines.mark(text, end_line=drain)
+
+    def exited(self, pid: int, returncode: int | None, uptime: float) -> None:
+        """The marker of a process's end (once per process, however its end was seen)."""
+        if returncode is not None and pid != self._exit_marked:
+            self._exit_marked = pid
+            self.mark(f"pid {pid} {describe_exit(returncode)} after {uptime:.1f}s", drain=True)
 
     def drain(self) -> None:
         """Write whatever is still in the pipes (the process has exited)."""
@@ -236,6 +277,9 @@ class Output:
             os.close(r)
             os.close(w)
         self._pipes.clear()
+        for lines in self._lines.values():
+            lines.close()
+        self._lines.clear()
         for log in self.logs.values():
             log.close()
         self.logs.clear()

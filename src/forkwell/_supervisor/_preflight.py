@@ -9,6 +9,7 @@ installed meanwhile.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping
 
@@ -44,8 +45,13 @@ def command_problem(program: ProgramConfig, environ: Mapping[str, str]) -> str:
     where = program.directory
     if "/" in command:
         path = os.path.normpath(os.path.join(where, command))
-        if not os.path.exists(path):
-            return f"{path} does not exist"
+        try:
+            os.stat(path)
+        except OSError as exc:
+            # EACCES: a directory on the way is closed to this user (a 0700 home).
+            if exc.errno == errno.ENOENT:
+                return f"{path} does not exist"
+            return f"{path} cannot be reached: {exc.strerror}"
         return "" if _runnable(path) else f"{path} is not an executable file"
     search = program.environment.get("PATH", environ.get("PATH", os.defpath))
     # The child's cwd is the program's directory: relative entries are relative to it.

@@ -46,7 +46,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .._core import _tree
+from .._core import _sys, _tree
 from .._core._process import Process, spawn
 from .._core._state import check
 from .._core._status import describe_exit, signal_name
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._config import ProgramConfig
-    from ._logs import LogFile
+    from ._liveness import Liveness
     from ._loop import Handle, Loop
     from ._probes import Readiness
 
@@ -136,12 +136,14 @@ class Instance:
         self.ready_at: float | None = None
         self.restarts = 0
         self.last_exit: int | None = None
+        self.last_exit_at: float | None = None  # time.time() of that exit
         self.failures = 0  # consecutive failed starts
         self.message = ""  # why the last start failed (one line), "" if it did not
         self.colour = 0
         self._started_mono = 0.0
         self._timer: Handle | None = None  # the backoff delay
-        self._readiness: Readiness | None = None  # made for the first start not by exec
+        self.readiness: Readiness | None = None  # made for the first start not by exec
+        self.liveness: Liveness | None = None  # made by the supervisor's health, if probed
         self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
         self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
@@ -156,10 +158,6 @@ class Instance:
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
-
-    @property
-    def logs(self) -> dict[str, LogFile]:
-        return self.output.logs
 
     # -- state machine -------------------------------------------------------
 
@@ -203,14 +201,10 @@ class Instance:
         cfg = self.config
         streams = ("stdout",) if cfg.redirect_stderr else ("stdout", "stderr")
         paths = {stream: self.log_path(stream) for stream in streams}
-        self.output.open(paths, cfg.log_max_bytes, cfg.log_backups, self.host.loop)
+        self.output.open(paths, cfg, self.host.loop)
 
     def _echo(self, stream: str, data: bytes) -> None:
         self.host.output(self, stream, data)
-
-    def drain(self) -> None:
-        """Write whatever is still in the pipes (the process has exited)."""
-        self.output.drain()
 
     def close_io(self) -> None:
         self.output.close(self.host.loop)
@@ -240,16 +234,24 @@ class Instance:
     def spawn(self) -> None:
         """Start the process now (state STARTING); on failure, a failed start."""
         assert self.state is S.STARTING
+        free = _sys.free_fds()
+        if free is not None and free < FD_RESERVE:
+            # Ending trees needs fds too (pidfds, /proc): never spend the last ones.
+            self._failed_start(f"too many open files: {free} left under RLIMIT_NOFILE, "
+                               f"{FD_RESERVE} are kept free to stop programs")  # fmt: skip
+            return
         try:
             self._open_io()
         except OSError as exc:
             # This runs from timers and exit callbacks too: report, never raise.
-            self._failed_start(f"cannot open its log files: {exc.strerror or exc}: {exc.filename}")
+            where = f": {exc.filename}" if exc.filename else ""  # pipe(2) names no file
+            self._failed_start(f"cannot open its pipes and log files: {exc.strerror or exc}{where}")
             return
         proc = self._spawn_process()
         if proc is None:
             return
         self.proc = proc
+        self.output.mark(f"started pid {proc.pid}")
         self.started_at = time.time()
         self._started_mono = self.host.loop.time()
         self.ready_at = None
@@ -260,8 +262,8 @@ class Instance:
         """The process, spawned with its pipes, environment and user; None: a failed start."""
         cfg = self.config
         env = self.host.child_env(self)
-        if cfg.ready.kind == "notify":
-            self._readiness_of().listen(cfg.user, env)
+        if cfg.ready.kind == "notify" or cfg.watchdog_sec is not None:
+            self._readiness_of().listen(cfg, env)
         stdout, stderr = self.output.write_ends()
         identity = _identity(cfg.user, cfg.group, env)
         try:
@@ -281,8 +283,8 @@ class Instance:
             why = str(exc)
         except OSError as exc:  # e.g. EMFILE: out of fds
             why = f"cannot start: {exc.strerror or exc}"
-        if self._readiness is not None:
-            self._readiness.close_notify()
+        if self.readiness is not None:
+            self.readiness.close_notify()
         self._failed_start(why)
         return None
 
@@ -294,14 +296,14 @@ class Instance:
             self._readiness_of().start(self.config, functools.partial(self.host.child_env, self))
 
     def _readiness_of(self) -> Readiness:
-        if self._readiness is None:
+        if self.readiness is None:
             # Here: ``ready = "exec"`` programs, the quickest to start, never need it.
             from ._probes import Readiness
 
-            self._readiness = Readiness(
-                self.host, self._ready, self._ready_timeout, self._probe_failed
+            self.readiness = Readiness(
+                self.host, self._ready, self._ready_timeout, self._probe_failed, self.output
             )
-        return self._readiness
+        return self.readiness
 
     def _probe_failed(self, why: str) -> None:
         self.message = why
@@ -309,7 +311,7 @@ class Instance:
     def _ready(self, how: str) -> None:
         if self.state is not S.STARTING or self.proc is None or self._failing:
             return
-        self._cancel_readiness()
+        self._cancel_readiness(ready=True)
         self.ready_at = time.time()
         took = self.ready_at - (self.started_at or self.ready_at)
         self._set(S.RUNNING, f"pid {self.proc.pid}, ready ({how}) after {took:.3f}s")
@@ -341,9 +343,9 @@ class Instance:
             self._timer.cancel()
             self._timer = None
 
-    def _cancel_readiness(self) -> None:
-        if self._readiness is not None:
-            self._readiness.cancel()
+    def _cancel_readiness(self, ready: bool = False) -> None:
+        if self.readiness is not None:
+            self.readiness.cancel(ready)
 
     def _failed_start(self, why: str) -> None:
         """Count a failed start: BACKOFF before the next attempt, or FATAL."""
@@ -374,7 +376,8 @@ class Instance:
         if rc is None:
             return
         self.host.untrack(proc)
-        self.last_exit = rc
+        self.last_exit, self.last_exit_at = rc, time.time()
+        self.output.exited(proc.pid, rc, self.uptime())
         for fut in self._exit_waiters:
             resolve(fut)
         self._exit_waiters.clear()
@@ -423,6 +426,8 @@ class Instance:
                     proc.tree, self.config.stop_signal, self.config.stop_timeout,
                     include_root=False,
                 )  # fmt: skip
+            elif proc.tree is None:
+                await _end_group(proc, self.config.stop_signal, self.config.stop_timeout)
         finally:
             proc.close()
 
@@ -432,6 +437,8 @@ class Instance:
         """End ``proc``'s whole tree (``sig``, ``grace``, SIGKILL) and reap it."""
         if proc.tree is not None:
             await self.host.end_tree(proc.tree, sig, grace)
+        else:
+            await _end_group(proc, sig, grace)
         if proc.poll() is None:
             # The tree scan no longer sees it (a zombie not yet reaped, or
             # it cannot be scanned): make sure, and wait for the exit callback.
@@ -443,7 +450,8 @@ class Instance:
             else:
                 resolve(fut)
         self.host.untrack(proc)
-        self.last_exit = proc.returncode
+        self.last_exit, self.last_exit_at = proc.returncode, time.time()
+        self.output.exited(proc.pid, proc.returncode, self.uptime())
         if self.proc is proc:
             self.proc = None
         proc.close()
@@ -462,8 +470,11 @@ class Instance:
             return True
         return False
 
-    async def stop(self) -> None:
-        """Stop the instance and its whole tree; return once it is STOPPED (or was down)."""
+    async def stop(self, why: str = "") -> None:
+        """Stop the instance and its whole tree; return once it is STOPPED (or was down).
+
+        ``why``: the reason, said first in the STOPPING event (a liveness failure).
+        """
         if self.state is S.STOPPING:
             await self.wait_for(lambda s: s is not S.STOPPING)
             return
@@ -473,10 +484,8 @@ class Instance:
         assert proc is not None
         self._cancel_readiness()
         signame = signal_name(self.config.stop_signal)
-        self._set(
-            S.STOPPING,
-            f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s",
-        )
+        how = f"pid {proc.pid}: {signame} to the tree, SIGKILL after {self.config.stop_timeout:g}s"
+        self._set(S.STOPPING, f"{why}; {how}" if why else how)
         pending = self._failing_task
         if pending is not None and not pending.done():
             # A failed start is already ending this tree: let it finish.
@@ -516,6 +525,30 @@ class Instance:
             proc.signal_tree(sig)
             return True
         return proc.send_signal(sig)
+
+
+async def _end_group(proc: Process, sig: int, grace: float) -> None:
+    """No /proc, so no Tree: the process group is the tree (``_core/_sys`` table).
+
+    ``sig`` to the group, up to ``grace`` for the program to exit (polled:
+    nothing else wakes us for the group), then SIGKILL to whatever is left
+    of the group.  A descendant that left it (``setsid``) cannot be found.
+    """
+    import asyncio  # the engine's loop is running: asyncio is imported already
+
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, sig)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(grace, 0.0)
+    while proc.returncode is None and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+#: fds a start must leave free: a stop needs a pidfd per member and one /proc
+#: read at a time, a control connection one more.
+FD_RESERVE = 16
 
 
 def _success(cfg: ProgramConfig, rc: int) -> bool:

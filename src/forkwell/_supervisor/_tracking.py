@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._watchdog import Watchdog
 
 KILL_GRACE = 5.0  # after SIGKILL, how long to wait for a tree to vanish
+POLL_UNPINNED = 0.05  # seconds between scans for members we hold no pidfd for
 
 
 class Tracker:
@@ -60,7 +61,8 @@ class Tracker:
             return
         proc, on_exit = entry
         # One-shot: a readable pidfd stays readable; the callback reaps.
-        self._loops.loop.remove_reader(proc.fileno())
+        if proc.fileno() >= 0:  # none without pidfds: SIGCHLD's reap() calls us
+            self._loops.loop.remove_reader(proc.fileno())
         on_exit()
 
     def reap(self) -> None:
@@ -122,8 +124,7 @@ class TreeEnder:
                 tree.reap_adopted()
                 return
             tree.signal(sig, members, only_new=True)
-            fds = [fd for pid, (fd, _) in tree.pinned().items() if pid in members]
-            gone = await self._wait_fds(fds, deadline)
+            gone = await self._wait_members(tree, members, deadline)
             tree.reap_adopted()
             if not gone:
                 break
@@ -138,8 +139,8 @@ class TreeEnder:
             members = await self._members(tree, include_root)
             if not members:
                 return
-            fds = tree.signal(signal.SIGKILL, members)
-            await self._wait_fds(fds, kill_deadline)
+            tree.signal(signal.SIGKILL, members)
+            await self._wait_members(tree, members, kill_deadline)
             tree.reap_adopted()
             if loop.time() >= kill_deadline:
                 self._note(f"could not kill pids {sorted(members)} (uninterruptible?)")
@@ -176,6 +177,28 @@ class TreeEnder:
         for token, _, fut in queue:
             if not fut.done():
                 fut.set_result(dict(found.get(token, {})))
+
+    async def _wait_members(
+        self, tree: _tree.Tree, members: dict[int, _proc.ProcStat], deadline: float
+    ) -> bool:
+        """Wait for the signalled ``members`` to exit; False once ``deadline`` passed.
+
+        A member without a pidfd (none on this kernel, FORKWELL_NO_PIDFD=1,
+        or no fd free) wakes nobody: then wait a poll interval and let the
+        caller scan again, rather than return at once and spin.
+        """
+        fds = [fd for pid, (fd, _) in tree.pinned().items() if pid in members]
+        if len(fds) == len(members):
+            return await self._wait_fds(fds, deadline)
+        loop = self._loops.aio
+        until = min(deadline, loop.time() + POLL_UNPINNED)
+        if fds:
+            await self._wait_fds(fds, until)
+        else:
+            import asyncio  # running in its loop: imported already
+
+            await asyncio.sleep(max(0.0, until - loop.time()))
+        return loop.time() < deadline
 
     async def _wait_fds(self, fds: list[int], deadline: float) -> bool:
         """Wait until every pidfd in ``fds`` is readable (exited), or ``deadline``."""

@@ -9,12 +9,11 @@ error codes, so a bad request or a bug costs one reply, never the supervisor.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..._core import _proc
 from ..._exceptions import ConfigError, ForkwellError, UnknownProgramError
+from .._snapshot import Snapshot
 from ._protocol import (
     PROGRESS_INTERVAL,
     PROTOCOL_VERSION,
@@ -28,33 +27,14 @@ from ._protocol import (
 if TYPE_CHECKING:
     # Only for the type checker: defining Protocols costs start-up time.
     import asyncio
+    from collections.abc import Mapping
     from pathlib import Path
     from typing import Protocol
 
+    from .._snapshot import InstanceLike, Usage
+
     # What the handlers need from the engine (forkwell._supervisor._engine.Supervisor).
     # Structural, so the protocol layer can be tested against a small double.
-
-    class _InstanceInfo(Protocol):
-        @property
-        def name(self) -> str: ...
-        @property
-        def program(self) -> str: ...
-        @property
-        def index(self) -> int: ...
-        @property
-        def state(self) -> str: ...
-        @property
-        def pid(self) -> int | None: ...
-        @property
-        def started_at(self) -> float | None: ...
-        @property
-        def ready_at(self) -> float | None: ...
-        @property
-        def restarts(self) -> int: ...
-        @property
-        def last_exit(self) -> int | None: ...
-        @property
-        def autostart(self) -> bool: ...
 
     class _OpResult(Protocol):
         @property
@@ -89,8 +69,9 @@ if TYPE_CHECKING:
 
         @property
         def config_path(self) -> Path: ...
-        def instances(self) -> Sequence[_InstanceInfo]: ...
+        def instances(self) -> Sequence[InstanceLike]: ...
         def resolve(self, names: Sequence[str]) -> list[str]: ...
+        def usage(self, names: Sequence[str]) -> Mapping[str, Usage]: ...
         def log_path(self, instance: str, stream: Any) -> Path: ...
         async def start(
             self, instances: list[str], *, wait: bool = True
@@ -115,45 +96,13 @@ async def send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
 
-class _CpuMeter:
-    """CPU % since the previous ``ps`` (if recent), else since the process started.
-
-    Sampling only when asked keeps an idle supervisor from ever waking up.
-    """
-
-    RECENT = 60.0
-
-    def __init__(self) -> None:
-        self._last: dict[int, tuple[float, int]] = {}
-
-    def sample(self, pid: int, started_at: float | None) -> tuple[float | None, int | None]:
-        info = _proc.read_stat(pid)
-        if info is None:
-            self._last.pop(pid, None)
-            return None, None
-        ticks, rss = info.cpu_ticks, info.rss_bytes
-        now_mono, now_wall = time.monotonic(), time.time()
-        cpu: float | None = None
-        prev = self._last.get(pid)
-        if prev is not None and 0.05 < now_mono - prev[0] < self.RECENT and ticks >= prev[1]:
-            cpu = (ticks - prev[1]) / _proc.CLK_TCK / (now_mono - prev[0]) * 100.0
-        elif started_at is not None and now_wall - started_at > 0.05:
-            cpu = ticks / _proc.CLK_TCK / (now_wall - started_at) * 100.0
-        self._last[pid] = (now_mono, ticks)
-        return (None if cpu is None else round(cpu, 1)), rss
-
-    def forget_except(self, pids: set[int]) -> None:
-        for pid in [p for p in self._last if p not in pids]:
-            del self._last[pid]
-
-
 class Handlers:
     """The commands of one supervisor's control socket at ``path``."""
 
     def __init__(self, supervisor: SupervisorLike, path: Path) -> None:
         self.supervisor = supervisor
         self.path = path
-        self._cpu = _CpuMeter()
+        self._snapshot = Snapshot()
 
     async def answer(
         self, cmd: str, args: dict[str, Any], writer: asyncio.StreamWriter | None
@@ -191,40 +140,7 @@ class Handlers:
 
     async def ps(self, args: dict[str, Any], w: Any) -> dict[str, Any]:
         names = _names(args, required=False)
-        infos = list(self.supervisor.instances())
-        if names:
-            wanted = set(self.supervisor.resolve(names))
-            infos = [i for i in infos if i.name in wanted]
-        now = time.time()
-        rows = [self._row(info, now) for info in infos]
-        if not names:
-            self._cpu.forget_except({i.pid for i in infos if i.pid is not None})
-        healthy = all(_healthy(r) for r in rows if r["autostart"])
-        return {"supervisor": self._identity(), "time": now, "healthy": healthy, "instances": rows}
-
-    def _row(self, info: _InstanceInfo, now: float) -> dict[str, Any]:
-        cpu, rss = (None, None)
-        if info.pid is not None:
-            cpu, rss = self._cpu.sample(info.pid, info.started_at)
-        return {
-            "name": info.name,
-            "program": info.program,
-            "index": info.index,
-            "state": info.state,
-            "pid": info.pid,
-            "started_at": info.started_at,
-            "ready_at": info.ready_at,
-            "uptime": (
-                None
-                if info.started_at is None or info.pid is None
-                else round(max(0.0, now - info.started_at), 3)
-            ),
-            "restarts": info.restarts,
-            "last_exit": info.last_exit,
-            "autostart": info.autostart,
-            "cpu_percent": cpu,
-            "rss_bytes": rss,
-        }
+        return self._snapshot.document(self.supervisor, names, self._identity())
 
     async def _run_op(
         self, op: str, args: dict[str, Any], writer: asyncio.StreamWriter | None
@@ -329,18 +245,6 @@ COMMANDS: dict[str, _Handler] = {
     "scale": Handlers.scale,
     "down": Handlers.down,
 }
-
-
-def _healthy(row: dict[str, Any]) -> bool:
-    """RUNNING, or a one-shot job that finished with status 0 and stays finished.
-
-    EXITED is only ever a resting state when the restart policy says "do not
-    restart", so EXITED with 0 is a job done, not an outage.  Anything else
-    (STARTING, BACKOFF, FATAL, STOPPED, a failed exit) is not healthy: unlike
-    supervisorctl (issue 1488), "still starting" does not count as up.
-    """
-    state, last_exit = row["state"], row["last_exit"]
-    return bool(state == "RUNNING" or (state == "EXITED" and last_exit == 0))
 
 
 def _config_error(exc: ConfigError) -> dict[str, Any]:

@@ -15,7 +15,7 @@ Shared by the server and the client, so it stays as lean as the client.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ..._exceptions import ControlRequestError
@@ -124,3 +124,15 @@ def result_of(reply: dict[str, Any]) -> dict[str, Any]:
         str(error.get("message", "request failed")),
         errors=[str(e) for e in errors] if isinstance(errors, list) else [],
     )
+
+
+def healthy_row(row: Mapping[str, Any]) -> bool:
+    """A ``ps`` row that counts as up: RUNNING, or a one-shot job finished with status 0.
+
+    EXITED is only ever a resting state when the restart policy says "do not
+    restart", so EXITED with 0 is a job done, not an outage.  Anything else
+    (STARTING, BACKOFF, FATAL, STOPPED, a failed exit) is not healthy: unlike
+    supervisorctl (issue 1488), "still starting" does not count as up.
+    """
+    state, last_exit = row["state"], row["last_exit"]
+    return bool(state == "RUNNING" or (state == "EXITED" and last_exit == 0))

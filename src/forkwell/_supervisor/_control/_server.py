@@ -71,8 +71,11 @@ def _prepare_directory(directory: str) -> None:
         )
 
 
-def _claim_path(path: str) -> None:
-    """Remove a stale socket at ``path``; refuse if a supervisor answers there."""
+def claim_path(path: str, what: str = "control socket") -> None:
+    """Remove a stale socket at ``path``; refuse if a supervisor answers there.
+
+    ``what`` names the socket in errors (the web endpoint's Unix socket uses it too).
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -81,7 +84,7 @@ def _claim_path(path: str) -> None:
         raise ControlSocketError(exc.errno or 0, f"cannot use {path}: {exc.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise ControlSocketError(
-            errno.EEXIST, f"cannot create control socket {path}: a non-socket file is in the way"
+            errno.EEXIST, f"cannot create {what} {path}: a non-socket file is in the way"
         )
     probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -93,7 +96,7 @@ def _claim_path(path: str) -> None:
         raise ControlSocketError(
             errno.EADDRINUSE,
             f"another supervisor is already listening on {path}"
-            f" (see 'forkwell ps --socket {path}')",
+            + (f" (see 'forkwell ps --socket {path}')" if what == "control socket" else ""),
         )
     finally:
         probe.close()
@@ -137,7 +140,7 @@ class ControlServer:
 
         path = os.fspath(self.path)
         _prepare_directory(os.path.dirname(path) or ".")
-        _claim_path(path)
+        claim_path(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # bind() creates the file with 0777 & ~umask: set the umask around it so
         # the socket is never, even for an instant, reachable by others.

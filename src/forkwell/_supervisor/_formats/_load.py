@@ -10,8 +10,9 @@ in the words of the original file (``[program:web] stopsignal``,
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..._exceptions import ConfigError
 from .._config import Config, load_config, parse_config
@@ -53,19 +54,24 @@ def read(path: str | os.PathLike[str], fmt: str | None = None,
 
 
 def load(path: str | os.PathLike[str], fmt: str | None = None,
-         procfile: ProcfileOptions | None = None) -> Loaded:  # fmt: skip
-    """Read and validate ``path``; raises ConfigError listing every problem (nothing started)."""
+         procfile: ProcfileOptions | None = None,
+         supervisor: Mapping[str, Any] | None = None) -> Loaded:  # fmt: skip
+    """Read and validate ``path``; raises ConfigError listing every problem (nothing started).
+
+    ``supervisor``: ``[supervisor]`` keys the command line overrides (``forkwell up --http``).
+    """
     kind, imported = read(path, fmt, procfile)
     if imported is None:
-        return Loaded(load_config(path), kind, [])
-    config = validate(imported, Path(path), os.fspath(path))
+        return Loaded(load_config(path, supervisor=supervisor), kind, [])
+    config = validate(imported, Path(path), os.fspath(path), supervisor)
     return Loaded(config, kind, imported.ignored, imported)
 
 
-def validate(imported: Imported, path: Path, label: str) -> Config:
+def validate(imported: Imported, path: Path, label: str,
+             supervisor: Mapping[str, Any] | None = None) -> Config:  # fmt: skip
     """``parse_config`` on imported data, its errors said the way the original file says it."""
     try:
-        return parse_config(imported.data, path.absolute(), label)
+        return parse_config(imported.data, path.absolute(), label, supervisor=supervisor)
     except ConfigError as exc:
         raise ConfigError([_in_own_words(e, label, imported) for e in exc.errors]) from None
 
