@@ -442,7 +442,7 @@ def _boot(init: str, failures: int) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=30,
-        env=dict(os.environ, PYTHONPATH=str(TESTS_DIR)),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(TESTS_DIR), os.environ.get("PYTHONPATH"))))),
     )
 
 
