@@ -45,8 +45,8 @@ LONELY_UID = 54321
 
 
 def nothing_left() -> None:
-    """Assert the test left no process, killing any it did first (for xfail'd open bugs:
-    the autouse leak check would otherwise turn the known failure into a teardown error)."""
+    """Assert the test left no process, killing any it did first (so that a leak fails
+    the test itself, not the autouse leak check's teardown as an error)."""
     leaks = find_leaks(os.environ[TEST_ID_VAR])
     for pid in leaks:
         with contextlib.suppress(OSError):
