@@ -420,11 +420,7 @@ class Init:
                     else:
                         self._signal_group(sig)
             return
-        try:
-            found = _descendants()
-        except OSError:
-            self._blind(signal.SIGTERM)
-            return
+        found = self._descendants_or_blind(signal.SIGTERM)
         for info in found.values():
             held = self._termed.get(info.pid)
             if held is not None and held[1] == info.starttime:
@@ -448,17 +444,21 @@ class Init:
         if not self._proc_ours:
             self._signal_group(signal.SIGKILL)
             return
-        try:
-            found = _descendants()
-        except OSError:
-            self._blind(signal.SIGKILL)
-            return
+        found = self._descendants_or_blind(signal.SIGKILL)
         for info in found.values():
             fd, by_pid = _pin_or_pid(info)
             if fd is not None or by_pid:
                 _sys.send_signal(info.pid, fd, signal.SIGKILL)
             if fd is not None:
                 os.close(fd)
+
+    def _descendants_or_blind(self, sig: int) -> dict[int, _proc.ProcStat]:
+        """Our live descendants; none when /proc is unreadable, and ``sig`` went out blind."""
+        try:
+            return _descendants()
+        except OSError:
+            self._blind(sig)
+            return {}
 
     def _blind(self, sig: int) -> None:
         """/proc cannot be read (EMFILE): ``sig`` (once) to whom we reach without it.
