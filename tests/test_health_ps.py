@@ -51,6 +51,7 @@ restart = "always"
 
 [programs.hopeless]
 command = ["/bin/sh", "-c", "exit 4"]
+min_uptime = 3600  # "never up" whatever the load: a slow shell took the default's 1 s once
 start_retries = 1000
 backoff_max = 0.2
 """

@@ -614,21 +614,24 @@ BURST = "i=0; while [ $i -lt {n} ]; do ( (exit 0) & ); i=$((i+1)); done; echo bu
 def test_burst_of_10000_short_lived_orphans_leaves_no_zombie(ns: bool, tmp_path: Path) -> None:
     # Each (exit 0) is a grandchild whose parent subshell exits at once: 10,000
     # orphans re-parented to init while the command keeps running.
-    log = (tmp_path / "init.log").open("w+")
-    proc = start(["-v", "sh", "-c", BURST.format(n=10000)], ns=ns, stdin=subprocess.PIPE,
-                 stderr=log)
-    assert read_line(proc, 50).strip() == "burst"
-    init = ns_init_pid(proc) if ns else proc.pid
-    wait_until(lambda: len(children(init)) == 1, 30, "init to reap the burst")
-    assert zombies_of(init) == []
-    assert proc.stdin is not None
-    proc.stdin.close()
-    assert proc.wait(20) == 0
-    log.seek(0)
-    assert sum("reaped orphan" in line for line in log) == 10000
-    log.close()
-    assert proc.stdout is not None
-    proc.stdout.close()
+    # The log is closed even when an assertion fails: left open, its ResourceWarning
+    # surfaced in whichever later test collected it (test_layers, in a hunt under load).
+    with (tmp_path / "init.log").open("w+") as log:
+        proc = start(["-v", "sh", "-c", BURST.format(n=10000)], ns=ns, stdin=subprocess.PIPE,
+                     stderr=log)  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            assert read_line(proc, 50).strip() == "burst"
+            init = ns_init_pid(proc) if ns else proc.pid
+            wait_until(lambda: len(children(init)) == 1, 30, "init to reap the burst")
+            assert zombies_of(init) == []
+            proc.stdin.close()
+            assert proc.wait(20) == 0
+        finally:
+            proc.stdin.close()
+            proc.stdout.close()  # the leak check ends the process itself if it is left
+        log.seek(0)
+        assert sum("reaped orphan" in line for line in log) == 10000
 
 
 # -- the end of a run ---------------------------------------------------------
