@@ -118,6 +118,9 @@ def kill_and_check(tmp_path: Path, cfg: Path, up: subprocess.Popen[str], *, watc
     up.communicate(timeout=10)
     if watchdog:
         wait_until(lambda: not any(running(p) for p in started), 20, "the watchdog to end them")
+        # And then itself: it outlives the fleet by its last scan, and the leak
+        # check saw it still running once under load (a forkwell up, by its argv).
+        wait_until(lambda: not running(dog), 20, "the watchdog to exit")
         return
     wait_until(lambda: not running(dog), 10, "the watchdog to go")
     survivors = [p for p in started if running(p)]
