@@ -134,6 +134,7 @@ def test_liveness_failures_and_restarts_are_counted_everywhere(tmp_path: Path) -
         in page  # fmt: skip
     assert "liveness restarts: 1" in page
 
+    every_series_is_documented(fams)
     promtool_passes(reply.text)
 
 
@@ -165,3 +166,11 @@ def promtool_passes(text: str) -> None:
     check = subprocess.run([promtool, "check", "metrics"], input=text,
                            capture_output=True, text=True, timeout=30)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def every_series_is_documented(fams: dict[str, Any]) -> None:
+    """docs/web.md names each metric served (the supervisor's by their suffix, as it lists them)."""
+    doc = (Path(__file__).parent.parent / "docs" / "web.md").read_text()
+    for name in fams:
+        short = name.removeprefix("forkwell_supervisor")
+        assert f"`{name}`" in doc or f"`{name}{{" in doc or f"`{short}`" in doc, name
