@@ -46,7 +46,7 @@ from .._exceptions import ForkwellError, UnknownProgramError
 from ._childenv import ChildEnv
 from ._config import Config, load_config
 from ._events import EventLog
-from ._fleet import Fleet, ReloadReport, compare, dep_ok, settle, settled
+from ._fleet import Fleet, ReloadReport, dep_ok, settle, settled
 from ._health import Health
 from ._loglines import is_marker
 from ._logs import Console
@@ -327,12 +327,11 @@ class Supervisor:
         only change is ``numprocs`` is scaled in place; changed programs are
         restarted with the new settings; removed ones are stopped.
         """
-        new = self.reader(self.config_path)
-        report = compare(self.config, new)
-        added, removed, changed, _, scaled = report
+        new, report = self._fleet.plan(self.reader(self.config_path))
+        added, removed, changed, _, scaled, kept = report
         self._note(
             f"reload {self.config_path}: added {added or '-'}, removed {removed or '-'}, "
-            f"changed {changed or '-'}, scaled {scaled or '-'}"
+            f"changed {changed or '-'}, scaled {scaled or '-'}, kept scale {kept or '-'}"
         )
         to_start = await self._fleet.reload(new, report)
         self.config_path = new.path
@@ -561,7 +560,8 @@ def _notify_ready(failed: list[OpResult], instances: int, note: Callable[[str], 
     status = (
         f"{len(failed)} instance(s) failed to start: {failed[0].message}"
         if failed
-        else f"forkwell up: supervisor running (pid {os.getpid()}), {instances} instances up"
+        else f"forkwell up: supervisor running (pid {os.getpid()}), {instances} "
+        f"instance{'' if instances == 1 else 's'} up"
     )
     try:
         notify(READY=1, STATUS=status, MAINPID=os.getpid())
