@@ -68,6 +68,8 @@ class Info:
     last_probe_failure: str | None = None
     last_probe_failure_at: float | None = None
     failed_starts: int = 0
+    liveness_failed_checks: int = 0
+    liveness_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -885,7 +887,7 @@ def test_cli_ps_table_json_and_exit_codes(served: Served) -> None:
         "restarts", "last_exit", "autostart", "cpu_percent", "rss_bytes", "last_exit_at",
         "essential", "readiness", "ready_probe", "liveness", "liveness_probe",
         "liveness_failures", "last_probe_failure", "last_probe_failure_at", "processes",
-        "failed_starts",
+        "failed_starts", "liveness_failed_checks", "liveness_restarts",
     }  # fmt: skip
 
 

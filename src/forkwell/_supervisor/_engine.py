@@ -95,6 +95,8 @@ class InstanceInfo(NamedTuple):
     last_probe_failure: str | None = None  # what the last failed probe said (one line)
     last_probe_failure_at: float | None = None
     failed_starts: int = 0  # in a row, now (a crash loop: BACKOFF with this growing)
+    liveness_failed_checks: int = 0  # since the supervisor started (liveness_failures: in a row)
+    liveness_restarts: int = 0  # restarts the liveness probe caused, since it started
 
 
 class OpResult(NamedTuple):
@@ -570,6 +572,8 @@ def _info(i: Instance) -> InstanceInfo:
         last_probe_failure=failure or None,
         last_probe_failure_at=failure_at,
         failed_starts=i.failures,
+        liveness_failed_checks=0 if live is None else live.failures_total,
+        liveness_restarts=0 if live is None else live.restarts,
     )
 
 

@@ -181,6 +181,8 @@ class Health:
                 self.end(inst, f"essential {inst.name} failed its liveness probe")
             return
         inst.restarts += 1
+        if inst.liveness is not None:
+            inst.liveness.restarts += 1
         self._fleet.request_start(inst)
         self.start_dependents(bounced)
 

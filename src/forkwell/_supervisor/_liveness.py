@@ -44,6 +44,10 @@ if TYPE_CHECKING:
         def readiness(self) -> Readiness | None: ...
 
 
+#: Every ``Liveness.state``, in the order /metrics lists them.
+STATES = ("off", "pending", "ok", "failing")
+
+
 class Liveness:
     """The liveness probe of one instance: ``state`` is what ``ps`` shows.
 
@@ -65,6 +69,9 @@ class Liveness:
         self.state = "off"
         self.failures = 0  # in a row
         self.checks = 0  # checks run, ever
+        # Since the supervisor started, for /metrics' counters (start() keeps them):
+        self.failures_total = 0  # failed checks, and missed watchdog deadlines
+        self.restarts = 0  # restarts this probe caused (counted by the restarter)
         self.last_failure = ""
         self.last_failure_at: float | None = None  # time.time()
         self._timer: Handle | None = None
@@ -127,6 +134,7 @@ class Liveness:
             self.failures = 0
             return True
         self.failures += 1
+        self.failures_total += 1
         self.last_failure = why
         self.last_failure_at = time.time()
         limit = self._inst.config.liveness_failures
@@ -150,6 +158,7 @@ class Liveness:
             self._after(self._watchdog_due, left)
             return
         self.failures = 1
+        self.failures_total += 1
         self.last_failure = f"watchdog: no WATCHDOG=1 for {seconds:g}s (watchdog_sec)"
         self.last_failure_at = time.time()
         self.stop()

@@ -11,7 +11,8 @@ away; fields may be added without a change.
   tree's (they were the main process's in version 1), and ``processes``,
   ``last_exit_at``, ``readiness``, ``ready_probe``, ``liveness``,
   ``liveness_probe``, ``liveness_failures``, ``last_probe_failure``,
-  ``last_probe_failure_at``, ``essential`` and ``failed_starts`` were added.
+  ``last_probe_failure_at``, ``essential`` and ``failed_starts`` were added;
+  later (no change of meaning) ``liveness_failed_checks`` and ``liveness_restarts``.
 
 CPU % is measured between two snapshots (at most a minute apart), else
 over the tree's life: sampling only when asked keeps an idle supervisor
@@ -75,6 +76,10 @@ if TYPE_CHECKING:
         def last_probe_failure_at(self) -> float | None: ...
         @property
         def failed_starts(self) -> int: ...
+        @property
+        def liveness_failed_checks(self) -> int: ...
+        @property
+        def liveness_restarts(self) -> int: ...
 
     class FleetLike(Protocol):
         def instances(self) -> Sequence[InstanceLike]: ...
@@ -170,6 +175,8 @@ class Snapshot:
             "liveness_failures": info.liveness_failures,
             "last_probe_failure": info.last_probe_failure,
             "last_probe_failure_at": info.last_probe_failure_at,
+            "liveness_failed_checks": info.liveness_failed_checks,
+            "liveness_restarts": info.liveness_restarts,
             "cpu_percent": self._cpu(info, usage),
             "rss_bytes": None if usage is None else usage.rss_bytes,
             "processes": 0 if usage is None else usage.processes,

@@ -7,6 +7,7 @@ above the object it concerns.  Probes run inside the container: a port on
 kubelet's ``tcpSocket`` knocks on the pod's IP.  ``depends_on`` cannot be
 enforced across Deployments: an init container waits for the dependency's
 Service with ``forkwell probe --wait``, which orders the first start only.
+Environment files become a ConfigMap per program (:mod:`._configmap`).
 
 Objects are plain dicts; :func:`render` writes them as YAML with PyYAML (the
 ``kubernetes`` extra), each under its comments.
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 from .._config import Config, ProgramConfig
 from .._probespec import ProbeSpec
 from ._common import Site, argv, object_name, seconds, shutdown_seconds
+from ._configmap import env_files, pod_notes
 
 #: forkwell.toml key -> what the manifest says (docs/deploy.md's Kubernetes column).
 MAPPING: dict[str, str] = {
@@ -53,9 +55,9 @@ MAPPING: dict[str, str] = {
     "instance_name": "not expressible: a pod is named by Kubernetes",
     "port": "env PORT (the same in every replica: each pod has its own address)",
     "name_variables": "env from the pod's name (metadata.name)",
-    "env_file": "not expressed: a comment (make a ConfigMap with kubectl create configmap "
-    "--from-env-file, and envFrom it)",
-    "env_file_optional": "not expressed (with env_file)",
+    "env_file": "a ConfigMap per program, read by envFrom (env still overrides it, as "
+    "environment overrides env_file)",
+    "env_file_optional": "a file missing at export is left out of the ConfigMap (a comment)",
     "liveness": "livenessProbe (tcpSocket, httpGet, or exec forkwell probe / sh -c); "
     "watchdog: not expressible (a comment)",
     "liveness_period": "livenessProbe.periodSeconds",
@@ -120,10 +122,13 @@ def _metadata(site: Site, name: str) -> dict[str, Any]:
 
 def _program(site: Site, program: ProgramConfig, image: str) -> list[Manifest]:
     name = object_name(site, program.name)
-    notes = [f"{program.name}: {n}" for n in _unexpressed(site, program)]
+    files = env_files(site, program, _labels(site, name))
+    notes = [f"{program.name}: {n}" for n in [*_unexpressed(site, program), *files.notes]]
     container: dict[str, Any] = {"name": name, "image": image, **_command(site, program)}
     container["workingDir"] = str(site.moved(program.directory))
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in program.environment.items()]
+    if files.config_map is not None:
+        container["envFrom"] = [{"configMapRef": {"name": files.config_map["metadata"]["name"]}}]
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in files.env.items()]
     if program.port is not None:
         env.append({"name": "PORT", "value": str(program.port)})
     pod_name = {"valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
@@ -144,7 +149,8 @@ def _program(site: Site, program: ProgramConfig, image: str) -> list[Manifest]:
     waits = _waits(site, program, image, notes)
     if waits:
         spec = {"initContainers": waits, **spec}
-    out = [Manifest(notes, _workload(site, program, name, spec))]
+    out = [] if files.config_map is None else [Manifest(files.map_notes, files.config_map)]
+    out.append(Manifest(notes, _workload(site, program, name, spec)))
     if port is not None:
         out.append(_service(site, name, [port]))
     return out
@@ -272,10 +278,6 @@ def _unexpressed(site: Site, program: ProgramConfig) -> list[str]:
 
 def _health_notes(site: Site, program: ProgramConfig) -> list[str]:
     notes = []
-    if program.env_file:
-        files = ", ".join(str(site.moved(p)) for p in program.env_file)
-        notes.append(f"env_file {files}: make a ConfigMap of it (kubectl create configmap "
-                     "--from-env-file) and add it with envFrom")  # fmt: skip
     if program.liveness is not None and program.liveness.kind == "watchdog":
         notes.append("liveness watchdog: Kubernetes has no sd_notify watchdog")
     if program.ready.kind == "log":
@@ -313,7 +315,7 @@ def _pod(site: Site, image: str) -> list[Manifest]:
     spec = {"terminationGracePeriodSeconds": grace, "containers": [container]}
     notes = [f"The whole fleet of {cfg} in one container, forkwell up as its PID 1:",
              "it stops every program in dependency order on SIGTERM and exits as soon",
-             "as all are gone."]  # fmt: skip
+             "as all are gone.", *pod_notes(site)]  # fmt: skip
     selector = {"matchLabels": {"app.kubernetes.io/name": name}}
     template = {"metadata": {"labels": _labels(site, name)}, "spec": spec}
     body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(site, name),

@@ -9,7 +9,8 @@ does not exist (the start time of an instance that is not running, the last
 exit of one that never exited) is left out rather than given a fake 0.
 
 CPU and memory are read from ``/proc`` when scraped, never sampled in the
-background.
+background.  The ``liveness_*`` series exist only for instances with a
+``liveness`` probe.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..._core import _proc
+from .._liveness import STATES as _LIVENESS
 from .._program import ProgramState
 
 if TYPE_CHECKING:
@@ -100,6 +102,14 @@ def instance_families(
     cpu = fam("cpu_seconds_total", "counter",
               "User and system CPU time of the running main process, from /proc.")
     memory = fam("memory_bytes", "gauge", "Resident memory of the running main process.")
+    live = fam("liveness_state", "gauge",
+               "1 for the liveness probe's current state, 0 for the others.")
+    in_a_row = fam("liveness_consecutive_failures", "gauge",
+                   "Liveness checks failed in a row, now; liveness_failures of them restart it.")
+    live_failed = fam("liveness_failures_total", "counter",
+                      "Liveness checks that failed, and watchdog deadlines missed.")
+    live_restarts = fam("liveness_restarts_total", "counter",
+                        "Restarts caused by the liveness probe (counted in restarts_total too).")
     for info in infos:
         who = labels((("program", info.program), ("instance", info.name)))
         up.samples.append((who, info.state == "RUNNING"))
@@ -108,6 +118,11 @@ def instance_families(
         failed.samples.append((who, failed_starts.get(info.name, 0)))
         if info.last_exit is not None:
             last.samples.append((who, info.last_exit))
+        if info.liveness is not None:
+            live.samples.extend((f'{who},state="{s}"', info.liveness == s) for s in _LIVENESS)
+            in_a_row.samples.append((who, info.liveness_failures))
+            live_failed.samples.append((who, info.liveness_failed_checks))
+            live_restarts.samples.append((who, info.liveness_restarts))
         if info.pid is None:
             continue
         if info.started_at is not None:
@@ -116,7 +131,8 @@ def instance_families(
         if stat is not None:
             cpu.samples.append((who, stat.cpu_ticks / _proc.CLK_TCK))
             memory.samples.append((who, stat.rss_bytes))
-    return [up, state, restarts, failed, started, last, cpu, memory]
+    return [up, state, restarts, failed, started, last, cpu, memory,
+            live, in_a_row, live_failed, live_restarts]  # fmt: skip
 
 
 def _stat_or_none(pid: int) -> _proc.ProcStat | None:

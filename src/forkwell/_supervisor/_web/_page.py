@@ -93,6 +93,20 @@ def _ready(row: dict[str, Any]) -> str:
     return "-"
 
 
+def _liveness(row: dict[str, Any]) -> str:
+    """The liveness state as ``ps`` shows it (``failing x2``), the last failure and the
+    restarts it caused in its title."""
+    state = row.get("liveness")
+    if not isinstance(state, str) or state == "":
+        return _probe(state)
+    why = [row["last_probe_failure"]] if row.get("last_probe_failure") else []
+    if row.get("liveness_restarts"):
+        why.append(f"liveness restarts: {row['liveness_restarts']}")
+    title = f' title="{e("; ".join(why))}"' if why else ""
+    text = f"failing x{row.get('liveness_failures', 0)}" if state == "failing" else state
+    return f'<span class="probe probe-{e(state)}"{title}>{e(text)}</span>'
+
+
 def cells(row: dict[str, Any]) -> dict[str, str]:
     """Each cell of an instance's row, as HTML: the page and its live updates both use this."""
     state, last = row["state"], row["last_exit"]
@@ -109,7 +123,7 @@ def cells(row: dict[str, Any]) -> dict[str, str]:
             f"{e(exit_label(last))}</span>"
         ),
         "ready": _ready(row),
-        "liveness": _probe(row.get("liveness")),
+        "liveness": _liveness(row),
         "cpu": "-" if cpu is None else f"{cpu:.1f}%",
         "memory": "-" if rss is None else e(format_bytes(rss)),
     }
