@@ -6,14 +6,16 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import PY
 
-from forkwell import load_config
+from forkwell import ConfigError, load_config
 from forkwell._supervisor._formats._convert import render
 from forkwell._supervisor._formats._detect import detect, find_default
 from forkwell._supervisor._formats._load import load, read
@@ -97,6 +99,12 @@ def test_procfile_entries_as_honcho_and_foreman_read_them(tmp_path: Path) -> Non
     assert web.environment["ESCAPED"] == "one\ntwo"
     assert web.name_variables == ("PS", "HONCHO_PROCESS_NAME")
     assert (web.restart, web.min_uptime, web.stop_timeout) == ("never", 0.0, 5.0)
+    # foreman's and honcho's rule: the first to exit stops all, and gives its status
+    assert config.supervisor.exit_when == "any-exit"
+    # .env is the supervisor's env_file (read again on reload), missing is no error
+    assert config.supervisor.env_file == ((d / ".env").absolute(),)
+    (d / ".env").unlink()
+    assert load(d / "Procfile").config.supervisor.env_file == ()
 
 
 def test_procfile_formation_port_and_options(tmp_path: Path) -> None:
@@ -110,6 +118,7 @@ def test_procfile_formation_port_and_options(tmp_path: Path) -> None:
     assert config.programs["worker"].instance_names() == ["worker.1", "worker.2"]
     web = config.programs["web"]
     assert (web.restart, web.min_uptime, web.stop_timeout) == ("on-failure", 1.0, 2.0)
+    assert config.supervisor.exit_when == "never"  # --restart: forkwell's supervision
 
 
 def test_procfile_port_base_from_dotenv_then_environment(tmp_path: Path,
@@ -132,6 +141,30 @@ def test_procfile_env_files_chosen_with_e(tmp_path: Path) -> None:
     env = load(d / "Procfile", procfile=opts).config.programs["web"].environment
     assert (env["A"], env["B"]) == ("1", "2")
     assert "APP_ENV" not in env  # .env is not read when -e names others
+    (d / "bad.env").write_text("A=1\nnot a line\n")
+    with pytest.raises(ConfigError) as bad:
+        load(d / "Procfile", procfile=ProcfileOptions(env_files=(f"{d}/bad.env",)))
+    assert bad.value.errors == [f"{d}/bad.env:2: expected KEY=VALUE, got 'not a line'"]
+
+
+@pytest.mark.timeout(60)
+def test_reload_reads_the_procfile_env_again(tmp_path: Path) -> None:
+    """.env is [supervisor] env_file: `forkwell reload` reads it again and restarts what changed."""
+    (tmp_path / "Procfile").write_text('web: echo "v=$V"; exec sleep 1000\n')
+    (tmp_path / ".env").write_text("V=one\n")
+    log = tmp_path / "up.log"
+    with log.open("w") as sink:
+        up = subprocess.Popen([PY, "-m", "forkwell", "up", "-c", "Procfile"], cwd=tmp_path,
+                              stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        helpers.wait_until(lambda: "| v=one" in log.read_text(), 20, "web.1 printing v=one")
+        (tmp_path / ".env").write_text("V=two\n")
+        done = fw("reload", "-c", "Procfile", cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        helpers.wait_until(lambda: "| v=two" in log.read_text(), 20, "web.1 printing v=two")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=30) == 0, log.read_text()
 
 
 # -- supervisord.conf -------------------------------------------------------------------
