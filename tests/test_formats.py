@@ -244,6 +244,21 @@ def test_compose_every_key_forkwell_reads(tmp_path: Path) -> None:
     assert (db.ready.kind, db.ready.command, db.ready_timeout) == ("cmd", "test -d /tmp", 5.0)
     assert (db.stop_signal, db.stop_timeout) == (2, 4.0)
     assert migrate.depends_on == ("db",) and migrate.restart == "never"
+    assert migrate.essential == "on-failure"  # restart: exit_on_failure
+    # liveness_probe: exec, and its timing as forkwell's liveness_* keys
+    assert (db.liveness.kind, db.liveness.command) == ("cmd", "test -d /tmp")
+    assert (db.liveness_delay, db.liveness_period, db.liveness_timeout,
+            db.liveness_failures) == (2.0, 5.0, 3.0, 4)  # fmt: skip
+    # http_get: the URL process-compose builds (host 127.0.0.1, scheme http, path / by default)
+    assert str(web.ready) == "http://127.0.0.1:8080/ready"
+    assert web.ready_timeout == 30.0  # 0 + 10 s * 3, process-compose's defaults
+    assert str(web.liveness) == "https://localhost:8443/health"
+    assert web.liveness_period == 10.0  # period_seconds below 1: process-compose's default
+    assert web.env_file == ((d / ".web.env").absolute(),)
+    assert web.environment["WEB_MODE"] == "from env_file"
+    server, tests = programs["server"], programs["tests"]
+    assert str(server.ready) == r"log:accept\ connections\ \(v1\.2\)"
+    assert tests.depends_on == ("server",) and tests.essential is True  # exit_on_end
     assert (web.numprocs, web.restart, web.backoff_max, web.start_retries) == (2, "always",
                                                                                2.0, 4)
     assert web.depends_on == ("migrate",)
