@@ -453,3 +453,118 @@ def test_docs_formats_names_every_key_the_readers_know() -> None:
     assert not [s for s in sections if s not in doc]
     flags = [flag for option in PROCFILE_OPTIONS for flag in option.names]
     assert not [f for f in flags if f"`{f}" not in doc and f"/{f}`" not in doc]
+
+
+# -- process-compose's health keys, run for real -------------------------------------------
+
+
+def _up_until_exit(d: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "forkwell", "up", "-c", name], cwd=d, capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_compose_exit_on_end_after_a_log_ready_dependency(tmp_path: Path) -> None:
+    """tests waits for server's ready_log_line (process_log_ready), then its end (exit_on_end)
+    stops server and gives forkwell up its status, as process-compose does."""
+    pytest.importorskip("yaml", reason="pip install 'forkwell[yaml]'")
+    (tmp_path / "process-compose.yaml").write_text(textwrap.dedent("""\
+        processes:
+          server:
+            command: "echo booting; echo 'ready to accept connections'; exec sleep 1000"
+            ready_log_line: "ready to accept connections"
+          tests:
+            command: "echo running tests; exit 4"
+            depends_on:
+              server:
+                condition: process_log_ready
+            availability:
+              exit_on_end: true
+    """))
+    up = _up_until_exit(tmp_path, "process-compose.yaml")
+    assert up.returncode == 4, up.stdout + up.stderr
+    out = up.stdout
+    assert out.index("server:0 STARTING -> RUNNING") < out.index("| running tests")
+    assert "essential tests:0 exited and is not restarted: stopping everything" in out
+    assert "server:0 STOPPING -> STOPPED" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("status", [0, 5])
+def test_compose_exit_on_failure_ends_the_run_only_on_a_failure(tmp_path: Path,
+                                                                 status: int) -> None:  # fmt: skip
+    pytest.importorskip("yaml", reason="pip install 'forkwell[yaml]'")
+    (tmp_path / "process-compose.yaml").write_text(textwrap.dedent(f"""\
+        processes:
+          check:
+            command: "echo checking; exit {status}"
+            availability:
+              restart: exit_on_failure
+          app:
+            command: "echo app up; exec sleep 1000"
+            depends_on:
+              check:
+                condition: process_completed_successfully
+    """))
+    if status:
+        up = _up_until_exit(tmp_path, "process-compose.yaml")
+        assert up.returncode == status, up.stdout + up.stderr
+        assert f"check:0 exited and is not restarted: stopping everything, then exiting with " \
+               f"status {status}" in up.stdout
+        return
+    log = tmp_path / "up.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([PY, "-m", "forkwell", "up", "-c", "process-compose.yaml"],
+                                cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+    try:  # a successful check lets the others run on
+        helpers.wait_until(lambda: "| app up" in log.read_text(), 20, "app to start")
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    assert "stopping everything" not in log.read_text()
+    assert log.read_text().count("| checking") == 1  # a job done well is not run again for app
+
+
+@pytest.mark.timeout(60)
+def test_compose_http_probes_ready_and_liveness(tmp_path: Path) -> None:
+    """readiness_probe.http_get makes it ready at the first 200; a liveness_probe.http_get
+    that gets a 404 restarts it after failure_threshold failures."""
+    pytest.importorskip("yaml", reason="pip install 'forkwell[yaml]'")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "process-compose.yaml").write_text(textwrap.dedent(f"""\
+        processes:
+          web:
+            command: "exec {PY} -m http.server {port} --bind 127.0.0.1"
+            readiness_probe:
+              http_get:
+                port: {port}
+                path: /
+            liveness_probe:
+              http_get:
+                port: {port}
+                path: /no-such-page
+              period_seconds: 1
+              failure_threshold: 2
+            availability:
+              restart: always  # with "no" (the default) a failed liveness probe only stops it
+    """))
+    log = tmp_path / "up.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([PY, "-m", "forkwell", "up", "-c", "process-compose.yaml"],
+                                cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        helpers.wait_until(lambda: log.read_text().count("web:0 STARTING -> RUNNING") >= 2, 30,
+                           "web to be ready, fail its liveness probe and be ready again")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    text = log.read_text()
+    assert f"http://127.0.0.1:{port}/no-such-page returned 404 (2 times in a row)" in text, text
+    assert f"ready (http://127.0.0.1:{port}/ answered) after" in text, text

@@ -305,15 +305,18 @@ def _timing(probe: dict[str, Any], at: str) -> tuple[float, float, float, float]
 
 def _availability(put: _Putter, spec: dict[str, Any], where: str) -> None:
     at = f"{where}.availability"
-    if "restart" in spec:
-        policy = spec["restart"]
-        if policy not in _RESTART:
-            raise _Bad(f"{at}.restart: expected no, on_failure, always or exit_on_failure, "
-                       f"got {policy!r}")
-        put("restart", _RESTART[policy], "availability.restart")
-        if policy == "exit_on_failure":
-            put("essential", "on-failure", "availability.restart",
-                "a failed exit stops everything; forkwell up exits with its status")
+    policy = spec.get("restart", "no")  # process-compose's default: run once
+    if policy not in _RESTART:
+        raise _Bad(f"{at}.restart: expected no, on_failure, always or exit_on_failure, "
+                   f"got {policy!r}")
+    put("restart", _RESTART[policy], "availability.restart",
+        "" if "restart" in spec else "process-compose's default, restart: no")
+    if _RESTART[policy] == "never":
+        put("min_uptime", 0, "availability.restart",
+            "run once: a quick exit is an exit, not a failed start to retry")
+    if policy == "exit_on_failure":
+        put("essential", "on-failure", "availability.restart",
+            "a failed exit stops everything; forkwell up exits with its status")
     if "backoff_seconds" in spec:
         put("backoff_max", _number(spec["backoff_seconds"], f"{at}.backoff_seconds"),
             "availability.backoff_seconds",
