@@ -194,8 +194,13 @@ def test_supervisord_sample_every_section(tmp_path: Path) -> None:
     oneshot = config.programs["oneshot"]
     assert (oneshot.restart, oneshot.min_uptime, oneshot.success_exit_codes) == (
         "never", 0.0, frozenset({0, 2}))
-    assert "[inet_http_server]: ignored (forkwell's control socket is a Unix socket only)" \
-        in loaded.ignored
+    assert ("[inet_http_server]: ignored (forkwell's control socket is a Unix socket; its web "
+            "page and API are [supervisor] http, e.g. forkwell up --http 127.0.0.1:9001)"
+            in loaded.ignored)  # fmt: skip
+    # supervisord has no liveness check, no env file, no essential program: nothing is set
+    assert {(p.liveness, p.env_file, p.essential) for p in config.programs.values()} == {
+        (None, (), False)}
+    assert config.supervisor.exit_when == "never"
     assert "[program:cat] stdout_capture_maxbytes: ignored (no forkwell equivalent)" \
         in loaded.ignored
     assert len(loaded.ignored) == len(set(loaded.ignored))
