@@ -229,11 +229,8 @@ def _probes(put: _Putter, spec: dict[str, Any], where: str, reading: Reading) ->
         raise _Bad(f"{where}.ready_log_line: cannot be used with readiness_probe "
                    "(process-compose refuses both too)")  # fmt: skip
     if ready:
-        at = f"{where}.readiness_probe"
-        kind, probe = _probe(ready, at, reading)
-        put("ready", probe, f"readiness_probe.{kind}",
-            "forkwell probes every 0.1 s until it succeeds" + _HTTP_NOTE * (kind == "http_get"))
-        delay, period, _, failures = _timing(ready, at)
+        delay, period, _, failures = _put_probe(put, "ready", ready, f"{where}.readiness_probe",
+                                                reading)  # fmt: skip
         put("ready_timeout", delay + period * failures, "readiness_probe",
             "initial_delay_seconds + period_seconds * failure_threshold")
     if "ready_log_line" in spec:
@@ -243,10 +240,7 @@ def _probes(put: _Putter, spec: dict[str, Any], where: str, reading: Reading) ->
     live = _mapping(spec.get("liveness_probe"), f"{where}.liveness_probe")
     if live:
         at = f"{where}.liveness_probe"
-        kind, probe = _probe(live, at, reading)
-        put("liveness", probe, f"liveness_probe.{kind}",
-            "failure_threshold failures in a row restart it" + _HTTP_NOTE * (kind == "http_get"))
-        delay, period, timeout, failures = _timing(live, at)
+        delay, period, timeout, failures = _put_probe(put, "liveness", live, at, reading)
         put("liveness_delay", delay, "liveness_probe.initial_delay_seconds")
         put("liveness_period", period, "liveness_probe.period_seconds")
         put("liveness_timeout", timeout, "liveness_probe.timeout_seconds")
@@ -254,6 +248,17 @@ def _probes(put: _Putter, spec: dict[str, Any], where: str, reading: Reading) ->
 
 
 _HTTP_NOTE = "; any 200-399 answer counts (process-compose: 200 only)"
+_PROBE_NOTES = {"ready": "forkwell probes every 0.1 s until it succeeds",
+                "liveness": "failure_threshold failures in a row restart it"}  # fmt: skip
+
+
+def _put_probe(put: _Putter, key: str, spec: dict[str, Any], at: str,
+               reading: Reading) -> tuple[float, float, float, float]:  # fmt: skip
+    """``ready``/``liveness`` from a probe; its timing, process-compose's defaults applied."""
+    kind, probe = _probe(spec, at, reading)
+    put(key, probe, f"{at.rpartition('.')[2]}.{kind}",
+        _PROBE_NOTES[key] + _HTTP_NOTE * (kind == "http_get"))
+    return _timing(spec, at)
 _PROBE_KEYS = {"exec", "http_get", "initial_delay_seconds", "period_seconds", "timeout_seconds",
                "failure_threshold", "success_threshold"}  # fmt: skip
 
