@@ -101,6 +101,14 @@ def pause(seconds: float) -> None:
     select.select([], [], [], seconds)
 
 
+def late_slope(series: list[int]) -> int | None:
+    """KiB per hour over the second half of a once-a-minute series (None if too short)."""
+    if len(series) < 5:
+        return None
+    half = len(series) // 2
+    return round((series[-1] - series[half]) / (len(series) - 1 - half) * 60)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=1.0)
@@ -130,7 +138,13 @@ def main() -> int:
         first, first_restarts, began = sample(up.pid), restarts(config), time.monotonic()
         end = began + args.minutes * 60
         calls = 0
+        # RSS once a minute: a slope that flattens is warm-up (arenas, caches), one
+        # that keeps its pace is a leak; the start and end figures alone cannot tell.
+        series, next_sample = [first["rss_kib"]], began + 60
         while time.monotonic() < end:
+            if time.monotonic() >= next_sample:
+                series.append(sample(up.pid)["rss_kib"])
+                next_sample += 60
             forkwell("ps", config=config)
             forkwell("logs", "crash:0", "-n", "5", config=config)
             if calls % 5 == 0:
@@ -153,6 +167,9 @@ def main() -> int:
         "control_calls": calls,
         "rss_kib_start": first["rss_kib"], "rss_kib_end": last["rss_kib"],
         "rss_kib_per_hour": round((last["rss_kib"] - first["rss_kib"]) / took * 3600),
+        # The second half's pace alone, from the per-minute series.
+        "rss_kib_per_hour_late": late_slope(series),
+        "rss_kib_by_minute": series,
         "fds_start": first["fds"], "fds_end": last["fds"],
         # Pipes, files, sockets: fixed per instance, so any growth is a leak.
         "other_fds_start": first["other_fds"], "other_fds_end": last["other_fds"],

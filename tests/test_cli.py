@@ -119,10 +119,11 @@ def test_the_cli_defaults_are_the_librarys() -> None:
     assert f"({LEFTOVER_GRACE:g} s\nwithout it)" in _help.render(_timeout.TIMEOUT, "t")
     assert parse(_init.INIT, ["true"]).grace == default(Init, "grace") == 5.0
     stop = parse(_daemon.STOP, ["--pidfile", "p"])
-    assert (stop.signal, stop.timeout) == (default(stop_daemon, "stop_signal"), 10.0)
-    assert stop.timeout == default(stop_daemon, "timeout")
+    assert (stop.signal, stop.grace) == (default(stop_daemon, "stop_signal"), 10.0)
+    assert stop.grace == default(stop_daemon, "timeout")
     start = parse(_daemon.START, ["--pidfile", "p", "true"])
-    for key in ("workdir", "umask", "ready", "ready_timeout"):
+    assert start.directory == default(start_daemon, "workdir")
+    for key in ("umask", "ready", "ready_timeout"):
         assert getattr(start, key) == default(start_daemon, key), key
     assert start.ready_timeout == 60.0
     # serve passes only what was given: the servers apply their own defaults,
@@ -143,3 +144,57 @@ def test_the_cli_defaults_are_the_librarys() -> None:
     assert SEARCH_ORDER[0] == DEFAULT_FILE
     assert "(default: the first of " + ", ".join(f"./{n}" for n in SEARCH_ORDER) + ")" \
         in _options.CONFIG.help
+
+
+def _every_help() -> list[tuple[str, str]]:
+    """(program, --help text) for the dispatcher, every command and every action of a group."""
+    from forkwell._cli import overview
+    from forkwell._cli._docs import declared
+    from forkwell._cli._help import render
+
+    texts = [("forkwell", overview())]
+    for name, command in declared().items():
+        texts.append((f"forkwell {name}", render(command, f"forkwell {name}")))
+        for action in command.actions:
+            prog = f"forkwell {action.name}"
+            texts.append((prog, render(action, prog)))
+    return texts
+
+
+def test_every_help_has_examples_and_exit_statuses() -> None:
+    for prog, text in _every_help():
+        assert "\nexamples:\n  " in text, prog
+        assert "\nexit status:\n  " in text, prog
+        examples = text.split("\nexamples:\n", 1)[1]
+        assert any(f"{ln} ".startswith(f"  {prog} ") for ln in examples.split("\n")), prog
+
+
+def test_an_old_spelling_is_taken_and_named_once_in_the_help() -> None:
+    from forkwell._cli import _ctl, _daemon
+    from forkwell._cli._help import render
+    from forkwell._cli._parser import parse
+
+    stop = parse(_daemon.STOP, ["--pidfile", "p", "--timeout", "3"])
+    assert stop.grace == parse(_daemon.STOP, ["--pidfile", "p", "--grace=3"]).grace == 3.0
+    start = parse(_daemon.START, ["--pidfile", "p", "--log", "l", "--workdir", "/tmp", "true"])
+    assert (start.log_file, start.directory) == ("l", "/tmp")
+    assert parse(_ctl.DECLARED["down"], ["--timeout", "1m"]).wait == 60.0
+    text = render(_daemon.STOP, "forkwell daemon stop")
+    assert "--grace DUR     how long to wait before SIGKILL (default 10s; also\n" in text
+    assert text.count("--timeout") == 1  # the alias is not a row of its own
+    down = render(_ctl.DECLARED["down"], "forkwell down")
+    assert "(default 60s; also --timeout)" in down and down.count("--timeout") == 1
+
+
+def test_the_vocabulary_table_names_real_spellings() -> None:
+    """docs/cli.md's table of names cannot drift from the declarations."""
+    from forkwell._cli._docs import _VOCABULARY, declared
+
+    spellings = set()
+    for command in declared().values():
+        for part in (command, *command.actions):
+            spellings.update(s for opt in part.options for s in opt.spellings)
+    named = re.findall(r"`(--?[a-z][a-z-]*)`", " ".join(text for _, text in _VOCABULARY))
+    named += re.findall(r"also `(--[a-z-]+)`", " ".join(text for _, text in _VOCABULARY))
+    assert "--grace" in named and "--kill-after" in named
+    assert set(named) <= spellings, set(named) - spellings

@@ -87,6 +87,7 @@ class Report:
     changed: list[str]
     unchanged: list[str]
     scaled: list[str]
+    kept: list[str] = field(default_factory=list)
 
 
 async def pause(seconds: float) -> None:
@@ -797,15 +798,63 @@ def test_a_broken_config_still_finds_the_socket(tmp_path: Path) -> None:
 # -- the CLI against the served socket --------------------------------------------------
 
 
+def fw(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "FORKWELL_SOCKET"}
+    return subprocess.run([PY, "-m", "forkwell", *args], capture_output=True, text=True,
+                          timeout=30, cwd=cwd, env={**environ, **env})  # fmt: skip
+
+
 def test_cli_unreachable_is_one_line_naming_the_socket_and_exit_1(tmp_path: Path) -> None:
     path = tmp_path / "none.sock"
-    for cmd in (["ps"], ["stop", "all"], ["down"], ["logs", "web"], ["reload"]):
-        r = subprocess.run([PY, "-m", "forkwell", *cmd, "--socket", str(path)],
-                           capture_output=True, text=True, timeout=20)  # fmt: skip
+    for cmd in (["ps"], ["start", "all"], ["logs", "web"], ["reload"], ["scale", "web=2"]):
+        r = fw(*cmd, "--socket", str(path))
         assert r.returncode == 1, (cmd, r)
-        assert r.stderr.count("\n") == 1, r.stderr
-        assert str(path) in r.stderr and "forkwell up" in r.stderr
-        assert r.stderr.startswith(f"forkwell {cmd[0]}: ")
+        assert r.stderr == (f"forkwell {cmd[0]}: cannot reach the supervisor at {path}: no "
+                            "supervisor is running there (start it with 'forkwell up')\n")
+
+
+def test_stopping_what_is_not_running_succeeds_as_daemon_stop_does(tmp_path: Path) -> None:
+    """One rule for "already stopped": `down`, `stop` and `daemon stop` exit 0 and say so."""
+    path = tmp_path / "none.sock"
+    for cmd in (["down"], ["stop", "all"], ["stop", "web:1"]):
+        r = fw(*cmd, "--socket", str(path))
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"not running (no supervisor at {path})\n",
+                                                      ""), cmd  # fmt: skip
+    pidfile = tmp_path / "d.pid"
+    r = fw("daemon", "stop", "--pidfile", str(pidfile))
+    assert (r.returncode, r.stdout) == (0, "not running\n")
+    # A stale socket (nobody listens: a supervisor killed with -9) is "not running" too.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    assert fw("down", "--socket", str(path)).returncode == 0
+    assert fw("ps", "--socket", str(path)).returncode == 1
+
+
+def test_a_config_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "does" / "not" / "exist.toml"
+    for cmd in (["ps"], ["down"], ["stop", "web"]):
+        r = fw(*cmd, "-c", str(missing))
+        assert (r.returncode, r.stdout) == (2, ""), (cmd, r)
+        assert r.stderr == f"forkwell {cmd[0]}: config file {missing} does not exist\n"
+    # `forkwell ps` where there is no config of any format says so, rather than "start one".
+    r = fw("ps", cwd=tmp_path)
+    sock = tmp_path / ".forkwell" / "forkwell.sock"
+    assert r.returncode == 1
+    assert r.stderr == (f"forkwell ps: cannot reach the supervisor at {sock}: no supervisor is "
+                        "running there (and there is no forkwell.toml, Procfile, "
+                        f"process-compose.yaml or supervisord.conf in {tmp_path}: give -c "
+                        "FILE, or --socket PATH)\n")  # fmt: skip
+    with pytest.raises(forkwell.ConfigError, match="does not exist"):
+        forkwell.socket_path(missing)
+
+
+def test_socket_path_is_where_up_listens(tmp_path: Path) -> None:
+    cfg = tmp_path / "forkwell.toml"
+    cfg.write_text('[supervisor]\nsocket = "run/ctl.sock"\n[programs.a]\ncommand = "true"\n')
+    expected = str(forkwell.load_config(cfg).supervisor.socket)
+    assert forkwell.socket_path(cfg, env={}) == expected == str(tmp_path / "run" / "ctl.sock")
+    assert forkwell.socket_path(str(cfg), env={"FORKWELL_SOCKET": "/x/y.sock"}) == "/x/y.sock"
 
 
 def test_cli_uses_forkwell_socket_from_the_environment(served: Served, tmp_path: Path) -> None:
@@ -927,7 +976,7 @@ def test_cli_reload_prints_errors_and_exit_2(served: Served) -> None:
 
 
 def test_cli_down_waits_for_the_answer(served: Served) -> None:
-    r = ctl(served, "down", "--timeout", "0.2")
+    r = ctl(served, "down", "--wait", "0.2")
     # The double does not exit (it is this test process), so down must say so.
     assert served.sup.shut_down.is_set()
     assert r.returncode == 1
@@ -1126,9 +1175,9 @@ def _argparse_of(command: Any) -> Any:
     p = Parser(prog="x", add_help=False, allow_abbrev=True)
     for opt in command.options:
         if opt.metavar is None:
-            p.add_argument(*opt.names, dest=opt.key, action="store_true")
+            p.add_argument(*opt.spellings, dest=opt.key, action="store_true")
         else:
-            p.add_argument(*opt.names, dest=opt.key, type=typed(opt.kind, opt.long),
+            p.add_argument(*opt.spellings, dest=opt.key, type=typed(opt.kind, opt.long),
                            action="append" if opt.repeat else "store",
                            default=opt.initial())  # fmt: skip
     for operand in command.operands:
@@ -1143,7 +1192,7 @@ def _where_argparse_differs(command: Any, argv: list[str]) -> str:
         return "argparse takes -9 for a negative number, GNU for an option"
     if "--" in argv:
         return "argparse before 3.12 keeps a '--' with nothing after it as an operand"
-    valued = {name for opt in command.options if opt.metavar for name in opt.names}
+    valued = {name for opt in command.options if opt.metavar for name in opt.spellings}
     for before, after in itertools.pairwise(argv):
         takes = before in valued or any(n.startswith(before) for n in valued if before[:2] == "--")
         if takes and after.startswith("-"):

@@ -503,7 +503,8 @@ def test_state_directory_not_writable_by_the_user_is_one_line(ups: list[Up]) -> 
     directory = public_dir(LONELY_UID)
     try:
         (directory / ".forkwell").mkdir(mode=0o755)  # root's, not the user's
-        up = start_up(ups, directory, f"[programs.web]\ncommand = {IDLE}\n",
+        # A command the user can run: only the state directory is wrong here.
+        up = start_up(ups, directory, '[programs.web]\ncommand = ["sleep", "100"]\n',
                       prefix=as_uid(LONELY_UID), env={"PYTHONPATH": str(public_sources())})  # fmt: skip
         assert up.proc.wait(20) == 1, up.output()
         lines = up.output().strip().splitlines()

@@ -267,7 +267,7 @@ def test_a_crash_restarts_restart_true_dependents_after_it(tmp_path: Path) -> No
 
 def sup_notes(sup: Supervisor) -> list[str]:
     """The supervisor's own log lines (forkwell.log)."""
-    path = sup.log_dir() / "forkwell.log"
+    path = sup.config.supervisor.log_dir / "forkwell.log"
     return path.read_text().splitlines() if path.exists() else []
 
 

@@ -271,7 +271,7 @@ def test_term_lets_the_in_flight_connection_finish() -> None:
             sock.sendall(b"wait\n")
             assert sock.recv(100).endswith(b"waiting\n")
             os.kill(srv.pid, signal.SIGTERM)
-            srv.wait_line(r"graceful stop: 1 workers finish within 30s")
+            srv.wait_line(r"graceful stop: waiting up to 30s for 1 worker to finish$")
             sock.sendall(b"finished\n")
             assert read_all(sock).endswith(b" finished\n")
         assert srv.wait(timeout=10) == 0
@@ -442,7 +442,7 @@ def _boot(init: str, failures: int) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=30,
-        env=dict(os.environ, PYTHONPATH=str(TESTS_DIR)),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(TESTS_DIR), os.environ.get("PYTHONPATH"))))),
     )
 
 

@@ -291,6 +291,50 @@ def test_fork_one_liner_without_callback_leaves_no_zombie(background: None) -> N
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "the child to be reaped")
 
 
+
+AT_EXIT = r"""
+import os, select, sys, forkwell
+from forkwell._core import _reaper
+
+first = _reaper._background_reaper()
+
+def exited(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+def report(e):
+    # Holds the reaper's thread until its stop is asked for, which only the
+    # atexit hook does: without it these lines are never printed.
+    select.select([first._stop_r], [], [])
+    print(e.pid, flush=True)
+
+pids = []
+for _ in range(20):
+    pid = forkwell.fork(on_exit=report)
+    if pid == 0:
+        os._exit(0)
+    pids.append(pid)
+while not all(exited(p) for p in pids):   # every child exits before the interpreter ends
+    select.select([], [], [], 0.01)
+print(" ".join(map(str, pids)), flush=True)
+"""
+
+
+@pytest.mark.timeout(30)
+def test_exits_reaped_before_the_interpreter_ends_are_delivered() -> None:
+    # docs/init.md's rule: every child that exited before the interpreter began
+    # to exit gets its on_exit (the atexit hook drains the daemon thread); the
+    # callback above blocks until that hook asks the thread to stop, so a
+    # reaper without the hook prints none of them.
+    r = subprocess.run([PY, "-c", AT_EXIT], capture_output=True, text=True, timeout=25)
+    assert r.returncode == 0, r.stderr
+    listed, *reported = r.stdout.splitlines()
+    assert sorted(map(int, reported)) == sorted(map(int, listed.split()))
+    assert len(reported) == 20
+
 # -- a forking server, 1,000 children ------------------------------------------
 
 SERVER = r"""

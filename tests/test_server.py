@@ -233,7 +233,7 @@ def test_ipv6_and_ipv4_listeners_at_once() -> None:
 
 
 def _serve_error(*args: str, cwd: Path | None = None) -> tuple[int, str]:
-    env = dict(os.environ, PYTHONPATH=str(TESTS_DIR))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(TESTS_DIR), os.environ.get("PYTHONPATH")))))
     proc = subprocess.run(
         [sys.executable, "-m", "forkwell", "serve", *args],
         capture_output=True,

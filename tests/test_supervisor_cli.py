@@ -274,7 +274,7 @@ def test_detach_returns_once_programs_are_up(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     program = int(flag.read_text())  # written before up --detach returned
     daemon = json.loads((tmp_path / ".forkwell" / "state.json").read_text())["pid"]
-    assert done.stdout == f"forkwell up: supervisor running (pid {daemon}), 1 instances up\n"
+    assert done.stdout == f"forkwell up: supervisor running (pid {daemon}), 1 instance up\n"
     try:
         assert running(program) and running(daemon)
         second = subprocess.run(

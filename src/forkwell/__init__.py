@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "ProgramConfig": "._supervisor._config",
     "load_config": "._supervisor._config",
     "ControlClient": "._supervisor._control._client",
+    "socket_path": "._supervisor._control._discovery",
     "daemonize": "._daemon._daemonize",
     "ChildExit": "._core._reaper",
     "Reaper": "._core._reaper",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:
     from ._supervisor._config import ProgramConfig as ProgramConfig
     from ._supervisor._config import load_config as load_config
     from ._supervisor._control._client import ControlClient as ControlClient
+    from ._supervisor._control._discovery import socket_path as socket_path
     from ._supervisor._engine import InstanceInfo as InstanceInfo
     from ._supervisor._engine import OpResult as OpResult
     from ._supervisor._engine import Supervisor as Supervisor

@@ -41,7 +41,7 @@ DESCRIPTION = (
 )
 
 
-def _help() -> str:
+def overview() -> str:
     """The same layout as every command's help (forkwell._cli._help), without importing it."""
     width = max(len(n) for n in COMMANDS)
     return "\n".join([
@@ -50,14 +50,22 @@ def _help() -> str:
         "", "options:",
         "  -h, --help     show this help and exit",
         "      --version  show forkwell's version and exit",
-        "", "Run 'forkwell COMMAND --help' for a command's options.",
+        "", "Run 'forkwell COMMAND --help' for a command's options and exit statuses.",
+        "", "exit status:",
+        "  0  --help or --version",
+        "  2  no COMMAND, or an unknown one",
+        "  -  otherwise the COMMAND's own (see 'forkwell COMMAND --help')",
+        "", "examples:",
+        "  forkwell up -c examples/demo.toml --exit-after 10",
+        "  forkwell timeout 5 make test",
+        "  forkwell ps --help",
     ])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help", "help"):
-        print(_help())
+        print(overview())
         return 0 if args else 2
     if args[0] == "--version":
         from .. import __version__

@@ -19,12 +19,12 @@ from typing import Any
 
 from .._core._proc import wait_gone
 from .._core._status import exit_label, format_bytes, format_uptime
-from .._exceptions import ControlRequestError, SupervisorUnreachableError
-from .._supervisor._control._client import ControlClient
-from .._supervisor._control._discovery import find_socket
+from .._exceptions import ConfigError, ControlRequestError, SupervisorUnreachableError
+from .._supervisor._control._client import ControlClient, connect, not_running
+from .._supervisor._control._discovery import Target, find_target
 from ._options import (
     CONFIG,
-    FLOAT,
+    DURATION,
     FORMAT,
     PROCFILE_OPTIONS,
     SIGNAL,
@@ -46,6 +46,8 @@ EXIT_INTERRUPTED = 130
 
 # Error codes from the supervisor that mean "the user asked for something wrong".
 _USAGE_CODES = frozenset({"unknown_name", "bad_request", "config"})
+# Their request holds when no supervisor runs: nothing of the fleet runs then.
+_STOPPING = frozenset({"stop", "down"})
 
 
 def _target(text: str) -> tuple[str, int]:
@@ -66,6 +68,9 @@ _EXITS = (
     ("3", "an instance failed (FATAL, did not stop, could not be signalled)"),
     ("130", "interrupted (Ctrl-C)"),
 )
+# Stopping what is not running succeeds (LSB's rule, which `daemon stop` follows too).
+_STOP_EXITS = (("0", "done, or no supervisor is running (nothing of the fleet runs)"),
+               *_EXITS[1:])  # fmt: skip
 # argparse's words, which these commands have always used and scripts may grep.
 _WORDS = {
     "unknown": "unrecognized arguments: {option}",
@@ -111,7 +116,8 @@ DECLARED = {
     ),
     **{
         name: _control(name, f"{text}\n\n{_PROGRESS}", _NAMES, _NO_WAIT,
-                       examples=(f"forkwell {name} web:1", f"forkwell {name} all --no-wait"))
+                       examples=(f"forkwell {name} web:1", f"forkwell {name} all --no-wait"),
+                       exits=_STOP_EXITS if name == "stop" else _EXITS)
         for name, text in _OP_WORDS.items()
     },
     "signal": _control(
@@ -136,7 +142,9 @@ DECLARED = {
     "reload": _control(
         "reload",
         "Re-read the config: start added programs, stop removed ones, restart changed\n"
-        "ones; unchanged ones keep running (same pid).  An invalid config changes nothing.",
+        "ones; unchanged ones keep running (same pid).  An invalid config changes nothing.\n\n"
+        "A program's count set by 'forkwell scale' is kept until the file's numprocs\n"
+        "changes (as 'kubectl apply' keeps a scaled count); reload names those it kept.",
         exits=(*_EXITS[:2], ("2", "bad usage, or an invalid config (every error is listed; "
                                   "nothing was changed)"), *_EXITS[3:]),
         examples=("forkwell reload",),
@@ -151,10 +159,10 @@ DECLARED = {
     "down": _control(
         "down",
         "Stop everything in reverse dependency order; return once the supervisor exited.",
-        Option(("--timeout",), "SECONDS", "how long to wait for the supervisor process to exit "
-               "after stopping (default {default})", FLOAT, 60.0),
-        exits=(_EXITS[0], ("1", "the supervisor cannot be reached, failed to answer, or did "
-                                "not exit within --timeout"), *_EXITS[2:]),
+        Option(("--wait",), "DUR", "how long to wait for the supervisor process to exit "
+               "after stopping (default {default})", DURATION, 60.0, aliases=("--timeout",)),
+        exits=(_STOP_EXITS[0], ("1", "the supervisor cannot be reached, failed to answer, or "
+                                     "did not exit within --wait"), *_EXITS[2:]),
         examples=("forkwell down && forkwell up --detach",),
     ),
     "check": Command(
@@ -162,6 +170,8 @@ DECLARED = {
         "Validate a config file without a running supervisor; list every error.\n"
         "A Procfile is read with the options 'forkwell up' would be given.",
         options=(CONFIG, FORMAT, *PROCFILE_OPTIONS),
+        notes="Also warns (on stderr, still exiting 0) about a command that is not on PATH "
+              "or not executable, and about a file without programs.",
         exits=(("0", "the config is valid (prints its programs and socket)"),
                ("2", "bad usage, or an invalid config (every error is listed)")),
         examples=("forkwell check -c deploy/forkwell.toml", "forkwell check -c supervisord.conf"),
@@ -173,11 +183,18 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
     ns = _parse_or_report(DECLARED[command], argv, prog)
     if isinstance(ns, int):
         return ns
+    return _run(prog, command, ns)
+
+
+def _run(prog: str, command: str, ns: SimpleNamespace) -> int:
+    """Run the command; an error is one line on stderr (and the errors of a config, each)."""
     try:
         return _COMMANDS[command](prog, ns)
     except SupervisorUnreachableError as exc:
-        _err(prog, str(exc))
-        return EXIT_UNREACHABLE
+        return _unreachable(prog, command, ns, exc)
+    except ConfigError as exc:
+        _err(prog, "; ".join(exc.errors))
+        return EXIT_USAGE
     except ControlRequestError as exc:
         _err(prog, exc.message)
         for line in exc.errors:
@@ -191,6 +208,17 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
         return EXIT_OK
 
 
+def _unreachable(
+    prog: str, command: str, ns: SimpleNamespace, exc: SupervisorUnreachableError
+) -> int:
+    if not_running(exc) and command in _STOPPING:
+        # Stopping what is not running succeeds, as LSB has `daemon stop` do.
+        print(f"not running (no supervisor at {exc.filename})")
+        return EXIT_OK
+    _err(prog, _with_hint(str(exc), ns))
+    return EXIT_UNREACHABLE
+
+
 def _err(prog: str, message: str) -> None:
     print(f"{prog}: {message}", file=sys.stderr)
 
@@ -201,8 +229,27 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def _where(ns: SimpleNamespace) -> Target:
+    return find_target(ns.socket, ns.config, fmt=ns.format)
+
+
 def _connect(ns: SimpleNamespace) -> ControlClient:
-    return ControlClient(find_socket(ns.socket, ns.config, fmt=ns.format))
+    target = _where(ns)
+    return connect(target.socket, state_file=target.state_file)
+
+
+def _with_hint(message: str, ns: SimpleNamespace) -> str:
+    """No config was named and there is none here: that is likely why nothing answers."""
+    if ns.config or ns.socket or os.environ.get("FORKWELL_SOCKET") or _where(ns).config_exists:
+        return message
+    from .._supervisor._formats._detect import SEARCH_ORDER
+
+    # Every file `forkwell up` would look for without -c.
+    names = ", ".join(SEARCH_ORDER[:-1]) + " or " + SEARCH_ORDER[-1]
+    return message.replace(
+        "(start it with 'forkwell up')",
+        f"(and there is no {names} in {os.getcwd()}: give -c FILE, or --socket PATH)",
+    )
 
 
 # -- ps -------------------------------------------------------------------
@@ -399,6 +446,10 @@ def _reload(prog: str, ns: SimpleNamespace) -> int:
         if names:
             changes += len(names)
             print(f"{word}: {', '.join(names)}")
+    kept = result.get("kept") or []
+    if kept:
+        print(f"kept their 'forkwell scale' count (the file's numprocs did not change): "
+              f"{', '.join(kept)}")  # fmt: skip
     unchanged = result.get("unchanged") or []
     print(f"unchanged: {len(unchanged)} program{'s' if len(unchanged) != 1 else ''}")
     if not changes:
@@ -412,8 +463,8 @@ def _down(prog: str, ns: SimpleNamespace) -> int:
         pid = result.get("pid")
         # The supervisor closes the socket as it exits; then make sure the
         # process itself is gone, so `forkwell down && forkwell up` is safe.
-        client.wait_closed(ns.timeout)
-    if isinstance(pid, int) and not wait_gone(pid, ns.timeout):
+        client.wait_closed(ns.wait)
+    if isinstance(pid, int) and not wait_gone(pid, ns.wait):
         _err(prog, f"all stopped, but the supervisor (pid {pid}) has not exited")
         return EXIT_UNREACHABLE
     stopped = result.get("stopped") or []
@@ -450,6 +501,7 @@ def _check(prog: str, ns: SimpleNamespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
     config = loaded.config
+    _fleetfile.warn(prog, loaded, path)
     programs = config.programs
     instances = sum(p.numprocs for p in programs.values())
     print(

@@ -76,14 +76,16 @@ _PIDFILE = Option(("--pidfile",), "PATH",
                   "the pidfile (required); locked by the daemon for its life", required=True)
 _START_OPTIONS = (
     _PIDFILE,
-    Option(("--log",), "FILE", "append the daemon's stdout and stderr to FILE (default /dev/null)"),
-    Option(("--workdir",), "DIR", "working directory (default {default})",
-           default=Default(_start_default("workdir"))),
+    Option(("--log-file",), "FILE",
+           "append the daemon's stdout and stderr to FILE (default /dev/null)",
+           aliases=("--log",)),
+    Option(("--directory",), "DIR", "working directory (default {default})",
+           default=Default(_start_default("workdir")), aliases=("--workdir",)),
     Option(("--umask",), "MODE", "octal umask (default {default})",
            Kind("umask", _umask, lambda mode: f"{mode:03o}"), Default(_start_default("umask"))),
     Option(("--user",), "USER", "run as USER (name or uid), with USER's supplementary groups"),
     Option(("--group",), "GROUP", "run with primary group GROUP (default: USER's)"),
-    Option(("--chroot",), "DIR", "chroot to DIR first (--workdir is then inside it)"),
+    Option(("--chroot",), "DIR", "chroot to DIR first (--directory is then inside it)"),
     Option(("--env",), "K=V", "set an environment variable (repeatable)",
            Kind("assignment", _assignment), repeat=True),
     Option(("--ready",), "HOW",
@@ -95,10 +97,10 @@ _START_OPTIONS = (
            DURATION, Default(_start_default("ready_timeout"))),
 )
 _STOP_OPTIONS = (
-    Option(("--signal",), "SIG", "signal to send first (default {default}); KILL after --timeout",
+    Option(("--signal",), "SIG", "signal to send first (default {default}); KILL after --grace",
            SIGNAL, Default(_stop_default("stop_signal"))),
-    Option(("--timeout",), "DUR", "how long to wait before SIGKILL (default {default})",
-           DURATION, Default(_stop_default("timeout"))),
+    Option(("--grace",), "DUR", "how long to wait before SIGKILL (default {default})",
+           DURATION, Default(_stop_default("timeout")), aliases=("--timeout",)),
 )
 _COMMAND = Operand("COMMAND", "the daemon's command and its arguments (options after it are "
                    "its own)", nargs="+", missing="no COMMAND given: put it after --")
@@ -142,11 +144,14 @@ START = _action(
     _WHAT + "  Return only once the daemon is up (--ready), and say why when it is not.",
     usage=_WITH_COMMAND, options=_START_OPTIONS, operands=(_COMMAND,), notes=_READY_NOTE,
     exits=_START_EXITS,
+    examples=("forkwell daemon start --pidfile /tmp/web.pid --log-file /tmp/web.log \\",
+              "    --ready tcp:127.0.0.1:8000 -- python3 -m http.server 8000"),
 )
 STOP = _action(
-    "stop", "stop the daemon: SIGNAL, then KILL after --timeout",
+    "stop", "stop the daemon: SIGNAL, then KILL after --grace",
     "Stop the daemon that holds the pidfile.\n\n" + _STOP_NOTE,
     options=(_PIDFILE, *_STOP_OPTIONS), exits=_STOP_EXITS,
+    examples=("forkwell daemon stop --pidfile /tmp/web.pid --grace 30",),
 )
 STATUS = _action(
     "status", "say whether the daemon runs, with LSB's exit statuses",
@@ -154,12 +159,14 @@ STATUS = _action(
     options=(_PIDFILE,),
     exits=(("0", "running (pid and uptime)"), ("1", "dead but the pidfile exists"),
            ("2", "bad usage"), ("3", "not running"), ("4", "unknown (pidfile unreadable)")),
+    examples=("forkwell daemon status --pidfile /tmp/web.pid || echo down",),
 )
 RESTART = _action(
     "restart", "stop (if running), then start",
     "Stop the daemon as 'stop' does, then start COMMAND as 'start' does.",
     usage=_WITH_COMMAND, options=(*_START_OPTIONS, *_STOP_OPTIONS), operands=(_COMMAND,),
     notes=_READY_NOTE, exits=(("-", "as stop, then as start"),),
+    examples=("forkwell daemon restart --pidfile /tmp/web.pid -- python3 -m http.server 8000",),
 )
 DAEMON = Command(
     "daemon",
@@ -168,7 +175,7 @@ DAEMON = Command(
     actions=(START, STOP, STATUS, RESTART),
     notes=_READY_NOTE + "\n\n" + _STOP_NOTE,
     examples=(
-        "forkwell daemon start --pidfile /tmp/web.pid --log /tmp/web.log \\",
+        "forkwell daemon start --pidfile /tmp/web.pid --log-file /tmp/web.log \\",
         "    --ready tcp:127.0.0.1:8000 -- python3 -m http.server 8000",
         "forkwell daemon status --pidfile /tmp/web.pid",
         "forkwell daemon stop --pidfile /tmp/web.pid",
@@ -238,7 +245,7 @@ def _stop(here: str, args: SimpleNamespace) -> int:
     from .._exceptions import PidfileError
 
     try:
-        result = stop_daemon(args.pidfile, stop_signal=args.signal, timeout=args.timeout)
+        result = stop_daemon(args.pidfile, stop_signal=args.signal, timeout=args.grace)
     except PermissionError as exc:
         # LSB: 4 = "user had insufficient privilege".
         print(f"{here}: not permitted: {exc.strerror or exc}", file=sys.stderr)
@@ -267,8 +274,8 @@ def _start(here: str, args: SimpleNamespace) -> int:
         result = start_daemon(
             args.command,
             pidfile=args.pidfile,
-            log=args.log,
-            workdir=args.workdir,
+            log=args.log_file,
+            workdir=args.directory,
             umask=args.umask,
             user=args.user,
             group=args.group,
@@ -284,7 +291,7 @@ def _start(here: str, args: SimpleNamespace) -> int:
         print(f"{here}: {name}: {exc}", file=sys.stderr)
         # The command ran and died (or never got ready): its own words help.
         if getattr(exc, "step", "") == "ready":
-            _print_log_tail(args.log)
+            _print_log_tail(args.log_file)
         return EXIT_FAILED
     except OSError as exc:
         print(f"{here}: {name}: {exc.strerror or exc}", file=sys.stderr)
@@ -300,7 +307,7 @@ def _print_log_tail(log: str | None) -> None:
     from .._core._files import tail as log_tail
 
     if not log:
-        print("(no --log given: its output went to /dev/null)", file=sys.stderr)
+        print("(no --log-file given: its output went to /dev/null)", file=sys.stderr)
         return
     tail = log_tail(log, 10, 8192)
     if tail:

@@ -39,6 +39,25 @@ timeout --help' for more information.` on a second line).
 """
 
 
+# One idea, one name across commands (peers' names where users have habits);
+# older spellings are Option aliases, which each --help names once.
+_VOCABULARY = (
+    ("the grace between the stop signal and SIGKILL",
+     "`--grace` (`init`, `daemon stop`; `grace=` of `forkwell.run()`); GNU's "
+     "`-k`/`--kill-after` in `timeout`; gunicorn's `--graceful-timeout` in `serve`; in the "
+     "config, `stop_timeout` (one program) and `shutdown_timeout` (the whole fleet)"),
+    ("how long `down` waits for the supervisor to exit", "`down --wait` (also `--timeout`)"),
+    ("a log file", "`--log-file` (`serve`, `daemon start`; also `--log`)"),
+    ("the working directory",
+     "`--directory` (`daemon start`; also `--workdir`), as the config's `directory`"),
+)  # fmt: skip
+_VOCABULARY_INTRO = """\
+One idea has one name across commands; where a peer's name is a habit, it is
+kept, and an older spelling is still taken (each `--help` says "also ..."):
+
+"""
+
+
 def declared() -> dict[str, Command]:
     """Every command's declaration, in the order of ``forkwell --help``."""
     found: dict[str, Command] = {}
@@ -53,7 +72,9 @@ def render() -> str:
     rows = [f"| [`{name}`](#forkwell-{name}) | {_cell(summary)} |"
             for name, (_, summary) in COMMANDS.items()]  # fmt: skip
     sections = [_command(commands[name], COMMANDS[name][1]) for name in commands]
-    return _INTRO + "\n".join(rows) + "\n\n" + "\n\n".join(sections) + "\n"
+    head = _INTRO.replace("| command |", _VOCABULARY_INTRO + _table("idea", list(_VOCABULARY),
+                                                                  "spelled") + "\n\n| command |")
+    return head + "\n".join(rows) + "\n\n" + "\n\n".join(sections) + "\n"
 
 
 def _command(command: Command, summary: str, level: str = "##") -> str:
@@ -77,11 +98,13 @@ def _command(command: Command, summary: str, level: str = "##") -> str:
     return "\n\n".join(block for block in blocks if block)
 
 
-def _table(title: str, rows: list[tuple[str, str]]) -> str:
+def _table(title: str, rows: list[tuple[str, str]], second: str = "") -> str:
+    """A two-column table; ``second``: the second column's title (then the first is text)."""
     if not rows:
         return ""
-    lines = [f"| {title} | meaning |", "|---|---|"]
-    lines += [f"| `{name}` | {_cell(text)} |" for name, text in rows]
+    lines = [f"| {title} | {second or 'meaning'} |", "|---|---|"]
+    cell = "{}" if second else "`{}`"
+    lines += [f"| {cell.format(name)} | {_cell(text)} |" for name, text in rows]
     return "\n".join(lines)
 
 

@@ -60,6 +60,25 @@ def load(prog: str, ns: SimpleNamespace, path: str) -> Loaded:
     return loaded
 
 
+def warn(prog: str, loaded: Loaded, path: str) -> None:
+    """What would not work though the config is valid (:mod:`forkwell._supervisor._preflight`),
+    one line each on stderr, in the words of the file's own format."""
+    from .._supervisor._formats._load import in_own_words
+    from .._supervisor._preflight import warnings
+
+    lines = warnings(loaded.config, path, hint=_ADD_A_PROGRAM.get(loaded.format))
+    for line in in_own_words(lines, path, loaded):
+        print(f"{prog}: warning: {line}", file=sys.stderr)
+
+
+# How each format declares a program, for the warning about a file without any.
+_ADD_A_PROGRAM = {
+    "procfile": "add a 'NAME: COMMAND' line",
+    "supervisord": "add a [program:NAME] section",
+    "process-compose": "add an entry under processes:",
+}
+
+
 def report(prog: str, errors: list[str]) -> int:
     """Every problem, one line each, then the count; exit status 2."""
     for line in errors:

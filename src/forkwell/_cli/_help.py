@@ -112,7 +112,19 @@ def spelling(opt: Option) -> str:
 
 
 def option_rows(options: tuple[Option, ...], known: dict[str, str]) -> list[tuple[str, str]]:
-    return [(spelling(opt), fill(opt.help, known, show_default(opt))) for opt in options]
+    return [(spelling(opt), _also(opt, fill(opt.help, known, show_default(opt))))
+            for opt in options]  # fmt: skip
+
+
+def _also(opt: Option, text: str) -> str:
+    """``text`` naming the old spellings still taken, once: ``(default 10s; also --timeout)``."""
+    if not opt.aliases:
+        return text
+    also = "also " + ", ".join(opt.aliases)
+    head, paren, last = text.rpartition(" (")
+    if paren and last.startswith("default ") and last.endswith(")") and "(" not in last:
+        return f"{head} ({last[:-1]}; {also})"
+    return f"{text} ({also})"
 
 
 def operand_rows(command: Command, known: dict[str, str]) -> list[tuple[str, str]]:

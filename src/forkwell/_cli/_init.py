@@ -67,6 +67,7 @@ the grace period ends it at once.""",
         ("127", "command not found"),
     ),
     examples=(
+        "forkwell init -v -- sh -c 'sleep 30 & exit 3'   # exits 3; the sleep is ended",
         "# a container entrypoint:",
         'ENTRYPOINT ["forkwell", "init", "--grace", "10", "--"]',
         'CMD ["python", "-m", "myapp"]',

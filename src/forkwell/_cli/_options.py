@@ -64,7 +64,8 @@ class Default:
 class Option:
     """One option: every spelling, its value, its default, its help."""
 
-    __slots__ = ("default", "dest", "help", "kind", "metavar", "names", "repeat", "required")
+    __slots__ = ("aliases", "default", "dest", "help", "kind", "metavar", "names", "repeat",
+                 "required")  # fmt: skip
 
     def __init__(  # noqa: PLR0913 (a declaration: one keyword per field)
         self,
@@ -77,8 +78,10 @@ class Option:
         repeat: bool = False,  # every value is kept, in a list (the default: [])
         required: bool = False,
         dest: str = "",  # the attribute it fills; "": from the last spelling
+        aliases: tuple[str, ...] = (),  # old spellings, still taken; the help says "(also ...)"
     ) -> None:
         self.names = names
+        self.aliases = aliases
         self.metavar = metavar
         self.help = help
         self.kind = kind
@@ -94,6 +97,11 @@ class Option:
     @property
     def long(self) -> str:
         return self.names[-1]
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """Every spelling the parser takes: the names, then the aliases."""
+        return (*self.names, *self.aliases)
 
     def initial(self) -> Any:
         """The value when the option is not given."""

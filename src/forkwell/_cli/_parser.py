@@ -63,7 +63,7 @@ class _Scan:
     def __init__(self, command: Command) -> None:
         self.command = command
         self.words = {**WORDS, **(command.words or {})}
-        self.by_name = {name: opt for opt in command.all_options for name in opt.names}
+        self.by_name = {name: opt for opt in command.all_options for name in opt.spellings}
         self.values: dict[str, Any] = {}
         self.operands: list[str] = []
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._options import CONFIG, DURATION, FORMAT, PROCFILE_OPTIONS, SOCKET, Command, Option
 from ._parser import parse_or_report as _parse_or_report
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from types import SimpleNamespace
 
     from .._supervisor._config import Config
+    from .._supervisor._engine import OpResult, Supervisor
 
 UP = Command(
     "up",
@@ -39,14 +41,15 @@ also printed as 'HH:MM:SS web:0 | line'.""",
                "serve the status page, JSON API, /metrics and /healthz on ADDR ('127.0.0.1:9100' "
                "or 'unix:PATH'; overrides [supervisor] http; needs pip install 'forkwell[web]')"),
         Option(("--exit-after",), "SECONDS",
-               "stop everything and exit 0 after this long (demos, CI); e.g. 10, 1.5m",
-               DURATION),
+               "stop everything and exit after this long (demos, CI): 0, or 3 if an autostart "
+               "instance is FATAL then; e.g. 10, 1.5m", DURATION),
         *PROCFILE_OPTIONS,
     ),
     notes="""\
 Ctrl-C or SIGTERM stops every program (dependents first, whole process
 trees), then exits 0; a second Ctrl-C SIGKILLs what is left at once.
-SIGHUP reloads the config file.""",
+SIGHUP reloads the config file.  Before starting anything, a command that is
+not on PATH (or not executable) is warned about, as 'forkwell check' does.""",
     exits=(
         ("0", "stopped cleanly (Ctrl-C, SIGTERM, 'forkwell down', --exit-after)"),
         ("1", "could not run: another 'forkwell up' runs for this config, the control socket "
@@ -54,6 +57,8 @@ SIGHUP reloads the config file.""",
               "start"),
         ("2", "bad usage or an invalid config file (every problem is listed; nothing was "
               "started)"),
+        ("3", "--exit-after: an autostart instance was FATAL when the time was up (each is "
+              "named)"),
         ("N", "an essential program (or exit_when) ended the run: that program's exit "
               "status, 128+N for signal N"),
     ),
@@ -70,6 +75,15 @@ SIGHUP reloads the config file.""",
 DECLARED = {"up": UP}
 
 
+EXIT_CANNOT_RUN = 1
+EXIT_USAGE = 2
+EXIT_FATAL = 3
+# --detach: the failures shown one per line; the rest are counted.
+SHOWN_FAILURES = 5
+# The daemon's lines travel to the waiting original as one handshake message.
+_LINE_BREAK = "\t"
+
+
 def main(argv: list[str], *, prog: str, command: str) -> int:
     args = _parse_or_report(UP, argv, prog)
     if isinstance(args, int):
@@ -81,9 +95,14 @@ def main(argv: list[str], *, prog: str, command: str) -> int:
         return loaded
     config, reader = loaded
     if args.detach:
-        failed = _detach(prog, args.pidfile)
-        if failed:
-            return failed
+        from .._supervisor._statefile import already_running, running_pid
+
+        # As the foreground path does, but before forking: the reason is then ours to print.
+        pid = running_pid(config.supervisor.state_file)
+        if pid is not None:
+            print(f"{prog}: {already_running(config.path, pid)}", file=sys.stderr)
+            return EXIT_CANNOT_RUN
+        _detach(prog, args.pidfile)
     return _serve(config, reader, args, prog)
 
 
@@ -100,6 +119,7 @@ def _load(prog: str, args: SimpleNamespace) -> tuple[Config, Callable[[Path], Co
         return _fleetfile.report(prog, exc.errors)
     except KeyboardInterrupt:
         return 130
+    _fleetfile.warn(prog, loaded, path)
     options = _fleetfile.procfile_options(args)
     overrides = _fleetfile.overrides(args)  # --http holds across reloads too
 
@@ -111,23 +131,34 @@ def _load(prog: str, args: SimpleNamespace) -> tuple[Config, Callable[[Path], Co
     return loaded.config, reader
 
 
-def _detach(prog: str, pidfile: str | None) -> int:
-    """Become the daemon (0); the original exits 0 once we notify READY=1, or 1 with the reason."""
+def _detach(prog: str, pidfile: str | None) -> None:
+    """Become the daemon; the original exits 0 once we notify READY=1, or 1 with our reasons."""
     from pathlib import Path
 
-    from .._daemon._daemonize import daemonize
+    from .._daemon._daemonize import launch, plain
+    from .._daemon._handshake import Failure
     from .._exceptions import ForkwellError
 
     try:
-        daemonize(
-            pidfile=Path(pidfile).absolute() if pidfile else None,
-            ready="notify",
-            ready_timeout=None,
-        )
+        outcome = launch(plain(Path(pidfile).absolute() if pidfile else None), "notify", None)
     except (ForkwellError, OSError) as exc:
-        print(f"{prog}: cannot detach: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        _leave(1, [f"{prog}: cannot detach: {exc}"])
+    if outcome is None:
+        return  # the daemon (or, already supervised, still this process)
+    if outcome.ok:
+        _leave(0, [outcome.status] if outcome.status else [], sys.stdout)
+    lines = (outcome.message.split(_LINE_BREAK) if outcome.failure is Failure.EXCEPTION
+             else [outcome.describe(None)])  # fmt: skip
+    _leave(1, [f"{prog}: {line}" for line in lines])
+
+
+def _leave(code: int, lines: list[str], stream: Any = None) -> NoReturn:
+    """The original process of --detach: say it, and exit as the daemon's fork left us."""
+    out = sys.stderr if stream is None else stream
+    for line in lines:
+        print(line, file=out)
+    out.flush()
+    os._exit(code)
 
 
 def _serve(
@@ -145,36 +176,83 @@ def _serve(
     if socket_path:
         supervisor.socket_path = Path(socket_path).absolute()
     supervisor.fail_fast = args.detach
-
     try:
         # Programs that need no event loop start before asyncio is even imported.
         supervisor.prestart()
-        if "ssl" not in sys.modules:
-            # asyncio imports ssl eagerly (~5 MiB of RSS, a fifth of the supervisor);
-            # the supervisor never speaks TLS, and asyncio copes with ssl missing.
-            sys.modules["ssl"] = None  # type: ignore[assignment]
-        import asyncio
-
-        async def serve() -> int:
-            loop = asyncio.get_running_loop()
-            if args.exit_after is not None:
-                loop.call_later(args.exit_after, lambda: loop.create_task(supervisor.shutdown()))
-            return await supervisor.run()
-
-        loop = _new_loop(asyncio)
-        with asyncio.Runner(loop_factory=lambda: loop) as runner:
-            code = runner.run(serve())
+        return _run(supervisor, args.exit_after, prog)
     except ForkwellError as exc:
-        _report_detached_failure(args.detach, exc)
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 1
+        return _failed(prog, args.detach, _startup_failures(supervisor) or [str(exc)])
     except OSError as exc:
-        _report_detached_failure(args.detach, exc)
-        print(f"{prog}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 1
+        return _failed(prog, args.detach, [_os_error(exc, config)])
     except KeyboardInterrupt:  # Ctrl-C before the loop handled signals
         return 130
+
+
+def _run(supervisor: Supervisor, exit_after: float | None, prog: str) -> int:
+    """Serve until stopped; with ``exit_after``, stop then, and say whether all was well."""
+    if "ssl" not in sys.modules:
+        # asyncio imports ssl eagerly (~5 MiB of RSS, a fifth of the supervisor);
+        # the supervisor never speaks TLS, and asyncio copes with ssl missing.
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    import asyncio
+
+    fatal: list[str] = []
+
+    async def time_up() -> None:
+        # What --exit-after reports is the fleet as it is when the time is up.
+        fatal.extend(i.name for i in supervisor.instances() if i.autostart and i.state == "FATAL")
+        await supervisor.shutdown()
+
+    async def serve() -> int:
+        loop = asyncio.get_running_loop()
+        if exit_after is not None:
+            loop.call_later(exit_after, lambda: supervisor.background(time_up()))
+        return await supervisor.run()
+
+    loop = _new_loop(asyncio)
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        code = runner.run(serve())
+    if fatal and code == 0:
+        print(f"{prog}: --exit-after: {_count(len(fatal))} FATAL when the time was up: "
+              f"{', '.join(fatal)}", file=sys.stderr)  # fmt: skip
+        return EXIT_FATAL
     return code
+
+
+def _count(n: int) -> str:
+    return f"{n} autostart instance{'s were' if n != 1 else ' was'}"
+
+
+def _startup_failures(supervisor: Supervisor) -> list[str]:
+    """--detach: each failed autostart instance (the first few), one line each, and the count."""
+    failed: list[OpResult] = supervisor.startup_failures
+    if not failed:
+        return []
+    lines = [r.message.replace(_LINE_BREAK, " ") for r in failed[:SHOWN_FAILURES]]
+    rest = len(failed) - SHOWN_FAILURES
+    if rest > 0:
+        log = supervisor.config.supervisor.log_dir / "forkwell.log"
+        lines.append(f"and {rest} more; all of them: grep -F ' is FATAL' {log} | tail -n "
+                     f"{len(failed)}")  # fmt: skip
+    lines.append(f"{_count(len(failed))} not started; nothing is left running")
+    return lines
+
+
+def _os_error(exc: OSError, config: Config) -> str:
+    """``Permission denied: /x/.forkwell``, said as what that place is and how to choose another."""
+    why = exc.strerror or str(exc)
+    if not exc.filename:
+        return why
+    place = Path(os.fsdecode(exc.filename))
+    sup = config.supervisor
+    keys = [key for key, path in (("log_dir", sup.log_dir), ("state_file", sup.state_file.parent),
+                                  ("socket", sup.socket.parent))
+            if path == place or place in path.parents]  # fmt: skip
+    if not keys:
+        return f"{why}: {place}"
+    them = ", ".join(keys[:-1]) + (" and " if len(keys) > 1 else "") + keys[-1]
+    return (f"cannot create {place}, the supervisor's state directory: {why} (it holds "
+            f"its {them}; choose another place with [supervisor] {them} in {config.path})")
 
 
 def _new_loop(asyncio: Any) -> Any:
@@ -198,9 +276,16 @@ def _new_loop(asyncio: Any) -> Any:
     raise error
 
 
-def _report_detached_failure(detached: bool, exc: BaseException) -> None:
-    """With --detach, make the waiting original process print why we failed."""
+def _failed(prog: str, detached: bool, lines: list[str]) -> int:
+    """The run failed: say why (with --detach, to the original process, which says it)."""
     if detached:
+        from .._exceptions import ForkwellError
+
         # daemonize(ready="notify") relays an uncaught exception to the original
         # through sys.excepthook; the traceback itself goes to /dev/null.
+        exc = ForkwellError(_LINE_BREAK.join(lines))
         sys.excepthook(type(exc), exc, None)
+    else:
+        for line in lines:
+            print(f"{prog}: {line}", file=sys.stderr)
+    return EXIT_CANNOT_RUN

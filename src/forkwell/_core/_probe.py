@@ -73,24 +73,36 @@ def parse_target(text: str) -> Target:
 
 def parse_url(url: str) -> Target:
     """An ``http://`` or ``https://`` URL as a probe target; ``ValueError`` if malformed."""
+    try:
+        host, port, path, tls = split_url(url)
+    except ValueError as exc:
+        raise ValueError(f"invalid probe {url!r}: {exc}") from None
+    return Target("http", url, host=host, port=port, path=path, tls=tls)
+
+
+def split_url(url: str) -> tuple[str, int, str, bool]:
+    """``(host, port, request target, tls)`` of a probe URL; ``ValueError`` saying what is wrong.
+
+    The one reader of probe URLs: ``forkwell probe`` and the supervisor's
+    ``ready``/``liveness`` settings accept and refuse the same ones.
+    """
     from urllib.parse import urlsplit  # here: tcp: and cmd: probes need none of it
 
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"invalid probe {url!r}: {exc}") from None
+        raise ValueError(f"invalid URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"invalid probe {url!r}: expected a URL like http://127.0.0.1:8000/health")
+        raise ValueError("expected a URL like http://127.0.0.1:8000/health")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"invalid probe {url!r}: a probe URL takes no user or password")
+        raise ValueError("a probe URL takes no user or password")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if any(c in path for c in " \r\n\0"):
-        raise ValueError(f"invalid probe {url!r}: the path must not hold spaces or line breaks")
+        raise ValueError("the URL's path must not contain spaces or line breaks")
     tls = scheme == "https"
-    return Target("http", url, host=parts.hostname, port=port or (443 if tls else 80),
-                  path=path, tls=tls)  # fmt: skip
+    return parts.hostname, port or (443 if tls else 80), path, tls
 
 
 def check(target: Target, timeout: float) -> str | None:

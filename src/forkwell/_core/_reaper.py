@@ -28,6 +28,7 @@ pipe plus ``waitpid(pid, WNOHANG)`` on each watched pid: still only its own.
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import signal
@@ -363,23 +364,27 @@ class _BackgroundReaper:
             poller.register(fd, select.POLLIN)
         while True:
             ready = {fd for fd, _ in poller.poll()}
-            if self._stop_r in ready:
-                return
             if self._note_r in ready:
                 try:
                     os.read(self._note_r, 4096)
                 except BlockingIOError:
                     pass
-            # Those fork() collected first: they exited before the others.
-            collected = []
-            while self._handoff:
-                collected.append(self._handoff.popleft())
-            collected += self.reaper._collect()
-            try:
-                self.reaper._dispatch(collected)
-            except Exception:
-                # A failing callback must not stop the reaping of the others.
-                sys.excepthook(*sys.exc_info())
+            self._deliver()
+            if self._stop_r in ready:
+                # Asked to stop (at exit): what had exited by then was delivered just above.
+                return
+
+    def _deliver(self) -> None:
+        # Those fork() collected first: they exited before the others.
+        collected = []
+        while self._handoff:
+            collected.append(self._handoff.popleft())
+        collected += self.reaper._collect()
+        try:
+            self.reaper._dispatch(collected)
+        except Exception:
+            # A failing callback must not stop the reaping of the others.
+            sys.excepthook(*sys.exc_info())
 
     def close_fds(self) -> None:
         for fd in (self._stop_r, self._stop_w, self._note_r, self._note_w):
@@ -406,6 +411,10 @@ def _background_reaper() -> _BackgroundReaper:
             _background = _BackgroundReaper()
             if not _at_fork_registered:
                 os.register_at_fork(after_in_child=_forget_background_in_child)
+                # The thread is a daemon (a program must not hang at exit for a
+                # child that runs on), so without this the exits it had not yet
+                # delivered when the interpreter ends would be lost silently.
+                atexit.register(_stop_background)
                 _at_fork_registered = True
         return _background
 
@@ -454,7 +463,11 @@ def background_pids() -> set[int]:
 
 
 def _stop_background() -> None:
-    """Stop the background thread (tests; the thread is a daemon otherwise)."""
+    """Deliver every exit reaped so far, then stop the thread (at exit, and in tests).
+
+    A child still running is not waited for: it runs on (reparented to init or
+    the nearest subreaper) and its ``on_exit`` is never called.
+    """
     global _background
     with _background_lock:
         old, _background = _background, None

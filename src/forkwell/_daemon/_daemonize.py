@@ -31,13 +31,17 @@ Ready = Literal["immediate", "notify"]
 SUPERVISED_VAR = "FORKWELL_SUPERVISED"
 
 
+DEFAULT_WORKDIR = "/"
+DEFAULT_UMASK = 0o022
+
+
 def daemonize(  # noqa: PLR0913 (keywords mirror python-daemon's DaemonContext)
     pidfile: StrPath | None = None,
     *,
     ready: Ready = "immediate",
     ready_timeout: float | None = 90.0,
-    workdir: StrPath = "/",
-    umask: int = 0o022,
+    workdir: StrPath = DEFAULT_WORKDIR,
+    umask: int = DEFAULT_UMASK,
     stdin: StrPath | None = None,
     stdout: StrPath | None = None,
     stderr: StrPath | None = None,
@@ -68,7 +72,6 @@ def daemonize(  # noqa: PLR0913 (keywords mirror python-daemon's DaemonContext)
     exit handlers run) and the pidfile is removed at exit.
     """
     _check_arguments(ready, detach, umask)
-    do_detach = detach is True or (detach == "auto" and supervised_reason() is None)
     null = os.devnull
     config = Config(
         pidfile=absolute(pidfile, "pidfile"),
@@ -81,14 +84,43 @@ def daemonize(  # noqa: PLR0913 (keywords mirror python-daemon's DaemonContext)
         chroot=absolute(chroot, "chroot"),
         keep_fds=frozenset(fd_of(k) for k in keep_fds),
     )
-    if not do_detach:
-        redirect = any(s is not None for s in (stdin, stdout, stderr))
-        _become_in_place(config, ready, redirect=redirect)
-        return
-    outcome, events_fd = start(config, timeout=ready_timeout, ready_check=lambda w: False)
+    redirect = any(s is not None for s in (stdin, stdout, stderr))
+    outcome = launch(config, ready, ready_timeout, detach, redirect=redirect)
     if outcome is not None:
         _exit_original(outcome, ready_timeout)
-    _in_daemon(config, ready, events_fd)
+
+
+def plain(pidfile: StrPath | None) -> Config:
+    """What ``daemonize(pidfile)`` makes of the process, every other setting its default."""
+    null = os.devnull
+    return Config(pidfile=absolute(pidfile, "pidfile"), workdir=DEFAULT_WORKDIR,
+                  umask=DEFAULT_UMASK, stdin=null, stdout=null, stderr=null, identity=None,
+                  chroot=None, keep_fds=frozenset())  # fmt: skip
+
+
+def launch(
+    config: Config,
+    ready: Ready,
+    ready_timeout: float | None,
+    detach: Detach = "auto",
+    *,
+    redirect: bool = False,
+) -> Outcome | None:
+    """:func:`daemonize`'s work, for a caller that reports the outcome in its own words.
+
+    In the original process: the :class:`Outcome` (the caller then exits, 0
+    only if ``outcome.ok``).  In the daemon, or in place (already supervised):
+    None, once set up.  ``forkwell up --detach`` prints its failures this way.
+    """
+    _check_arguments(ready, detach, config.umask)
+    do_detach = detach is True or (detach == "auto" and supervised_reason() is None)
+    if not do_detach:
+        _become_in_place(config, ready, redirect=redirect)
+        return None
+    outcome, events_fd = start(config, timeout=ready_timeout, ready_check=lambda w: False)
+    if outcome is None:
+        _in_daemon(config, ready, events_fd)
+    return outcome
 
 
 def _check_arguments(ready: str, detach: object, umask: int) -> None:

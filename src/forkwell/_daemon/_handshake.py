@@ -35,6 +35,7 @@ from .._exceptions import (
     CommandNotExecutableError,
     CommandNotFoundError,
     DaemonStartError,
+    ForkwellError,
     PidfileError,
     PidfileLockedError,
 )
@@ -94,7 +95,9 @@ class Error(NamedTuple):
         default = "pidfile" if isinstance(exc, PidfileError) else "-"
         step = step or getattr(exc, "step", "") or default
         code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
-        message = f"{type(exc).__name__}: {exc}" if failure is Failure.EXCEPTION else str(exc)
+        # forkwell's own errors are written to be read: their class name is noise.
+        named = failure is Failure.EXCEPTION and not isinstance(exc, ForkwellError)
+        message = f"{type(exc).__name__}: {exc}" if named else str(exc)
         return cls(failure, code, holder, step, message)
 
 

@@ -267,15 +267,18 @@ class PreforkServer(ServerBase):
     def _on_signal(self, what: int) -> bool:
         """Act on one queued signal; True means stop now (the caller kills the rest)."""
         if what in (STOP_FAST, signal.SIGINT, signal.SIGQUIT):
-            log.info("fast stop: killing %d workers", len(self._workers))
+            n = len(self._workers)
+            log.info("fast stop: killing %d worker%s", n, "" if n == 1 else "s")
             return True
         if what in (STOP_GRACEFUL, signal.SIGTERM):
             if self._state == ServerState.SERVING:
                 self._set_state(ServerState.STOPPING)
+                n = len(self._workers)
                 log.info(
-                    "graceful stop: %d workers finish within %gs",
-                    len(self._workers),
+                    "graceful stop: waiting up to %gs for %d worker%s to finish",
                     self.graceful_timeout,
+                    n,
+                    "" if n == 1 else "s",
                 )
                 for w in list(self._workers.values()):
                     if w.state in (WorkerState.BOOTING, WorkerState.RUNNING):
@@ -311,7 +314,8 @@ class PreforkServer(ServerBase):
             )
             return
         self._generation += 1
-        log.info("reloading: starting %d new workers", self.target)
+        n = self.target
+        log.info("reloading: starting %d new worker%s", n, "" if n == 1 else "s")
 
     def _reimport(self) -> None:
         """The new code, in the master, before new workers fork from it."""

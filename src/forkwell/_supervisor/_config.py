@@ -205,17 +205,22 @@ class _Bad(Exception):
     """A converter's rejection; the message says what was expected."""
 
 
+def _kind(value: Any) -> str:
+    """What TOML type ``value`` is, as messages say it: "an integer"."""
+    for kind, name in ((bool, "a boolean"), (dict, "a table"), (list, "an array"),
+                       (float, "a float"), (int, "an integer"), (str, "a string")):
+        if isinstance(value, kind):
+            return name
+    return "a date or time"  # fmt: skip
+
+
 def _got(value: Any) -> str:
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, float):
-        return f"{value!r} (a float)"
-    if isinstance(value, int):
-        return f"{value!r} (an integer)"
+    if isinstance(value, dict | list):
+        return _kind(value)
+    if isinstance(value, int | float):
+        return f"{value!r} ({_kind(value)})"
     return repr(value)
 
 
@@ -319,8 +324,8 @@ def _command(value: Any, ctx: _Context) -> tuple[str, ...]:
             argv = value.split() if _PLAIN.fullmatch(value) else shlex.split(value)
         except ValueError as exc:
             raise _Bad(f"{expected}, got {value!r} ({exc})") from None
-    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
-        argv = list(value)
+    elif isinstance(value, list):
+        argv = _strings(value, expected)
     else:
         raise _Bad(f"{expected}, got {_got(value)}")
     if not argv or not argv[0]:
@@ -328,6 +333,16 @@ def _command(value: Any, ctx: _Context) -> tuple[str, ...]:
     if any("\0" in a for a in argv):
         raise _Bad(f"{expected}, got {_NUL}")
     return tuple(argv)
+
+
+def _strings(value: list[Any], expected: str) -> list[str]:
+    """An array of strings; else which element is not one (and how to write a number)."""
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            number = isinstance(item, int | float) and not isinstance(item, bool)
+            quote = f': quote it, "{item}"' if number else ""
+            raise _Bad(f"{expected}; element {i} is {_kind(item)}{quote}")
+    return list(value)
 
 
 def _environment(value: Any, ctx: _Context) -> dict[str, str]:
@@ -438,12 +453,14 @@ def _names(value: Any, ctx: _Context) -> tuple[tuple[str, bool], ...]:
     if not isinstance(value, list):
         raise _Bad(f"{expected}, got {_got(value)}")
     out: dict[str, bool] = {}
-    for item in value:
+    for i, item in enumerate(value):
         if isinstance(item, str):
             out.setdefault(item, False)
             continue
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise _Bad(f"{expected}, got an element {_got(item)}")
+        if not isinstance(item, dict):
+            raise _Bad(f"{expected}; element {i} is {_kind(item)}")
+        if not isinstance(item.get("name"), str):
+            raise _Bad(f'{expected}; element {i} is a table without name = "PROGRAM"')
         unknown = [k for k in item if k not in ("name", "restart")]
         if unknown:
             raise _Bad(f"unknown key {unknown[0]!r} in a depends_on table; expected name, restart")

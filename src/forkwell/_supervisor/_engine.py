@@ -35,23 +35,23 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from .._core import _tree
 from .._core._files import tail
-from .._core._process import Process
 from .._exceptions import ForkwellError, UnknownProgramError
 from ._childenv import ChildEnv
 from ._config import Config, load_config
 from ._events import EventLog
-from ._fleet import Fleet, ReloadReport, compare, dep_ok, settle, settled
+from ._fleet import Fleet, ReloadReport, dep_ok, settle, settled
 from ._health import Health
 from ._loglines import is_marker
 from ._logs import Console
 from ._preloop import EarlySignals, Loops
 from ._program import DOWN, SETTLED, Instance, ProgramState
+from ._services import Services
 from ._session import Session
 from ._signals import SignalRelay
 from ._snapshot import Usage, tree_usage
@@ -124,7 +124,6 @@ class Supervisor:
         self._loops = Loops()
         self._log = EventLog(None if quiet else Console(sys.stdout.buffer))
         self.events: collections.deque[Event] = self._log.events
-        self._fleet = Fleet(self, config, self._recolour)
         self._token = _tree.new_token()
         cookie = _tree.cookie_value(os.environ.get(_tree.COOKIE_VAR), self._token)
         self._env = ChildEnv(cookie, self._loops)
@@ -134,8 +133,15 @@ class Supervisor:
         )
         self._watchdog = self._session.watchdog
         self._tracker = Tracker(self._loops, self._watchdog)
+        self._host = Services(
+            self._loops, self._log, self._env, self._trees, self._tracker,
+            lambda: self.config.supervisor.log_dir,
+            # Late-bound: health is built after the fleet it watches.
+            lambda inst, old, new: self._health.transition(inst, old, new),  # noqa: PLW0108
+        )  # fmt: skip
+        self._fleet = Fleet(self._host, config, self._recolour)
         end = lambda: self.background(self.shutdown())  # noqa: E731 (a callback, named)
-        self._health = Health(self, self._fleet, self._note, end)
+        self._health = Health(self._host, self._fleet, self._note, end)
         self._early = EarlySignals()
         self._relay: SignalRelay | None = None
         self._done: asyncio.Future[int] | None = None
@@ -179,44 +185,7 @@ class Supervisor:
 
     def background(self, coro: object) -> None:
         """Run a coroutine as a task the supervisor keeps a reference to."""
-        assert isinstance(coro, Coroutine)
-        self._loops.background(coro, self._internal_error)
-
-    def _internal_error(self, exc: BaseException) -> None:
-        self._note(f"internal error: {type(exc).__name__}: {exc}")
-
-    # -- services for instances (the _Host protocol) --------------------------
-
-    def child_env(self, inst: Instance) -> dict[str, str]:
-        return self._env.for_instance(inst)
-
-    def devnull(self) -> int:
-        return self._env.devnull()
-
-    def find_executable(self, command: str, env: Mapping[str, str]) -> str | None:
-        return self._env.find_executable(command, env)
-
-    def log_dir(self) -> Path:
-        return self.config.supervisor.log_dir
-
-    def transition(self, inst: Instance, old: ProgramState, new: ProgramState, why: str) -> None:
-        self._log.transition(inst.name, old.name, new.name, why)
-        self._health.transition(inst, old, new)
-
-    def output(self, inst: Instance, stream: str, data: bytes) -> None:
-        self._log.output(inst.name, stream, data, inst.colour)
-
-    def track(self, proc: Process, on_exit: Callable[[], None]) -> None:
-        self._tracker.track(proc, on_exit)
-
-    def untrack(self, proc: Process) -> None:
-        self._tracker.untrack(proc)
-
-    async def end_tree(
-        self, tree: _tree.Tree, sig: int, grace: float, *, include_root: bool = True
-    ) -> None:
-        """Async :func:`forkwell._core._tree.terminate_tree`: ``sig`` to all, ``grace``, SIGKILL."""
-        await self._trees.end_tree(tree, sig, grace, include_root=include_root)
+        self._host.background(coro)
 
     def _note(self, text: str) -> None:
         self._log.note(text)
@@ -325,12 +294,11 @@ class Supervisor:
         only change is ``numprocs`` is scaled in place; changed programs are
         restarted with the new settings; removed ones are stopped.
         """
-        new = self.reader(self.config_path)
-        report = compare(self.config, new)
-        added, removed, changed, _, scaled = report
+        new, report = self._fleet.plan(self.reader(self.config_path))
+        added, removed, changed, _, scaled, kept = report
         self._note(
             f"reload {self.config_path}: added {added or '-'}, removed {removed or '-'}, "
-            f"changed {changed or '-'}, scaled {scaled or '-'}"
+            f"changed {changed or '-'}, scaled {scaled or '-'}, kept scale {kept or '-'}"
         )
         to_start = await self._fleet.reload(new, report)
         self.config_path = new.path
@@ -559,7 +527,8 @@ def _notify_ready(failed: list[OpResult], instances: int, note: Callable[[str], 
     status = (
         f"{len(failed)} instance(s) failed to start: {failed[0].message}"
         if failed
-        else f"forkwell up: supervisor running (pid {os.getpid()}), {instances} instances up"
+        else f"forkwell up: supervisor running (pid {os.getpid()}), {instances} "
+        f"instance{'' if instances == 1 else 's'} up"
     )
     try:
         notify(READY=1, STATUS=status, MAINPID=os.getpid())

@@ -31,9 +31,12 @@ class ReloadReport(NamedTuple):
     changed: list[str]
     unchanged: list[str]
     scaled: list[str]
+    # Scaled at run time (`forkwell scale`), and the file's numprocs has not changed since:
+    # the run-time count is kept.
+    kept: list[str]
 
 
-def compare(old: Config, new: Config) -> ReloadReport:
+def compare(old: Config, new: Config, kept: list[str] | None = None) -> ReloadReport:
     """What a reload from ``old`` to ``new`` does to each program."""
     report = ReloadReport(
         added=[n for n in new.programs if n not in old.programs],
@@ -41,6 +44,7 @@ def compare(old: Config, new: Config) -> ReloadReport:
         changed=[],
         unchanged=[],
         scaled=[],
+        kept=kept or [],
     )
     for name, b in new.programs.items():
         a = old.programs.get(name)
@@ -53,6 +57,25 @@ def compare(old: Config, new: Config) -> ReloadReport:
         else:
             report.changed.append(name)
     return report
+
+
+def keep_scale(loaded: Config, running: Config, read: Config) -> tuple[Config, list[str]]:
+    """``read`` (the file now), with the run-time ``numprocs`` of each program scaled by hand.
+
+    The rule of ``kubectl apply``: a count changed at run time stays until
+    the file's own count changes (``loaded`` is the file as last read).
+    Also the names of the programs whose run-time count was kept.
+    """
+    programs = dict(read.programs)
+    kept = []
+    for name, prog in read.programs.items():
+        was, now = loaded.programs.get(name), running.programs.get(name)
+        if was is None or now is None or prog.numprocs != was.numprocs:
+            continue
+        if now.numprocs != prog.numprocs:
+            programs[name] = prog._replace(numprocs=now.numprocs)
+            kept.append(name)
+    return read._replace(programs=programs), kept
 
 
 def dep_ok(dep: Instance) -> bool:
@@ -119,7 +142,8 @@ class Fleet:
 
     def __init__(self, host: _Host, config: Config, on_change: Callable[[], None]) -> None:
         self.host = host
-        self.config = config
+        self.config = config  # as it runs (`forkwell scale` changes it)
+        self.loaded = config  # as the file said when last read
         self._on_change = on_change
         self.programs: dict[str, list[Instance]] = {
             name: self.new_instances(config.programs[name], 0) for name in _ranked(config)
@@ -167,13 +191,15 @@ class Fleet:
     def _unknown(self, name: str) -> UnknownProgramError:
         program, colon, _ = name.partition(":")
         if colon and program in self.programs:
+            # Instance names are the format's (supervisord's process_name): said as they are.
             insts = self.programs[program]
-            return UnknownProgramError(
-                f"unknown instance {name!r}: {program} has instances "
-                f"{insts[0].name}..{insts[-1].name}"
-                if insts
-                else f"unknown instance {name!r}: {program} has no instances (numprocs 0)"
-            )
+            if not insts:
+                has = "no instances (numprocs 0)"
+            elif len(insts) == 1:
+                has = f"one instance, {insts[0].name}"
+            else:
+                has = f"instances {insts[0].name}..{insts[-1].name}"
+            return UnknownProgramError(f"unknown instance {name!r}: {program} has {has}")
         return self.unknown_program(name)
 
     def unknown_program(self, name: str) -> UnknownProgramError:
@@ -310,9 +336,15 @@ class Fleet:
 
     # -- reload and scale ------------------------------------------------------
 
+    def plan(self, read: Config) -> tuple[Config, ReloadReport]:
+        """The config a reload to ``read`` (the file, just read) runs, and what it does."""
+        new, kept = keep_scale(self.loaded, self.config, read)
+        self.loaded = read
+        return new, compare(self.config, new, kept)
+
     async def reload(self, new: Config, report: ReloadReport) -> list[Instance]:
         """Apply ``report`` (see :func:`compare`); return the instances to start now."""
-        added, removed, changed, unchanged, scaled = report
+        added, removed, changed, unchanged, scaled, _ = report
         tell_manager(RELOADING=1)
         was_up = {name: any(i.state not in DOWN for i in self.programs[name]) for name in changed}
         # Stop what goes away under the old config (its dependency order).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Literal, NamedTuple
 
+from .._core._probe import split_url
 from .._core._readiness import ReadySpec, parse_ready
 
 ProbeKind = Literal["exec", "notify", "tcp", "delay", "cmd", "http", "log", "watchdog"]
@@ -84,26 +85,8 @@ def parse_probe(text: str, kinds: frozenset[str]) -> ProbeSpec:
 
 
 def _http(url: str) -> ProbeSpec:
-    from urllib.parse import urlsplit  # here: most configs have no URL to split
-
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"invalid URL: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected a URL like http://127.0.0.1:8000/health")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("a probe URL takes no user or password")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if any(c in target for c in " \r\n"):
-        raise ValueError("the URL's path must not contain spaces or line breaks")
-    tls = scheme == "https"
-    return ProbeSpec(
-        "http", host=parts.hostname, port=port or (443 if tls else 80), url=url,
-        target=target, tls=tls,
-    )  # fmt: skip
+    host, port, target, tls = split_url(url)
+    return ProbeSpec("http", host=host, port=port, url=url, target=target, tls=tls)
 
 
 def _log(pattern: str) -> ProbeSpec:

@@ -53,6 +53,7 @@ from .._core._status import describe_exit, signal_name
 from .._exceptions import SpawnError
 from ._logs import Output
 from ._loop import resolve
+from ._waiters import Waiters
 
 if TYPE_CHECKING:
     # asyncio is imported where a coroutine needs it: ``forkwell up`` spawns its
@@ -144,11 +145,11 @@ class Instance:
         self._timer: Handle | None = None  # the backoff delay
         self.readiness: Readiness | None = None  # made for the first start not by exec
         self.liveness: Liveness | None = None  # made by the supervisor's health, if probed
-        self._waiters: list[tuple[Callable[[ProgramState], bool], asyncio.Future[None]]] = []
+        self._waiters: Waiters[ProgramState] = Waiters()  # wait_for()
         self._failing_task: asyncio.Task[None] | None = None
         self._failing = False  # a failed start's tree is being ended
         self._dep_task: asyncio.Task[None] | None = None
-        self._exit_waiters: list[asyncio.Future[None]] = []
+        self._exit_waiters: Waiters[int] = Waiters()  # the exit callback ran
         self.no_restart = False  # set by shutdown: an exit now is final
         self.output = Output(self._echo, host.note)
 
@@ -165,10 +166,7 @@ class Instance:
         old = self.state
         self.state = check(TRANSITIONS, old, new, f"{self.name}:")
         self.host.transition(self, old, new, why)
-        for pred, fut in list(self._waiters):
-            if not fut.done() and pred(new):
-                fut.set_result(None)
-        self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
+        self._waiters.notify(new)
 
     async def wait_for(
         self, pred: Callable[[ProgramState], bool], timeout: float | None = None
@@ -176,8 +174,7 @@ class Instance:
         """Return once the state satisfies ``pred`` (at once if it does), or after ``timeout``."""
         if pred(self.state):
             return
-        fut: asyncio.Future[None] = self.host.aio_loop.create_future()
-        self._waiters.append((pred, fut))
+        fut = self._waiters.add(self.host.aio_loop, pred)
         handle = None if timeout is None else self.host.loop.call_later(timeout, resolve, fut)
         try:
             await fut
@@ -378,9 +375,7 @@ class Instance:
         self.host.untrack(proc)
         self.last_exit, self.last_exit_at = rc, time.time()
         self.output.exited(proc.pid, rc, self.uptime())
-        for fut in self._exit_waiters:
-            resolve(fut)
-        self._exit_waiters.clear()
+        self._exit_waiters.notify(rc)
         if self.state is S.STOPPING or self._failing:
             return  # the stopping coroutine finishes the job
         self._cancel_readiness()
@@ -443,8 +438,7 @@ class Instance:
             # The tree scan no longer sees it (a zombie not yet reaped, or
             # it cannot be scanned): make sure, and wait for the exit callback.
             proc.send_signal(signal.SIGKILL)
-            fut: asyncio.Future[None] = self.host.aio_loop.create_future()
-            self._exit_waiters.append(fut)
+            fut = self._exit_waiters.add(self.host.aio_loop, lambda _rc: True)
             if proc.poll() is None:
                 await fut
             else:

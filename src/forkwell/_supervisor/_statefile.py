@@ -26,18 +26,11 @@ def take_over(path: Path, config_path: Path, note: Callable[[str], None]) -> lis
 
     Returns the pids it ended.
     """
-    old: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        old = json.loads(path.read_text())
+    old = _read(path)
     pid = old.get("pid")
-    if isinstance(pid, int):
-        # Our own pid too: another Supervisor of this process runs (a test).
-        info = _proc.read_stat(pid)
-        if info is not None and info.alive and info.starttime == old.get("starttime"):
-            raise StateError(
-                f"another forkwell up is running for {config_path} (pid {pid}); "
-                f"stop it with 'forkwell down' first"
-            )
+    # Our own pid too: another Supervisor of this process runs (a test).
+    if _alive(old):
+        raise StateError(already_running(config_path, pid))
     token = old.get("token")
     if not isinstance(token, str) or not token:
         return []
@@ -52,6 +45,35 @@ def take_over(path: Path, config_path: Path, note: Callable[[str], None]) -> lis
         _tree.terminate_tree(survivors, signal.SIGTERM, 5.0, include_root=False)
     survivors.close()
     return members
+
+
+def already_running(config_path: Path | str, pid: object) -> str:
+    """What ``forkwell up`` says when a supervisor runs for this state file already."""
+    return (f"another forkwell up is running for {config_path} (pid {pid}); "
+            f"stop it with 'forkwell down' first")  # fmt: skip
+
+
+def running_pid(path: Path | str) -> int | None:
+    """The pid of the supervisor the state file names, if it still runs (starting or up)."""
+    state = _read(Path(path))
+    return state["pid"] if _alive(state) else None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads(path.read_text())
+        if isinstance(state, dict):
+            return state
+    return {}
+
+
+def _alive(state: dict[str, Any]) -> bool:
+    """The state's pid runs, and is the process that wrote it (its start time)."""
+    pid = state.get("pid")
+    if not isinstance(pid, int):
+        return False
+    info = _proc.read_stat(pid)
+    return info is not None and info.alive and info.starttime == state.get("starttime")
 
 
 def write(path: Path, *, token: str, config_path: Path, watchdog: int | None) -> None:

@@ -140,13 +140,78 @@ class ControlClient:
                     return True
 
 
+#: How long a control command waits for the socket of a supervisor that is starting.
+STARTING_WAIT = 10.0
+
+
+def connect(
+    path: str, *, state_file: str | None = None, wait: float = STARTING_WAIT
+) -> ControlClient:
+    """A client for ``path``; while ``state_file`` says a supervisor is starting, wait for it.
+
+    ``forkwell up`` spawns its first programs before its control socket
+    exists, and records itself in the state file before either: a command
+    sent meanwhile (``forkwell up & ... forkwell down``) waits up to ``wait``
+    seconds for the socket instead of being told that nothing runs.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return ControlClient(path)
+        except SupervisorUnreachableError as exc:
+            if exc.errno not in _NOBODY or state_file is None:
+                raise
+            from .._statefile import running_pid
+
+            pid = running_pid(state_file)
+            if pid is None:
+                raise
+            if time.monotonic() >= deadline:
+                raise SupervisorUnreachableError(
+                    errno.ETIMEDOUT,
+                    f"cannot reach the supervisor at {path}: it is starting (pid {pid}) but its "
+                    f"socket did not appear within {wait:g}s; try again",
+                    path,
+                ) from None
+        time.sleep(0.02)  # a client's bounded wait for another process: nothing to wake it
+
+
+# connect()'s errors that mean "nobody listens there".
+_NOBODY = (errno.ENOENT, errno.ECONNREFUSED)
+
+
+def not_running(exc: SupervisorUnreachableError) -> bool:
+    """Whether ``exc`` says no supervisor runs at its socket (not: it could not be reached)."""
+    return exc.errno in _NOBODY
+
+
 def _unreachable_message(path: str, exc: OSError) -> str:
-    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-        why = "no supervisor is running there"
-    elif exc.errno in (errno.EACCES, errno.EPERM):
-        why = "permission denied: it belongs to another user"
-    elif isinstance(exc, TimeoutError):
-        why = "it did not accept the connection in time"
-    else:
-        why = exc.strerror or str(exc)
-    return f"cannot reach the supervisor at {path}: {why} (start it with 'forkwell up')"
+    where = f"cannot reach the supervisor at {path}"
+    if exc.errno in _NOBODY:
+        return f"{where}: no supervisor is running there (start it with 'forkwell up')"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{where}: {_owner(path)}"
+    if isinstance(exc, TimeoutError):
+        return f"{where}: it did not accept the connection in time"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def _owner(path: str) -> str:
+    """Whose supervisor it is: the owner of the socket, or of its (owner-only) directory."""
+    for place in (path, os.path.dirname(path)):
+        try:
+            uid = os.stat(place).st_uid
+        except OSError:
+            continue
+        if uid == os.geteuid():
+            break  # ours, yet refused: say so plainly
+        import pwd
+
+        try:
+            user: str | None = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = None
+        who = f"user {user} (uid {uid})" if user else f"uid {uid}"
+        only = "root" if uid == 0 else f"{user or f'uid {uid}'} or root"
+        return f"permission denied: it is the supervisor of {who}; only {only} may control it"
+    return "permission denied"

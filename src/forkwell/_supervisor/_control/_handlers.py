@@ -61,6 +61,8 @@ if TYPE_CHECKING:
         def unchanged(self) -> list[str]: ...
         @property
         def scaled(self) -> list[str]: ...
+        @property
+        def kept(self) -> list[str]: ...
 
     class SupervisorLike(Protocol):
         """The part of ``Supervisor`` the control handlers call, and nothing else."""
@@ -211,6 +213,7 @@ class Handlers:
             "changed": list(report.changed),
             "unchanged": list(report.unchanged),
             "scaled": list(report.scaled),
+            "kept": list(report.kept),
         }
 
     async def scale(self, args: dict[str, Any], w: Any) -> dict[str, Any]:

@@ -27,6 +27,8 @@ class Loaded(NamedTuple):
     config: Config
     format: str
     ignored: list[str]
+    # What the format's reader made of it (None: TOML), to say later findings in its words.
+    imported: Imported | None = None
 
 
 def read(path: str | os.PathLike[str], fmt: str | None = None,
@@ -62,7 +64,7 @@ def load(path: str | os.PathLike[str], fmt: str | None = None,
     if imported is None:
         return Loaded(load_config(path, supervisor=supervisor), kind, [])
     config = validate(imported, Path(path), os.fspath(path), supervisor)
-    return Loaded(config, kind, imported.ignored)
+    return Loaded(config, kind, imported.ignored, imported)
 
 
 def validate(imported: Imported, path: Path, label: str,
@@ -72,6 +74,14 @@ def validate(imported: Imported, path: Path, label: str,
         return parse_config(imported.data, path.absolute(), label, supervisor=supervisor)
     except ConfigError as exc:
         raise ConfigError([_in_own_words(e, label, imported) for e in exc.errors]) from None
+
+
+def in_own_words(lines: list[str], label: str, loaded: Loaded) -> list[str]:
+    """``LABEL: programs.web.command: ...`` lines (warnings) as the file's own format says them."""
+    imported = loaded.imported
+    if imported is None:
+        return lines
+    return [_in_own_words(line, label, imported) for line in lines]
 
 
 def _in_own_words(error: str, label: str, imported: Imported) -> str:
