@@ -124,6 +124,14 @@ def test_wrong_type(tmp_path: Path) -> None:
     assert err.endswith("programs.web.numprocs: expected an integer >= 0, got '2'")
 
 
+def test_essential_is_a_boolean_or_on_failure(tmp_path: Path) -> None:
+    err = one_error(tmp_path, '[programs.web]\ncommand = "x"\nessential = "always"\n')
+    assert err.endswith("programs.web.essential: expected true, false or 'on-failure', "
+                        "got 'always'")  # fmt: skip
+    (tmp_path / "ok.toml").write_text('[programs.web]\ncommand = "x"\nessential = "on-failure"\n')
+    assert load_config(tmp_path / "ok.toml").programs["web"].essential == "on-failure"
+
+
 def test_wrong_type_in_environment_names_the_variable(tmp_path: Path) -> None:
     err = one_error(tmp_path, '[programs.web]\ncommand = "x"\nenvironment = { PORT = 8000 }\n')
     assert "programs.web.environment: expected a string value for 'PORT'" in err

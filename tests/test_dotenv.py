@@ -53,6 +53,24 @@ def test_malformed_lines_are_one_line_errors_naming_file_and_line(text: str, err
     assert exc.value.errors == [error]
 
 
+FORMATS = Path(__file__).parent / "fixtures" / "formats"
+
+
+@pytest.mark.parametrize(("fixture", "expected"), [
+    ("procfile-foreman", {"APP_ENV": "production", "QUOTED": 'a "quoted" word',
+                          "MULTI": "line one\nline two", "LITERAL": "no $expansion\\n here",
+                          "PORT": "7000"}),
+    ("procfile-honcho", {"GREETING": "hello world", "SINGLE": "single quoted $HOME",
+                         "ESCAPED": "one\ntwo", "PLAIN": "plain_value",
+                         "DATABASE_URL": "postgres://localhost/app"}),
+])  # fmt: skip
+def test_the_procfile_fixtures_in_foreman_and_honcho_dialects(fixture: str,
+                                                               expected: dict[str, str]) -> None:  # fmt: skip
+    """The .env files a Procfile brings (read by this one parser, as [supervisor] env_file)."""
+    path = FORMATS / fixture / ".env"
+    assert parse_dotenv(path.read_text(), str(path)) == expected
+
+
 def test_the_dialect_agrees_with_a_posix_shell_on_what_both_read(tmp_path: Path) -> None:
     """For what is also valid shell, `. file` in /bin/sh gives the same values."""
     text = (

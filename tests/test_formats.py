@@ -6,14 +6,16 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import PY
 
-from forkwell import load_config
+from forkwell import ConfigError, load_config
 from forkwell._supervisor._formats._convert import render
 from forkwell._supervisor._formats._detect import detect, find_default
 from forkwell._supervisor._formats._load import load, read
@@ -97,6 +99,12 @@ def test_procfile_entries_as_honcho_and_foreman_read_them(tmp_path: Path) -> Non
     assert web.environment["ESCAPED"] == "one\ntwo"
     assert web.name_variables == ("PS", "HONCHO_PROCESS_NAME")
     assert (web.restart, web.min_uptime, web.stop_timeout) == ("never", 0.0, 5.0)
+    # foreman's and honcho's rule: the first to exit stops all, and gives its status
+    assert config.supervisor.exit_when == "any-exit"
+    # .env is the supervisor's env_file (read again on reload), missing is no error
+    assert config.supervisor.env_file == ((d / ".env").absolute(),)
+    (d / ".env").unlink()
+    assert load(d / "Procfile").config.supervisor.env_file == ()
 
 
 def test_procfile_formation_port_and_options(tmp_path: Path) -> None:
@@ -110,6 +118,7 @@ def test_procfile_formation_port_and_options(tmp_path: Path) -> None:
     assert config.programs["worker"].instance_names() == ["worker.1", "worker.2"]
     web = config.programs["web"]
     assert (web.restart, web.min_uptime, web.stop_timeout) == ("on-failure", 1.0, 2.0)
+    assert config.supervisor.exit_when == "never"  # --restart: forkwell's supervision
 
 
 def test_procfile_port_base_from_dotenv_then_environment(tmp_path: Path,
@@ -132,6 +141,30 @@ def test_procfile_env_files_chosen_with_e(tmp_path: Path) -> None:
     env = load(d / "Procfile", procfile=opts).config.programs["web"].environment
     assert (env["A"], env["B"]) == ("1", "2")
     assert "APP_ENV" not in env  # .env is not read when -e names others
+    (d / "bad.env").write_text("A=1\nnot a line\n")
+    with pytest.raises(ConfigError) as bad:
+        load(d / "Procfile", procfile=ProcfileOptions(env_files=(f"{d}/bad.env",)))
+    assert bad.value.errors == [f"{d}/bad.env:2: expected KEY=VALUE, got 'not a line'"]
+
+
+@pytest.mark.timeout(60)
+def test_reload_reads_the_procfile_env_again(tmp_path: Path) -> None:
+    """.env is [supervisor] env_file: `forkwell reload` reads it again and restarts what changed."""
+    (tmp_path / "Procfile").write_text('web: echo "v=$V"; exec sleep 1000\n')
+    (tmp_path / ".env").write_text("V=one\n")
+    log = tmp_path / "up.log"
+    with log.open("w") as sink:
+        up = subprocess.Popen([PY, "-m", "forkwell", "up", "-c", "Procfile"], cwd=tmp_path,
+                              stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        helpers.wait_until(lambda: "| v=one" in log.read_text(), 20, "web.1 printing v=one")
+        (tmp_path / ".env").write_text("V=two\n")
+        done = fw("reload", "-c", "Procfile", cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        helpers.wait_until(lambda: "| v=two" in log.read_text(), 20, "web.1 printing v=two")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=30) == 0, log.read_text()
 
 
 # -- supervisord.conf -------------------------------------------------------------------
@@ -161,8 +194,13 @@ def test_supervisord_sample_every_section(tmp_path: Path) -> None:
     oneshot = config.programs["oneshot"]
     assert (oneshot.restart, oneshot.min_uptime, oneshot.success_exit_codes) == (
         "never", 0.0, frozenset({0, 2}))
-    assert "[inet_http_server]: ignored (forkwell's control socket is a Unix socket only)" \
-        in loaded.ignored
+    assert ("[inet_http_server]: ignored (forkwell's control socket is a Unix socket; its web "
+            "page and API are [supervisor] http, e.g. forkwell up --http 127.0.0.1:9001)"
+            in loaded.ignored)  # fmt: skip
+    # supervisord has no liveness check, no env file, no essential program: nothing is set
+    assert {(p.liveness, p.env_file, p.essential) for p in config.programs.values()} == {
+        (None, (), False)}
+    assert config.supervisor.exit_when == "never"
     assert "[program:cat] stdout_capture_maxbytes: ignored (no forkwell equivalent)" \
         in loaded.ignored
     assert len(loaded.ignored) == len(set(loaded.ignored))
@@ -211,6 +249,21 @@ def test_compose_every_key_forkwell_reads(tmp_path: Path) -> None:
     assert (db.ready.kind, db.ready.command, db.ready_timeout) == ("cmd", "test -d /tmp", 5.0)
     assert (db.stop_signal, db.stop_timeout) == (2, 4.0)
     assert migrate.depends_on == ("db",) and migrate.restart == "never"
+    assert migrate.essential == "on-failure"  # restart: exit_on_failure
+    # liveness_probe: exec, and its timing as forkwell's liveness_* keys
+    assert (db.liveness.kind, db.liveness.command) == ("cmd", "test -d /tmp")
+    assert (db.liveness_delay, db.liveness_period, db.liveness_timeout,
+            db.liveness_failures) == (2.0, 5.0, 3.0, 4)  # fmt: skip
+    # http_get: the URL process-compose builds (host 127.0.0.1, scheme http, path / by default)
+    assert str(web.ready) == "http://127.0.0.1:8080/ready"
+    assert web.ready_timeout == 30.0  # 0 + 10 s * 3, process-compose's defaults
+    assert str(web.liveness) == "https://localhost:8443/health"
+    assert web.liveness_period == 10.0  # period_seconds below 1: process-compose's default
+    assert web.env_file == ((d / ".web.env").absolute(),)
+    assert web.environment["WEB_MODE"] == "from env_file"
+    server, tests = programs["server"], programs["tests"]
+    assert str(server.ready) == r"log:accept\ connections\ \(v1\.2\)"
+    assert tests.depends_on == ("server",) and tests.essential is True  # exit_on_end
     assert (web.numprocs, web.restart, web.backoff_max, web.start_retries) == (2, "always",
                                                                                2.0, 4)
     assert web.depends_on == ("migrate",)
@@ -405,3 +458,118 @@ def test_docs_formats_names_every_key_the_readers_know() -> None:
     assert not [s for s in sections if s not in doc]
     flags = [flag for option in PROCFILE_OPTIONS for flag in option.names]
     assert not [f for f in flags if f"`{f}" not in doc and f"/{f}`" not in doc]
+
+
+# -- process-compose's health keys, run for real -------------------------------------------
+
+
+def _up_until_exit(d: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "forkwell", "up", "-c", name], cwd=d, capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_compose_exit_on_end_after_a_log_ready_dependency(tmp_path: Path) -> None:
+    """tests waits for server's ready_log_line (process_log_ready), then its end (exit_on_end)
+    stops server and gives forkwell up its status, as process-compose does."""
+    pytest.importorskip("yaml", reason="pip install 'forkwell[yaml]'")
+    (tmp_path / "process-compose.yaml").write_text(textwrap.dedent("""\
+        processes:
+          server:
+            command: "echo booting; echo 'ready to accept connections'; exec sleep 1000"
+            ready_log_line: "ready to accept connections"
+          tests:
+            command: "echo running tests; exit 4"
+            depends_on:
+              server:
+                condition: process_log_ready
+            availability:
+              exit_on_end: true
+    """))
+    up = _up_until_exit(tmp_path, "process-compose.yaml")
+    assert up.returncode == 4, up.stdout + up.stderr
+    out = up.stdout
+    assert out.index("server:0 STARTING -> RUNNING") < out.index("| running tests")
+    assert "essential tests:0 exited and is not restarted: stopping everything" in out
+    assert "server:0 STOPPING -> STOPPED" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("status", [0, 5])
+def test_compose_exit_on_failure_ends_the_run_only_on_a_failure(tmp_path: Path,
+                                                                 status: int) -> None:  # fmt: skip
+    pytest.importorskip("yaml", reason="pip install 'forkwell[yaml]'")
+    (tmp_path / "process-compose.yaml").write_text(textwrap.dedent(f"""\
+        processes:
+          check:
+            command: "echo checking; exit {status}"
+            availability:
+              restart: exit_on_failure
+          app:
+            command: "echo app up; exec sleep 1000"
+            depends_on:
+              check:
+                condition: process_completed_successfully
+    """))
+    if status:
+        up = _up_until_exit(tmp_path, "process-compose.yaml")
+        assert up.returncode == status, up.stdout + up.stderr
+        assert f"check:0 exited and is not restarted: stopping everything, then exiting with " \
+               f"status {status}" in up.stdout
+        return
+    log = tmp_path / "up.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([PY, "-m", "forkwell", "up", "-c", "process-compose.yaml"],
+                                cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+    try:  # a successful check lets the others run on
+        helpers.wait_until(lambda: "| app up" in log.read_text(), 20, "app to start")
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    assert "stopping everything" not in log.read_text()
+    assert log.read_text().count("| checking") == 1  # a job done well is not run again for app
+
+
+@pytest.mark.timeout(60)
+def test_compose_http_probes_ready_and_liveness(tmp_path: Path) -> None:
+    """readiness_probe.http_get makes it ready at the first 200; a liveness_probe.http_get
+    that gets a 404 restarts it after failure_threshold failures."""
+    pytest.importorskip("yaml", reason="pip install 'forkwell[yaml]'")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "process-compose.yaml").write_text(textwrap.dedent(f"""\
+        processes:
+          web:
+            command: "exec {PY} -m http.server {port} --bind 127.0.0.1"
+            readiness_probe:
+              http_get:
+                port: {port}
+                path: /
+            liveness_probe:
+              http_get:
+                port: {port}
+                path: /no-such-page
+              period_seconds: 1
+              failure_threshold: 2
+            availability:
+              restart: always  # with "no" (the default) a failed liveness probe only stops it
+    """))
+    log = tmp_path / "up.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([PY, "-m", "forkwell", "up", "-c", "process-compose.yaml"],
+                                cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        helpers.wait_until(lambda: log.read_text().count("web:0 STARTING -> RUNNING") >= 2, 30,
+                           "web to be ready, fail its liveness probe and be ready again")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    text = log.read_text()
+    assert f"http://127.0.0.1:{port}/no-such-page returned 404 (2 times in a row)" in text, text
+    assert f"ready (http://127.0.0.1:{port}/ answered) after" in text, text

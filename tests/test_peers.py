@@ -165,3 +165,45 @@ def test_supervisor_options_and_forkwell_compute_the_same_processes(
         if p.stdout_logfile_maxbytes:
             assert mine.log_max_bytes == p.stdout_logfile_maxbytes
         assert mine.log_backups == p.stdout_logfile_backups
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has ended: only its exit status is left)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("ending", "theirs_status", "ours_status"), [
+    ("exit 3", 3, 3),
+    # Killed by a signal: honcho exits with sys.exit(-15), which the kernel
+    # truncates to 241; forkwell says 128+15, as a shell does.
+    ("kill -TERM $$", 241, 143),
+])  # fmt: skip
+def test_the_first_exit_stops_all_in_honcho_and_forkwell(
+    tmp_path: Path, ending: str, theirs_status: int, ours_status: int
+) -> None:
+    """One entry ends once the other is up (a FIFO handshake): both runners stop the other's
+    whole tree (its grandchild included) and exit with the status of the one that ended."""
+    (tmp_path / "Procfile").write_text(
+        "web: sleep 1000 & echo $! > web.grandchild; echo $$ > web.pid; "
+        "echo up > ready.fifo; wait\n"
+        f"fail: read line < ready.fifo; echo ending; {ending}\n"
+    )
+    runners = {"honcho": [PY, "-m", "honcho", "start"],
+               "forkwell": [PY, "-m", "forkwell", "up", "-c", "Procfile"]}  # fmt: skip
+    status = {}
+    for who, argv in runners.items():
+        for name in ("ready.fifo", "web.pid", "web.grandchild"):
+            (tmp_path / name).unlink(missing_ok=True)
+        os.mkfifo(tmp_path / "ready.fifo")
+        proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+        status[who] = proc.returncode
+        pids = [int((tmp_path / n).read_text()) for n in ("web.pid", "web.grandchild")]
+        assert not [p for p in pids if _alive(p)], f"{who} left web's tree running"
+        assert "ending" in proc.stdout, (who, proc.stdout, proc.stderr)
+    assert status == {"honcho": theirs_status, "forkwell": ours_status}

@@ -55,6 +55,7 @@ _PLAIN = re.compile(r"[\t\n\r !#-&(-\[\]-~]*")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 ExitWhen = Literal["never", "any-exit", "all-exited"]
+Essential = bool | Literal["on-failure"]
 DEFAULT_INSTANCE_NAME = "{program}:{index}"
 _INSTANCE_FIELDS = ("program", "index", "number", "process_group")
 
@@ -101,7 +102,7 @@ class ProgramConfig(NamedTuple):
     liveness_failures: int
     liveness_delay: float
     watchdog_sec: float | None
-    essential: bool
+    essential: Essential
     depends_on: tuple[str, ...]
     min_uptime: float
     start_retries: int
@@ -249,6 +250,12 @@ def _bool(value: Any, ctx: _Context) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"expected true or false, got {_got(value)}")
     return value
+
+
+def _essential(value: Any, ctx: _Context) -> Essential:
+    if value is True or value is False or value == "on-failure":
+        return value  # type: ignore[no-any-return]
+    raise _Bad(f"expected true, false or 'on-failure', got {_got(value)}")
 
 
 def _int_at_least(low: int) -> Callable[[Any, _Context], int]:
@@ -609,8 +616,9 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         "after RUNNING, wait this long before the first probe"),
     Key("watchdog_sec", "seconds", _positive_duration, None,
         "with liveness = 'watchdog': restart when no WATCHDOG=1 came for this long"),
-    Key("essential", "boolean", _bool, False,
-        "when it is FATAL or exited for good, stop everything and exit with its status"),
+    Key("essential", "boolean or string", _essential, False,
+        "when it is FATAL or exited for good, stop everything and exit with its status; "
+        "'on-failure': only when that exit is a failure (process-compose's exit_on_failure)"),
     Key("depends_on", "array", _names, [],
         "start only after these programs are RUNNING (ready); stop before them; "
         "{ name = \"db\", restart = true } also restarts it when db restarts"),

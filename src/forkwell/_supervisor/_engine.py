@@ -86,7 +86,7 @@ class InstanceInfo(NamedTuple):
     last_exit: int | None  # subprocess-style returncode (-N = signal N)
     autostart: bool
     last_exit_at: float | None = None  # time.time() of that exit
-    essential: bool = False
+    essential: bool | str = False  # or "on-failure"
     readiness: str | None = None  # "ready" (RUNNING), "waiting" (STARTING), else None
     ready_probe: str = "exec"
     liveness: str | None = None  # None without a probe; "off", "pending", "ok", "failing"

@@ -232,7 +232,8 @@ class Fleet:
         inst.begin_start()
         deps = self.deps(inst)
         for dep in deps:
-            self.request_start(dep)
+            if not dep_ok(dep):  # a job that finished well is not run again for a dependent
+                self.request_start(dep)
         if all(dep_ok(d) for d in deps):
             inst.spawn()
         else:

@@ -18,8 +18,9 @@ supervisor's ``transition``) and acts on three settings:
   with the status :func:`exit_status` gives the instance that ended it.
 
 An essential instance ends the run when it is FATAL, or exited and is not
-restarted.  ``exit_when = "any-exit"`` ends it at the first instance that
-exits or fails to start, whatever its status (Procfile runners' rule);
+restarted (``essential = "on-failure"``: when that exit was a failure, as
+process-compose's ``exit_on_failure``).  ``exit_when = "any-exit"`` ends it
+at the first instance that exits or fails to start, whatever its status (Procfile runners' rule);
 ``"all-exited"`` once every instance that ran is EXITED or FATAL (a batch of
 jobs), with status 0 if all succeeded, else the first failure's.  Decisions
 that depend on whether an exit will be followed by a restart wait for the
@@ -58,6 +59,14 @@ def exit_status(inst: Instance) -> int:
     if rc is None:
         return 1
     return 128 - rc if rc < 0 else rc
+
+
+def _ends_the_run(inst: Instance) -> bool:
+    """An essential instance's exit (not restarted) ends the run; 'on-failure': a failed one."""
+    essential = inst.config.essential
+    if essential == "on-failure":
+        return inst.last_exit is None or inst.last_exit not in inst.config.success_exit_codes
+    return bool(essential)
 
 
 class Health:
@@ -113,7 +122,7 @@ class Health:
         if self._fleet.closed:
             return
         for inst in pending:
-            if inst.state is S.EXITED and inst.config.essential:
+            if inst.state is S.EXITED and _ends_the_run(inst):
                 self.end(inst, f"essential {inst.name} exited and is not restarted")
                 return
         targets = self._restart_targets()

@@ -248,7 +248,8 @@ def _liveness_notes(program: ProgramConfig) -> list[str]:
         notes.append(f"# liveness {live} ({every}): systemd has no liveness probe")
     if program.essential:
         notes.append(
-            "# essential: forkwell up stops the fleet when this ends; systemd restarts it "
+            f"# essential{' = on-failure' if program.essential == 'on-failure' else ''}: "
+            "forkwell up stops the fleet when this ends; systemd restarts it "
             "alone (PropagatesStopTo= would also stop on a clean stop)"
         )
     return notes

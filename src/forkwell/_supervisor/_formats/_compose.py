@@ -12,6 +12,7 @@ is reported once, by name; what maps with a difference says so in
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,20 @@ def read(path: Path, label: str) -> Imported:
             _process(reading, str(name), proc, env, path.parent)
         except _Bad as exc:
             reading.error("", str(exc))
+    _log_ready_needs_a_line(reading, doc["processes"])
     return reading.done()
+
+
+def _log_ready_needs_a_line(reading: Reading, processes: dict[Any, Any]) -> None:
+    """``condition: process_log_ready`` waits for the dependency's ``ready_log_line``."""
+    for name, proc in processes.items():
+        deps = proc.get("depends_on") if isinstance(proc, dict) else None
+        for dep, spec in (deps.items() if isinstance(deps, dict) else ()):
+            other = processes.get(dep)
+            if (isinstance(spec, dict) and spec.get("condition") == "process_log_ready"
+                    and isinstance(other, dict) and "ready_log_line" not in other):
+                reading.error(f"processes.{name}.depends_on.{dep}.condition",
+                              f"process_log_ready needs processes.{dep}.ready_log_line")
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -124,6 +138,12 @@ def _list_env(value: Any, where: str) -> dict[str, str]:
     return out
 
 
+def _env_files(value: Any, where: str, base: Path) -> list[str]:
+    """``env_file``: one path or a list, relative to the file's directory; absolute here."""
+    items = value if isinstance(value, list) else [value]
+    return [str(base.absolute() / _text(item, where)) for item in items]
+
+
 def _env_cmds(value: Any, directory: Path) -> dict[str, str]:
     """``env_cmds``: each command's output, as process-compose sets it (run once, at load)."""
     out: dict[str, str] = {}
@@ -161,7 +181,8 @@ def _process(reading: Reading, name: str, proc: Any, env: dict[str, str], base: 
     if env or own:
         put("environment", {**env, **own}, "environment")
     if "env_file" in spec:
-        reading.ignore(f"{where}.env_file: not read yet (forkwell's env_file key is issue 15's)")
+        put("env_file", _env_files(spec["env_file"], f"{where}.env_file", base), "env_file",
+            "read by forkwell's dotenv parser, again on reload; before environment")
     if "replicas" in spec:
         put("numprocs", _count(spec["replicas"], f"{where}.replicas"), "replicas")
     if "disabled" in spec:
@@ -195,9 +216,6 @@ def _depends(put: _Putter, value: Any, where: str) -> None:
         if condition not in _CONDITIONS:
             raise _Bad(f"{where}.depends_on.{dep}.condition: expected one of "
                        f"{', '.join(_CONDITIONS)}, got {condition!r}")  # fmt: skip
-        if condition == "process_log_ready":
-            raise _Bad(f"{where}.depends_on.{dep}.condition: process_log_ready needs "
-                       "readiness by a log line (issue 15's ready = 'log:...'), not there yet")
         names.append(dep)
     if names:
         put("depends_on", names, "depends_on",
@@ -205,40 +223,105 @@ def _depends(put: _Putter, value: Any, where: str) -> None:
 
 
 def _probes(put: _Putter, spec: dict[str, Any], where: str, reading: Reading) -> None:
-    probe = _mapping(spec.get("readiness_probe"), f"{where}.readiness_probe")
-    if probe:
-        at = f"{where}.readiness_probe"
-        exec_ = _mapping(probe.get("exec"), f"{at}.exec")
-        if "http_get" in probe:
-            raise _Bad(f"{at}.http_get: readiness by HTTP is issue 15's ready = 'http://...', "
-                       "not there yet")
-        if "command" not in exec_:
-            raise _Bad(f"{at}: expected exec.command or http_get")
-        put("ready", "cmd:" + _text(exec_["command"], f"{at}.exec.command"),
-            "readiness_probe.exec.command", "forkwell probes every 0.1 s until it succeeds")
-        delay = _number(probe.get("initial_delay_seconds", 0), f"{at}.initial_delay_seconds")
-        period = _number(probe.get("period_seconds", 10), f"{at}.period_seconds")
-        failures = _number(probe.get("failure_threshold", 3), f"{at}.failure_threshold")
+    """``readiness_probe`` or ``ready_log_line`` as ``ready``; ``liveness_probe``: ``liveness``."""
+    ready = _mapping(spec.get("readiness_probe"), f"{where}.readiness_probe")
+    if ready and "ready_log_line" in spec:
+        raise _Bad(f"{where}.ready_log_line: cannot be used with readiness_probe "
+                   "(process-compose refuses both too)")  # fmt: skip
+    if ready:
+        delay, period, _, failures = _put_probe(put, "ready", ready, f"{where}.readiness_probe",
+                                                reading)  # fmt: skip
         put("ready_timeout", delay + period * failures, "readiness_probe",
             "initial_delay_seconds + period_seconds * failure_threshold")
-    if "liveness_probe" in spec:
-        reading.ignore(f"{where}.liveness_probe: not run yet (liveness is issue 15's)")
     if "ready_log_line" in spec:
-        raise _Bad(f"{where}.ready_log_line: readiness by a log line is issue 15's "
-                   "ready = 'log:...', not there yet")
+        line = _text(spec["ready_log_line"], f"{where}.ready_log_line")
+        put("ready", "log:" + re.escape(line), "ready_log_line",
+            "ready at the first output line containing it")
+    live = _mapping(spec.get("liveness_probe"), f"{where}.liveness_probe")
+    if live:
+        at = f"{where}.liveness_probe"
+        delay, period, timeout, failures = _put_probe(put, "liveness", live, at, reading)
+        put("liveness_delay", delay, "liveness_probe.initial_delay_seconds")
+        put("liveness_period", period, "liveness_probe.period_seconds")
+        put("liveness_timeout", timeout, "liveness_probe.timeout_seconds")
+        put("liveness_failures", int(failures), "liveness_probe.failure_threshold")
+
+
+_HTTP_NOTE = "; any 200-399 answer counts (process-compose: 200 only)"
+_PROBE_NOTES = {"ready": "forkwell probes every 0.1 s until it succeeds",
+                "liveness": "failure_threshold failures in a row restart it"}  # fmt: skip
+
+
+def _put_probe(put: _Putter, key: str, spec: dict[str, Any], at: str,
+               reading: Reading) -> tuple[float, float, float, float]:  # fmt: skip
+    """``ready``/``liveness`` from a probe; its timing, process-compose's defaults applied."""
+    kind, probe = _probe(spec, at, reading)
+    put(key, probe, f"{at.rpartition('.')[2]}.{kind}",
+        _PROBE_NOTES[key] + _HTTP_NOTE * (kind == "http_get"))
+    return _timing(spec, at)
+_PROBE_KEYS = {"exec", "http_get", "initial_delay_seconds", "period_seconds", "timeout_seconds",
+               "failure_threshold", "success_threshold"}  # fmt: skip
+
+
+def _probe(probe: dict[str, Any], at: str, reading: Reading) -> tuple[str, str]:
+    """``exec.command`` as 'cmd:...', ``http_get`` as its URL; what forkwell cannot do, said."""
+    for key in probe:
+        if key not in _PROBE_KEYS:
+            reading.ignore(f"{at}.{key}: ignored (no forkwell equivalent)")
+    if probe.get("success_threshold", 1) not in (0, 1):
+        reading.ignore(f"{at}.success_threshold: forkwell counts one success")
+    if "http_get" in probe:
+        return "http_get", _url(_mapping(probe["http_get"], f"{at}.http_get"), f"{at}.http_get",
+                                reading)  # fmt: skip
+    exec_ = _mapping(probe.get("exec"), f"{at}.exec")
+    if "command" not in exec_:
+        raise _Bad(f"{at}: expected exec.command or http_get")
+    if "working_dir" in exec_:
+        reading.ignore(f"{at}.exec.working_dir: the probe runs in the program's directory")
+    return "exec", "cmd:" + _text(exec_["command"], f"{at}.exec.command")
+
+
+def _url(http: dict[str, Any], at: str, reading: Reading) -> str:
+    """The URL process-compose builds: scheme://host[:port]path, with its defaults."""
+    host = _text(http.get("host") or "127.0.0.1", f"{at}.host").strip() or "127.0.0.1"
+    scheme = _text(http.get("scheme") or "http", f"{at}.scheme").strip().lower() or "http"
+    path = _text(http.get("path") or "/", f"{at}.path").strip() or "/"
+    if scheme not in ("http", "https"):
+        raise _Bad(f"{at}.scheme: expected http or https, got {scheme!r}")
+    port = str(http.get("port", "")).strip()
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise _Bad(f"{at}.port: expected a port number 1-65535, got {http['port']!r}")
+    for key in http:
+        if key not in ("host", "scheme", "path", "port"):
+            reading.ignore(f"{at}.{key}: not sent/checked (forkwell's probe is a plain GET)")
+    return f"{scheme}://{host}{':' + port if port else ''}{path}"
+
+
+def _timing(probe: dict[str, Any], at: str) -> tuple[float, float, float, float]:
+    """initial_delay, period, timeout, failure_threshold with process-compose's defaults
+    (below 1 means the default: 0, 10, 1, 3 s)."""
+    def get(key: str, default: float, low: float = 1) -> float:
+        value = _number(probe.get(key, default), f"{at}.{key}")
+        return value if value >= low else default
+
+    return (get("initial_delay_seconds", 0, 0), get("period_seconds", 10),
+            get("timeout_seconds", 1), get("failure_threshold", 3))  # fmt: skip
 
 
 def _availability(put: _Putter, spec: dict[str, Any], where: str) -> None:
     at = f"{where}.availability"
-    if "restart" in spec:
-        policy = spec["restart"]
-        if policy not in _RESTART:
-            raise _Bad(f"{at}.restart: expected no, on_failure, always or exit_on_failure, "
-                       f"got {policy!r}")
-        if policy == "exit_on_failure":
-            raise _Bad(f"{at}.restart: exit_on_failure (stop everything when it fails) is "
-                       "issue 15's exit_when, not there yet")
-        put("restart", _RESTART[policy], "availability.restart")
+    policy = spec.get("restart", "no")  # process-compose's default: run once
+    if policy not in _RESTART:
+        raise _Bad(f"{at}.restart: expected no, on_failure, always or exit_on_failure, "
+                   f"got {policy!r}")
+    put("restart", _RESTART[policy], "availability.restart",
+        "" if "restart" in spec else "process-compose's default, restart: no")
+    if _RESTART[policy] == "never":
+        put("min_uptime", 0, "availability.restart",
+            "run once: a quick exit is an exit, not a failed start to retry")
+    if policy == "exit_on_failure":
+        put("essential", "on-failure", "availability.restart",
+            "a failed exit stops everything; forkwell up exits with its status")
     if "backoff_seconds" in spec:
         put("backoff_max", _number(spec["backoff_seconds"], f"{at}.backoff_seconds"),
             "availability.backoff_seconds",
@@ -249,8 +332,8 @@ def _availability(put: _Putter, spec: dict[str, Any], where: str) -> None:
             put("start_retries", count + 1, "availability.max_restarts",
                 "forkwell counts failed starts in a row, and the first attempt")
     if spec.get("exit_on_end"):
-        raise _Bad(f"{at}.exit_on_end: stopping everything when it ends is issue 15's "
-                   "exit_when, not there yet")
+        put("essential", True, "availability.exit_on_end",
+            "its end (not restarted) stops everything; forkwell up exits with its status")
 
 
 def _shutdown(put: _Putter, spec: dict[str, Any], where: str, reading: Reading) -> None:

@@ -4,8 +4,9 @@
   line is ignored (their rule: a Procfile has no comment syntax).  A name
   given twice is an error naming both lines; a file with no entry is one too.
 * Each command runs through ``sh -c``, so ``$PORT``, pipes and ``&&`` work.
-* ``.env`` beside the Procfile (or ``-e FILE[,FILE]``) is added to every
-  process's environment.
+* ``.env`` beside the Procfile (or ``-e FILE[,FILE]``) becomes
+  ``[supervisor] env_file``: every process gets its variables, read by the
+  supervisor's own dotenv parser, and ``forkwell reload`` reads them again.
 * Instances: ``-m web=2,worker=3`` (foreman's, ``all=N`` included) or
   ``--concurrency`` (honcho's); one each otherwise, ``name=0`` leaves it out.
 * ``PORT``: entry ``i`` (file order, from 0), instance ``n`` (from 0) gets
@@ -14,7 +15,9 @@
   same.  ``PS`` (foreman) and ``HONCHO_PROCESS_NAME`` (honcho) name the
   instance, ``web.1``.
 * By default, as with foreman and honcho, no process is restarted and the first
-  to exit stops all the others; ``--restart`` gives forkwell's supervision.
+  to exit stops all the others (``[supervisor] exit_when = "any-exit"``:
+  ``forkwell up`` then exits with that process's status); ``--restart``
+  gives forkwell's supervision instead.
 """
 
 from __future__ import annotations
@@ -73,7 +76,9 @@ def read(path: Path, label: str, options: ProcfileOptions | None = None,
     env = os.environ if environ is None else environ
     procs = entries(read_text(path, label, "a Procfile"), label)
     reading = Reading(label)
-    dotenv = _env_files(path, opts.env_files, reading)
+    files = _env_paths(path, opts.env_files, reading)
+    dotenv = _env_values(files, reading)
+    _supervisor_keys(reading, files, opts)
     counts = formation(opts.formation, list(procs), reading)
     base = _base_port(opts.port, dotenv, env, reading)
     timeout = DEFAULT_TIMEOUT if opts.timeout is None else opts.timeout
@@ -82,9 +87,6 @@ def read(path: Path, label: str, options: ProcfileOptions | None = None,
         prefix = f"programs.{name}"
         reading.origins[prefix] = at
         reading.put(f"{prefix}.command", ["/bin/sh", "-c", command], at)
-        if dotenv:
-            reading.put(f"{prefix}.environment", dict(dotenv), "the .env files",
-                        "from " + ", ".join(_env_names(path, opts.env_files)))  # fmt: skip
         reading.put(f"{prefix}.numprocs", counts.get(name, counts.get("all", 1)),
                     "--formation")  # fmt: skip
         if base is not None:
@@ -100,32 +102,53 @@ def read(path: Path, label: str, options: ProcfileOptions | None = None,
     return reading.done()
 
 
-def _env_names(path: Path, env_files: Sequence[str] | None) -> list[str]:
+def _supervisor_keys(reading: Reading, files: Sequence[Path], opts: ProcfileOptions) -> None:
+    """The .env files as [supervisor] env_file, and foreman's first-exit-stops-all."""
+    if files:
+        origin = "the .env beside it" if opts.env_files is None else "--env"
+        reading.put("supervisor.env_file", [os.fspath(f) for f in files], origin,
+                    "every process gets these variables, read again on reload")  # fmt: skip
+        if opts.env_files is None:
+            reading.put("supervisor.env_file_optional", True, origin,
+                        "a missing .env is no error, as with foreman and honcho")  # fmt: skip
+    if not opts.restart:
+        reading.put("supervisor.exit_when", "any-exit", "the Procfile",
+                    "foreman and honcho stop all when one exits (forkwell up --restart does not)")
+
+
+def _env_paths(path: Path, env_files: Sequence[str] | None, reading: Reading) -> list[Path]:
+    """The .env files, absolute (``-e`` names are relative to the current directory, as honcho).
+
+    The default ``.env`` beside the Procfile counts only if it exists; a missing
+    ``-e`` file is an error, said here in the words of the option.
+    """
     if env_files is None:
-        return [os.fspath(path.parent / ".env")]
-    return [name for value in env_files for name in value.split(",") if name.strip()]
+        default = path.absolute().parent / ".env"
+        return [default] if default.exists() else []
+    found = []
+    for name in (n.strip() for value in env_files for n in value.split(",")):
+        if not name:
+            continue
+        file = Path(name).absolute()
+        if not file.exists():
+            reading.error("", f"--env {name}: no such file")
+        else:
+            found.append(file)
+    return found
 
 
-def _env_files(path: Path, env_files: Sequence[str] | None, reading: Reading) -> dict[str, str]:
-    """The values of the .env files in order (a later file wins); a missing -e file is an error."""
-    from ._dotenv_shim import parse_dotenv
+def _env_values(files: Sequence[Path], reading: Reading) -> dict[str, str]:
+    """The variables of ``files``, later ones winning (for PORT: validate() reads them again)."""
+    from .._dotenv import parse_dotenv
 
     values: dict[str, str] = {}
-    for name in _env_names(path, env_files):
-        file = Path(name.strip())
+    for file in files:
         try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            if env_files is not None:
-                reading.error("", f"--env {name}: no such file")
-            continue
+            values.update(parse_dotenv(file.read_text(encoding="utf-8"), os.fspath(file)))
+        except ConfigError as exc:
+            reading.errors.extend(exc.errors)
         except (OSError, UnicodeDecodeError) as exc:
-            reading.error("", f"--env {name}: cannot read: {getattr(exc, 'strerror', exc)}")
-            continue
-        try:
-            values.update(parse_dotenv(text))
-        except ValueError as exc:
-            reading.errors.append(f"{name}: {exc}")
+            reading.error("", f"--env {file}: cannot read: {getattr(exc, 'strerror', exc)}")
     return values
 
 

@@ -58,7 +58,8 @@ SUPERVISORD_KEYS = {
 }
 # Sections whose keys all have no forkwell meaning, and why.
 IGNORED_SECTIONS = {
-    "inet_http_server": "forkwell's control socket is a Unix socket only",
+    "inet_http_server": "forkwell's control socket is a Unix socket; its web page and API are "
+                        "[supervisor] http, e.g. forkwell up --http 127.0.0.1:9001",
     "supervisorctl": "forkwell's control commands find the socket themselves",
     "rpcinterface": "forkwell's control protocol is its own",
 }
@@ -131,7 +132,8 @@ def read(path: Path, label: str, environ: Mapping[str, str] | None = None) -> Im
                           "programs; run it as a [program:x] that opens its own socket")
         elif kind == "eventlistener":
             reading.ignore(f"[{section}]: not run: forkwell has no event listener protocol "
-                           "(its events are in log_dir/forkwell.log)")
+                           "(its events are in log_dir/forkwell.log; for superlance's httpok "
+                           "or a crash watcher, see liveness and essential)")
         elif kind not in ("supervisord", "include", "group", "unix_http_server"):
             why = IGNORED_SECTIONS.get(kind, "forkwell does not know this section")
             reading.ignore(f"[{section}]: ignored ({why})")
