@@ -449,7 +449,10 @@ def test_no_pidfd_run_ends_the_tree_without_waiting_out_the_grace() -> None:
     )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30,
                          env={**os.environ, **NO_PIDFD})  # fmt: skip
-    assert out.stdout == "-15 True True\n3 True\n" and out.stderr == "", out
+    # -15, or 143: the shell may see its foreground sleep die of the same SIGTERM
+    # and exit 143 a moment before its own SIGTERM lands; both are "terminated".
+    assert out.stdout in ("-15 True True\n3 True\n", "143 True True\n3 True\n"), out
+    assert out.stderr == "", out
 
 
 def test_no_pidfd_forkwell_timeout() -> None:
