@@ -606,7 +606,7 @@ def test_negative_control_a_pid_1_that_does_not_reap_leaves_100_zombies() -> Non
 BURST = "i=0; while [ $i -lt {n} ]; do ( (exit 0) & ); i=$((i+1)); done; echo burst; exec cat"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     "ns", [pytest.param(False, id="subreaper"),
            pytest.param(True, id="pid1", marks=[needs_root, needs_ns, pytest.mark.root])]
@@ -621,7 +621,9 @@ def test_burst_of_10000_short_lived_orphans_leaves_no_zombie(ns: bool, tmp_path:
                      stderr=log)  # fmt: skip
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            assert read_line(proc, 50).strip() == "burst"
+            # 20,000 forks: ~10 s alone, over 50 s at load 20 (a busy hunt); the
+            # budget is for a hang, not a speed claim.
+            assert read_line(proc, 180).strip() == "burst"
             init = ns_init_pid(proc) if ns else proc.pid
             wait_until(lambda: len(children(init)) == 1, 30, "init to reap the burst")
             assert zombies_of(init) == []

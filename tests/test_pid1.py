@@ -165,7 +165,9 @@ def test_up_as_pid1_kills_what_ignores_term_within_stop_timeout(tmp_path: Path) 
     assert rc == 0, out
     # ignores and forks stop first (they depend on handles), ignores takes its
     # whole stop_timeout, then handles stops at once
-    assert took < stop_timeout + 0.5, f"{took:.2f}s > stop_timeout {stop_timeout}s + 0.5s"
+    # The slack is for a loaded machine (2.54 s seen at load 20); a stop that
+    # waited twice, or forever, is still caught.
+    assert took < stop_timeout + 1.0, f"{took:.2f}s > stop_timeout {stop_timeout}s + 1.0s"
     assert took >= stop_timeout - 0.1
     assert (tmp_path / "handles.mark").read_text() == "term"
     assert (tmp_path / "forks.mark.grandchild").read_text() == "term"
