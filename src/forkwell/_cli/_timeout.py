@@ -73,7 +73,7 @@ to COMMAND.  If forkwell timeout is killed, COMMAND dies too (Linux PDEATHSIG)."
         ("-", "otherwise COMMAND's own exit status, or 128+N if it died of signal N"),
     ),
     examples=(
-        "forkwell timeout 2 sh -c 'setsid sleep 100 & sleep 100'   # 124; no sleep is left",
+        "forkwell timeout 2 sh -c 'setsid sleep 100 & exec sleep 100'   # 124; no sleep is left",
         "forkwell timeout -s INT -k 5 1m ./long-job",
     ),
     permute=False,
