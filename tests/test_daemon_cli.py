@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import IS_ROOT, PY, running, wait_until
+from helpers import IS_ROOT, PY, public_sources, running, wait_until
 
-import forkwell
 from forkwell._daemon._pidfile import Pidfile
 
 REAPER = int(os.environ.get("FORKWELL_TEST_REAPER_PID", "1"))
@@ -577,7 +576,8 @@ def test_interrupted_start_leaves_nothing_behind(pidfile: Path, tmp_path: Path) 
 def test_unprivileged_status_and_stop_say_4(pidfile: Path, tmp_path: Path) -> None:
     if not IS_ROOT:
         pytest.skip("needs root to start a daemon another user cannot touch")
-    src = str(Path(forkwell.__file__).parent.parent)
+    # A world-readable copy: the checkout may sit in a directory nobody cannot enter.
+    src = str(public_sources())
     as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                  "env", f"PYTHONPATH={src}", "/usr/bin/python3", "-m", "forkwell", "daemon"]  # fmt: skip
     probe = subprocess.run([*as_nobody, "--help"], capture_output=True, timeout=30, check=False)
