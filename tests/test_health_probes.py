@@ -7,6 +7,7 @@ for the test) in a real supervisor.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -121,16 +122,20 @@ def test_ready_by_a_log_line(tmp_path: Path) -> None:
 
 def test_tcp_liveness_restarts_a_program_whose_port_closed(tmp_path: Path) -> None:
     port = free_port()
-    # Listens, then closes its socket once told (a file appears) but stays alive.
+    # Listens, then closes its socket once told (a connection that says "close";
+    # the probes' connections say nothing) but stays alive.
     program = py(
         f"""
-        import os, socket, time
+        import signal, socket
         {listen(port)}
-        stop = {str(tmp_path / "close")!r}
-        while not os.path.exists(stop):
-            time.sleep(0.02)
+        while True:
+            c = s.accept()[0]
+            told = c.recv(5, socket.MSG_WAITALL) == b"close"
+            c.close()
+            if told:
+                break
         s.close()
-        time.sleep(600)
+        signal.pause()
         """
     )
     cfg = config(
@@ -149,7 +154,8 @@ def test_tcp_liveness_restarts_a_program_whose_port_closed(tmp_path: Path) -> No
     async def body(sup: Supervisor) -> None:
         first = info(sup, "svc:0").pid
         await until(lambda: info(sup, "svc:0").liveness == "ok", 10, "liveness ok")
-        (tmp_path / "close").touch()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as tell:
+            tell.sendall(b"close")
         await until(lambda: info(sup, "svc:0").pid not in (None, first), 20, "a restart")
         why = next(e.why for e in sup.events if e.new == "STOPPING")
         assert why.startswith(f"liveness: tcp:127.0.0.1:{port}: ")
